@@ -1,0 +1,118 @@
+// Tiled GEMM with fused epilogue:  C[M,N] = act(A[M,K] · W[N,K]^T + bias[N]) (+ R[M,N])
+// W is a PyTorch Linear weight ([out, in], row-major), so both operands are read along K.
+// A 64x64 output tile per workgroup of 16x16 threads, 4x4 outputs per thread,
+// K walked in steps of 16 through workgroup memory. Tails in M, N and K are guarded.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    _pad: u32,
+}
+
+// 0: none, 1: relu, 2: exact (erf) gelu
+override ACT: u32 = 0u;
+// 1: add the residual R after the activation
+override HAS_RES: bool = false;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> res: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<f32>;
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+var<workgroup> a_tile: array<f32, 1024>; // [TK][TM]
+var<workgroup> w_tile: array<f32, 1024>; // [TK][TN]
+
+// erf to about 1.5e-7 absolute (Abramowitz & Stegun 7.1.26), enough for f32.
+fn erf_approx(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * z);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let r = 1.0 - poly * exp(-z * z);
+    return select(r, -r, x < 0.0);
+}
+
+fn activate(x: f32) -> f32 {
+    if (ACT == 1u) {
+        return max(x, 0.0);
+    } else if (ACT == 2u) {
+        return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752));
+    }
+    return x;
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = wid.y * TM;
+    let col0 = wid.x * TN;
+    let tx = lid.x;
+    let ty = lid.y;
+    let tid = ty * 16u + tx;
+
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        // 1024 elements of each tile, 4 per thread; consecutive threads read consecutive k.
+        for (var e = 0u; e < 4u; e++) {
+            let idx = tid + e * 256u;
+            let r = idx / TK;
+            let kk = idx % TK;
+            let gk = k0 + kk;
+            let ga = row0 + r;
+            var va = 0.0;
+            if (ga < p.m && gk < p.k) {
+                va = a[ga * p.k + gk];
+            }
+            a_tile[kk * TM + r] = va;
+            let gw = col0 + r;
+            var vw = 0.0;
+            if (gw < p.n && gk < p.k) {
+                vw = w[gw * p.k + gk];
+            }
+            w_tile[kk * TN + r] = vw;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var av: array<f32, 4>;
+            var wv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = a_tile[kk * TM + ty + 16u * i];
+                wv[i] = w_tile[kk * TN + tx + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] = fma(av[i], wv[j], acc[i][j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i++) {
+        let r = row0 + ty + 16u * i;
+        if (r >= p.m) {
+            continue;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let col = col0 + tx + 16u * j;
+            if (col < p.n) {
+                var v = activate(acc[i][j] + bias[col]);
+                if (HAS_RES) {
+                    v += res[r * p.n + col];
+                }
+                c[r * p.n + col] = v;
+            }
+        }
+    }
+}

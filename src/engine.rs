@@ -1,0 +1,480 @@
+//! The engine: a GPU context with its pipeline cache and reusable workspace,
+//! models uploaded to it, and the encoder forward pass recorded as one
+//! submission of fused kernels.
+
+use crate::config::Config;
+use crate::error::{LunaError, Result};
+use crate::gpu::buffers::{self, MemoryStats, Tracked, Workspace};
+use crate::gpu::pipelines::PipelineCache;
+use crate::gpu::recorder::Recorder;
+use crate::gpu::{AdapterChoice, GpuContext};
+use crate::input::{Batch, EncoderOutput};
+use crate::kernels::attention::{self, Shape, View};
+use crate::kernels::{embed, gemm, layernorm};
+use crate::model::{KvProj, Linear, Model, Norm};
+use crate::reference::ops::{sinusoid_row, token_sinusoid_row};
+use std::sync::{Arc, Mutex};
+
+/// A Luna engine on one GPU.
+pub struct Engine {
+    pub ctx: GpuContext,
+    cache: PipelineCache,
+    stats: Arc<MemoryStats>,
+    workspace: Workspace,
+    dummy: Tracked,
+}
+
+struct GpuNorm {
+    weight: Tracked,
+    bias: Tracked,
+}
+
+struct GpuLayer {
+    /// `[q_proj; pack k; pack v]` stacked (pack k = v when tied): X is read once for all three.
+    wx: Tracked,
+    bx: Tracked,
+    wpq: Tracked,
+    bpq: Tracked,
+    /// `[k; v]` of the unpack (one block when tied).
+    wkv: Tracked,
+    bkv: Tracked,
+    wout: Tracked,
+    bout: Tracked,
+    w1: Tracked,
+    b1: Tracked,
+    w2: Tracked,
+    b2: Tracked,
+    ln_attn: GpuNorm,
+    ln_proj: GpuNorm,
+    ln_final: GpuNorm,
+}
+
+/// A model's weights on the GPU.
+pub struct GpuModel {
+    pub config: Config,
+    embed_tokens: Tracked,
+    /// Learned table, or `None` for sinusoids (built on demand in `token_pos`).
+    embed_positions: Option<Tracked>,
+    projected_embeddings: Tracked,
+    /// Sinusoid rows 0..l for P, when positions are not learned.
+    proj_positions: Option<Tracked>,
+    emb_norms: Option<(GpuNorm, GpuNorm)>,
+    final_norms: Option<(GpuNorm, GpuNorm)>,
+    layers: Vec<GpuLayer>,
+    /// Grow-only sinusoid table for token positions: (rows, buffer).
+    token_pos: Mutex<Option<(usize, Tracked)>>,
+}
+
+impl GpuModel {
+    fn layer(&self, i: usize) -> &GpuLayer {
+        &self.layers[if self.config.tie_layer_weights { 0 } else { i }]
+    }
+}
+
+fn norm(g: &GpuNorm) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
+    Some((&g.weight.buffer, &g.bias.buffer))
+}
+
+fn sinusoid_table(rows: usize, d: usize, zero_row: Option<usize>) -> Vec<f32> {
+    let mut t = Vec::with_capacity(rows * d);
+    for r in 0..rows {
+        let row = match zero_row {
+            Some(pad) => token_sinusoid_row(r, pad, d),
+            None => sinusoid_row(r, d),
+        };
+        t.extend(row.iter().map(|&v| v as f32));
+    }
+    t
+}
+
+impl Engine {
+    /// Opens the adapter named by `choice` (or the best one).
+    pub async fn new(choice: &AdapterChoice) -> Result<Engine> {
+        Ok(Engine::with_context(GpuContext::new(choice).await?))
+    }
+
+    /// Blocking form of [`Engine::new`] for native callers.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(choice: &AdapterChoice) -> Result<Engine> {
+        pollster::block_on(Engine::new(choice))
+    }
+
+    pub fn with_context(ctx: GpuContext) -> Engine {
+        let stats = Arc::new(MemoryStats::default());
+        let dummy = buffers::upload(&ctx, &stats, "dummy", &[0u32; 4]).expect("16 bytes fit any device");
+        Engine { workspace: Workspace::new(stats.clone()), cache: PipelineCache::default(), stats, dummy, ctx }
+    }
+
+    /// Bytes of GPU buffers the engine holds now, and the most it has held.
+    pub fn memory(&self) -> (u64, u64) {
+        (self.stats.live(), self.stats.peak())
+    }
+
+    pub fn reset_peak_memory(&self) {
+        self.stats.reset_peak();
+    }
+
+    /// Number of pipelines built so far.
+    pub fn pipelines_built(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn up(&self, label: &str, data: &[f32]) -> Result<Tracked> {
+        buffers::upload(&self.ctx, &self.stats, label, data)
+    }
+
+    fn norm(&self, n: &Norm) -> Result<GpuNorm> {
+        Ok(GpuNorm { weight: self.up("ln.weight", &n.weight)?, bias: self.up("ln.bias", &n.bias)? })
+    }
+
+    /// Stacks Linear layers that read the same input into one weight and bias.
+    fn stacked(&self, label: &str, parts: &[&Linear]) -> Result<(Tracked, Tracked)> {
+        let w: Vec<f32> = parts.iter().flat_map(|l| l.weight.iter().copied()).collect();
+        let b: Vec<f32> = parts.iter().flat_map(|l| l.bias.iter().copied()).collect();
+        Ok((self.up(label, &w)?, self.up(label, &b)?))
+    }
+
+    fn kv_parts(kv: &KvProj) -> Vec<&Linear> {
+        match kv {
+            KvProj::Tied(c) => vec![c],
+            KvProj::Separate { k, v } => vec![k, v],
+        }
+    }
+
+    /// Uploads a model's weights.
+    pub fn load(&self, model: &Model) -> Result<GpuModel> {
+        self.ctx.check_alive()?;
+        let c = &model.config;
+        for (what, hd) in [("num_heads", c.head_dim()), ("num_pheads", c.pack_head_dim())] {
+            if hd > attention::MAX_HEAD_DIM {
+                return Err(LunaError::Unsupported(format!(
+                    "head dimension {hd} (embed_dim / {what}) is over the {} the attention kernel handles",
+                    attention::MAX_HEAD_DIM
+                )));
+            }
+        }
+        let scope = ErrorScopes::push(&self.ctx);
+        let mut layers = Vec::new();
+        for l in &model.layers {
+            let mut xparts = vec![&l.q_proj];
+            xparts.extend(Self::kv_parts(&l.pack_kv));
+            let (wx, bx) = self.stacked("wx", &xparts)?;
+            let (wpq, bpq) = self.stacked("wpq", &[&l.pq_proj])?;
+            let (wkv, bkv) = self.stacked("wkv", &Self::kv_parts(&l.unpack_kv))?;
+            let (wout, bout) = self.stacked("wout", &[&l.out_proj])?;
+            let (w1, b1) = self.stacked("fc1", &[&l.fc1])?;
+            let (w2, b2) = self.stacked("fc2", &[&l.fc2])?;
+            layers.push(GpuLayer {
+                wx,
+                bx,
+                wpq,
+                bpq,
+                wkv,
+                bkv,
+                wout,
+                bout,
+                w1,
+                b1,
+                w2,
+                b2,
+                ln_attn: self.norm(&l.self_attn_layer_norm)?,
+                ln_proj: self.norm(&l.self_atten_proj_layer_norm)?,
+                ln_final: self.norm(&l.final_layer_norm)?,
+            });
+        }
+        let pair = |a: &Option<Norm>, b: &Option<Norm>| -> Result<Option<(GpuNorm, GpuNorm)>> {
+            Ok(match (a, b) {
+                (Some(a), Some(b)) => Some((self.norm(a)?, self.norm(b)?)),
+                _ => None,
+            })
+        };
+        let gm = GpuModel {
+            config: c.clone(),
+            embed_tokens: self.up("embed_tokens", &model.embed_tokens)?,
+            embed_positions: model.embed_positions.as_ref().map(|p| self.up("embed_positions", p)).transpose()?,
+            projected_embeddings: self.up("projected_embeddings", &model.projected_embeddings)?,
+            proj_positions: if c.learned_pos {
+                None
+            } else {
+                Some(self.up("proj_positions", &sinusoid_table(c.projection_length, c.embed_dim, None))?)
+            },
+            emb_norms: pair(&model.emb_layer_norm, &model.proj_emb_layer_norm)?,
+            final_norms: pair(&model.layer_norm, &model.proj_layer_norm)?,
+            layers,
+            token_pos: Mutex::new(None),
+        };
+        scope.pop(&self.ctx)?;
+        Ok(gm)
+    }
+
+    /// The token position table covering `rows` rows (learned, or a cached sinusoid table).
+    fn token_positions(&self, model: &GpuModel, rows: usize) -> Result<wgpu::Buffer> {
+        if let Some(p) = &model.embed_positions {
+            return Ok(p.buffer.clone());
+        }
+        let mut cached = model.token_pos.lock().unwrap();
+        if let Some((have, buf)) = cached.as_ref() {
+            if *have >= rows {
+                return Ok(buf.buffer.clone());
+            }
+        }
+        let c = &model.config;
+        let rows = rows.max(c.position_rows()).next_power_of_two();
+        let table = sinusoid_table(rows, c.embed_dim, Some(c.padding_idx));
+        let t = self.up("token_positions", &table)?;
+        let buf = t.buffer.clone();
+        *cached = Some((rows, t));
+        Ok(buf)
+    }
+
+    /// Runs the encoder on a batch (asynchronous; nothing blocks on the web).
+    pub async fn encode(&mut self, model: &GpuModel, batch: &Batch) -> Result<EncoderOutput> {
+        self.ctx.check_alive()?;
+        let scope = ErrorScopes::push(&self.ctx);
+        let result = self.record_encoder(model, batch);
+        let result = match result {
+            Ok((x, p)) => {
+                let (nx, np) = (batch.batch * batch.len, batch.batch * batch.proj_len);
+                let d = model.config.embed_dim;
+                match buffers::read_f32(&self.ctx, &[(&x, nx * d), (&p, np * d)]).await {
+                    Ok(mut v) => {
+                        let p = v.pop().unwrap();
+                        let x = v.pop().unwrap();
+                        Ok(EncoderOutput { batch: batch.batch, len: batch.len, proj_len: batch.proj_len, dim: d, x, p })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let scoped = scope.pop_async(&self.ctx).await;
+        if result.is_err() || scoped.is_err() {
+            // A failed call leaves no half-sized scratch behind.
+            self.workspace.clear();
+        }
+        scoped?;
+        result
+    }
+
+    /// Blocking form of [`Engine::encode`] for native callers.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn encode_blocking(&mut self, model: &GpuModel, batch: &Batch) -> Result<EncoderOutput> {
+        pollster::block_on(self.encode(model, batch))
+    }
+
+    /// Checks every buffer against the device before any GPU work is recorded.
+    fn check_sizes(&self, c: &Config, batch: &Batch) -> Result<()> {
+        let (rows_x, rows_p) = ((batch.batch * batch.len) as u64, (batch.batch * batch.proj_len) as u64);
+        let d = c.embed_dim as u64;
+        let kv = if c.tie_kv { d } else { 2 * d };
+        for (what, bytes) in [
+            ("the fused q/k/v projections", rows_x * (d + kv) * 4),
+            ("the feed-forward hidden layer", rows_x * c.ffn_embed_dim as u64 * 4),
+            ("the sequence activations", rows_x * d * 4),
+            ("the packed activations", rows_p * kv * 4),
+            ("the position table", (batch.max_position() as u64 + 1).next_power_of_two() * d * 4),
+        ] {
+            buffers::check_binding(&self.ctx, what, bytes)?;
+        }
+        let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
+        if rows_x.div_ceil(64) > max_groups {
+            return Err(LunaError::Input(format!(
+                "{rows_x} token rows in one batch exceed this adapter's dispatch limit of {} rows; split the batch",
+                max_groups * 64
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records and submits the whole forward pass; returns the buffers holding `x` and `p`.
+    fn record_encoder(&mut self, model: &GpuModel, batch: &Batch) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let c = &model.config;
+        self.check_sizes(c, batch)?;
+        let (bsz, n, lp, d) = (batch.batch, batch.len, batch.proj_len, c.embed_dim);
+        let (rows_x, rows_p) = (bsz * n, bsz * lp);
+        let pack_kv = if c.tie_kv { d } else { 2 * d };
+        let wx = d + pack_kv;
+        let kvw = pack_kv;
+        let eps = c.layer_norm_eps as f32;
+        let pos_table = self.token_positions(model, batch.max_position() + 1)?;
+
+        let ctx = &self.ctx;
+        let ws = &mut self.workspace;
+        let f = 4u64;
+        let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, floats as u64 * f);
+        let tok = get("tokens", rows_x);
+        let pos = get("positions", rows_x);
+        let xmask = get("x_mask", rows_x);
+        let pmask = get("p_mask", rows_p);
+        let pids = get("p_rows", rows_p);
+        let mut x = get("x0", rows_x * d);
+        let mut x_alt = get("x1", rows_x * d);
+        let xn = get("x_norm", rows_x * d);
+        let mut p = get("p0", rows_p * d);
+        let mut p_alt = get("p1", rows_p * d);
+        let pn = get("p_norm", rows_p * d);
+        let xqkv = get("xqkv", rows_x * wx);
+        let qp = get("qp", rows_p * d);
+        let yp = get("yp", rows_p * d);
+        let kv = get("kv", rows_p * kvw);
+        let o = get("o", rows_x * d);
+        let y = get("y", rows_x * d);
+        let h = get("ffn", rows_x * c.ffn_embed_dim);
+
+        let q = &ctx.queue;
+        let as_u32 = |m: &[bool]| m.iter().map(|&b| b as u32).collect::<Vec<u32>>();
+        q.write_buffer(&tok, 0, bytemuck::cast_slice(&batch.tokens));
+        q.write_buffer(&pos, 0, bytemuck::cast_slice(&batch.positions));
+        q.write_buffer(&xmask, 0, bytemuck::cast_slice(&as_u32(&batch.x_mask)));
+        q.write_buffer(&pmask, 0, bytemuck::cast_slice(&as_u32(&batch.p_mask)));
+        let p_rows: Vec<u32> = (0..bsz).flat_map(|_| 0..lp as u32).collect();
+        q.write_buffer(&pids, 0, bytemuck::cast_slice(&p_rows));
+
+        let mut rec = Recorder::new(ctx, &self.cache, &self.dummy.buffer);
+        let scale = c.embed_scale as f32;
+        let ln_emb = model.emb_norms.as_ref();
+        // X: tokens + positions; masked rows zeroed here, or after the embedding LayerNorm.
+        embed::encode(
+            &mut rec,
+            embed::Gather {
+                ids: &tok,
+                table: &model.embed_tokens.buffer,
+                positions: Some((&pos, &pos_table)),
+                mask: if ln_emb.is_some() { None } else { Some(&xmask) },
+                out: &x,
+            },
+            rows_x,
+            d,
+            scale,
+        );
+        // P: projected embeddings rows 0..l' (+ unoffset sinusoids).
+        embed::encode(
+            &mut rec,
+            embed::Gather {
+                ids: &pids,
+                table: &model.projected_embeddings.buffer,
+                positions: model.proj_positions.as_ref().map(|t| (&pids, &t.buffer)),
+                mask: if ln_emb.is_some() { None } else { Some(&pmask) },
+                out: &p,
+            },
+            rows_p,
+            d,
+            scale,
+        );
+        if let Some((nx, np)) = ln_emb {
+            layernorm::encode(&mut rec, layernorm::Step { x: &x, residual: None, norm: norm(nx), mask: Some(&xmask), out: &x_alt }, rows_x, d, eps);
+            layernorm::encode(&mut rec, layernorm::Step { x: &p, residual: None, norm: norm(np), mask: Some(&pmask), out: &p_alt }, rows_p, d, eps);
+            std::mem::swap(&mut x, &mut x_alt);
+            std::mem::swap(&mut p, &mut p_alt);
+        }
+
+        let dp = c.pack_head_dim();
+        let dh = c.head_dim();
+        let pre = c.normalize_before;
+        for i in 0..c.num_layers {
+            let l = model.layer(i);
+            let ln = |rec: &mut Recorder, x: &wgpu::Buffer, r: Option<&wgpu::Buffer>, g: Option<&GpuNorm>, out: &wgpu::Buffer, rows| {
+                layernorm::encode(rec, layernorm::Step { x, residual: r, norm: g.and_then(norm), mask: None, out }, rows, d, eps)
+            };
+            // Inputs of the attention: X and P, or their LayerNorms (pre-norm).
+            let (ax, ap) = if pre {
+                ln(&mut rec, &x, None, Some(&l.ln_attn), &xn, rows_x);
+                ln(&mut rec, &p, None, Some(&l.ln_proj), &pn, rows_p);
+                (&xn, &pn)
+            } else {
+                (&x, &p)
+            };
+            gemm::encode(&mut rec, ax, &l.wx.buffer, &l.bx.buffer, None, &xqkv, [rows_x, wx, d], None);
+            gemm::encode(&mut rec, ap, &l.wpq.buffer, &l.bpq.buffer, None, &qp, [rows_p, d, d], None);
+            // Pack: P rows read the whole sequence (Hp heads, padding masked).
+            let v_pack = if c.tie_kv { d } else { 2 * d };
+            attention::encode(
+                &mut rec,
+                View { buffer: &qp, stride: d, offset: 0 },
+                View { buffer: &xqkv, stride: wx, offset: d },
+                View { buffer: &xqkv, stride: wx, offset: v_pack },
+                &xmask,
+                &yp,
+                d,
+                Shape { batch: bsz, q_rows: lp, k_rows: n, heads: c.num_pheads, head_dim: dp, scale: (dp as f32).powf(-0.5) },
+            );
+            // Unpack: every token reads the packed rows (H heads, masked P rows excluded).
+            gemm::encode(&mut rec, &yp, &l.wkv.buffer, &l.bkv.buffer, None, &kv, [rows_p, kvw, d], None);
+            attention::encode(
+                &mut rec,
+                View { buffer: &xqkv, stride: wx, offset: 0 },
+                View { buffer: &kv, stride: kvw, offset: 0 },
+                View { buffer: &kv, stride: kvw, offset: if c.tie_kv { 0 } else { d } },
+                &pmask,
+                &o,
+                d,
+                Shape { batch: bsz, q_rows: n, k_rows: lp, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) },
+            );
+            let act = Some(c.activation);
+            if pre {
+                gemm::encode(&mut rec, &o, &l.wout.buffer, &l.bout.buffer, Some(&x), &x_alt, [rows_x, d, d], None);
+                std::mem::swap(&mut x, &mut x_alt);
+                ln(&mut rec, &p, Some(&yp), None, &p_alt, rows_p);
+                std::mem::swap(&mut p, &mut p_alt);
+                ln(&mut rec, &x, None, Some(&l.ln_final), &xn, rows_x);
+                gemm::encode(&mut rec, &xn, &l.w1.buffer, &l.b1.buffer, None, &h, [rows_x, c.ffn_embed_dim, d], act);
+                gemm::encode(&mut rec, &h, &l.w2.buffer, &l.b2.buffer, Some(&x), &x_alt, [rows_x, d, c.ffn_embed_dim], None);
+                std::mem::swap(&mut x, &mut x_alt);
+            } else {
+                gemm::encode(&mut rec, &o, &l.wout.buffer, &l.bout.buffer, None, &y, [rows_x, d, d], None);
+                ln(&mut rec, &x, Some(&y), Some(&l.ln_attn), &x_alt, rows_x);
+                std::mem::swap(&mut x, &mut x_alt);
+                ln(&mut rec, &p, Some(&yp), Some(&l.ln_proj), &p_alt, rows_p);
+                std::mem::swap(&mut p, &mut p_alt);
+                gemm::encode(&mut rec, &x, &l.w1.buffer, &l.b1.buffer, None, &h, [rows_x, c.ffn_embed_dim, d], act);
+                gemm::encode(&mut rec, &h, &l.w2.buffer, &l.b2.buffer, None, &y, [rows_x, d, c.ffn_embed_dim], None);
+                ln(&mut rec, &x, Some(&y), Some(&l.ln_final), &x_alt, rows_x);
+                std::mem::swap(&mut x, &mut x_alt);
+            }
+        }
+        if let Some((nx, np)) = &model.final_norms {
+            layernorm::encode(&mut rec, layernorm::Step { x: &x, residual: None, norm: norm(nx), mask: None, out: &x_alt }, rows_x, d, eps);
+            layernorm::encode(&mut rec, layernorm::Step { x: &p, residual: None, norm: norm(np), mask: None, out: &p_alt }, rows_p, d, eps);
+            std::mem::swap(&mut x, &mut x_alt);
+            std::mem::swap(&mut p, &mut p_alt);
+        }
+        rec.submit();
+        Ok((x, p))
+    }
+}
+
+/// Out-of-memory and validation error scopes around a unit of GPU work, so
+/// that a failure comes back as a `LunaError` instead of aborting.
+struct ErrorScopes {
+    oom: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
+}
+
+impl ErrorScopes {
+    fn push(ctx: &GpuContext) -> ErrorScopes {
+        let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        ErrorScopes { oom, validation }
+    }
+
+    async fn pop_async(self, ctx: &GpuContext) -> Result<()> {
+        let validation = self.validation.pop().await;
+        let oom = self.oom.pop().await;
+        if let Some(e) = oom {
+            return Err(LunaError::OutOfMemory(format!("{e}; try a shorter sequence or a smaller batch")));
+        }
+        if let Some(e) = validation {
+            return Err(LunaError::Device(format!("the GPU rejected the work (an engine bug, please report it): {e}")));
+        }
+        let uncaptured = ctx.take_errors();
+        if !uncaptured.is_empty() {
+            return Err(LunaError::Device(uncaptured.join("; ")));
+        }
+        ctx.check_alive()
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn pop(self, ctx: &GpuContext) -> Result<()> {
+        pollster::block_on(self.pop_async(ctx))
+    }
+}

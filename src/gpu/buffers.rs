@@ -1,0 +1,165 @@
+//! GPU buffers: uploads, a grow-only workspace reused across calls, live-byte
+//! accounting, and asynchronous readback (with a blocking wrapper for native callers).
+
+use super::context::GpuContext;
+use crate::error::{LunaError, Result};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use wgpu::util::DeviceExt;
+
+/// Bytes of live buffers the engine holds, and the most it has held at once.
+#[derive(Default, Debug)]
+pub struct MemoryStats {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemoryStats {
+    pub fn add(&self, bytes: u64) {
+        let now = self.live.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+    pub fn sub(&self, bytes: u64) {
+        self.live.fetch_sub(bytes, Ordering::SeqCst);
+    }
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::SeqCst)
+    }
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live(), Ordering::SeqCst);
+    }
+}
+
+/// A buffer whose bytes are counted in [`MemoryStats`] while it lives.
+pub struct Tracked {
+    pub buffer: wgpu::Buffer,
+    stats: Arc<MemoryStats>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.stats.sub(self.buffer.size());
+        self.buffer.destroy();
+    }
+}
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Rounds a byte count up to a multiple of 16 (and at least 16).
+fn padded(bytes: u64) -> u64 {
+    bytes.max(16).div_ceil(16) * 16
+}
+
+/// Uploads `data` as a read-only storage buffer, checking it fits one binding.
+pub fn upload<T: bytemuck::Pod>(ctx: &GpuContext, stats: &Arc<MemoryStats>, label: &str, data: &[T]) -> Result<Tracked> {
+    let bytes: &[u8] = bytemuck::cast_slice(data);
+    check_binding(ctx, label, bytes.len() as u64)?;
+    let mut contents = bytes.to_vec();
+    contents.resize(padded(bytes.len() as u64) as usize, 0);
+    let buffer = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: &contents,
+        usage: STORAGE,
+    });
+    stats.add(buffer.size());
+    Ok(Tracked { buffer, stats: stats.clone() })
+}
+
+/// Refuses, before any GPU work, a buffer that would not fit one storage binding.
+pub fn check_binding(ctx: &GpuContext, what: &str, bytes: u64) -> Result<()> {
+    let limit = ctx.max_binding();
+    if bytes > limit {
+        return Err(LunaError::TooLarge { what: what.to_string(), needed: bytes, limit });
+    }
+    Ok(())
+}
+
+/// Named scratch buffers reused across calls: a buffer is replaced only when a
+/// call needs more bytes than it has.
+pub struct Workspace {
+    buffers: HashMap<&'static str, Tracked>,
+    stats: Arc<MemoryStats>,
+}
+
+impl Workspace {
+    pub fn new(stats: Arc<MemoryStats>) -> Workspace {
+        Workspace { buffers: HashMap::new(), stats }
+    }
+
+    /// A storage buffer of at least `bytes` bytes under `name`.
+    pub fn get(&mut self, ctx: &GpuContext, name: &'static str, bytes: u64) -> wgpu::Buffer {
+        let need = padded(bytes);
+        if let Some(t) = self.buffers.get(name) {
+            if t.buffer.size() >= need {
+                return t.buffer.clone();
+            }
+        }
+        self.buffers.remove(name);
+        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(name),
+            size: need,
+            usage: STORAGE,
+            mapped_at_creation: false,
+        });
+        self.stats.add(need);
+        self.buffers.insert(name, Tracked { buffer: buffer.clone(), stats: self.stats.clone() });
+        buffer
+    }
+
+    /// Drops every scratch buffer (after a failed call, or to give memory back).
+    pub fn clear(&mut self) {
+        self.buffers.clear();
+    }
+}
+
+/// Copies the first `len` f32 values of each buffer back to the host.
+/// Asynchronous: on the web the browser drives the mapping; natively the
+/// device is polled until the copy is done.
+pub async fn read_f32(ctx: &GpuContext, sources: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+    let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+    let mut staging = Vec::new();
+    for (src, len) in sources {
+        let bytes = padded(*len as u64 * 4);
+        let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        encoder.copy_buffer_to_buffer(src, 0, &buf, 0, bytes.min(src.size()));
+        staging.push(buf);
+    }
+    ctx.queue.submit([encoder.finish()]);
+    let mut receivers = Vec::new();
+    for buf in &staging {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        receivers.push(rx);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| LunaError::Device(format!("waiting for the GPU failed: {e}")))?;
+    let mut out = Vec::new();
+    for ((buf, rx), (_, len)) in staging.iter().zip(receivers).zip(sources) {
+        rx.await
+            .map_err(|_| LunaError::Device("readback was cancelled".into()))?
+            .map_err(|e| LunaError::Device(format!("reading results back failed: {e}")))?;
+        let view = buf
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| LunaError::Device(format!("mapping results failed: {e}")))?;
+        out.push(bytemuck::cast_slice::<u8, f32>(&view)[..*len].to_vec());
+        drop(view);
+        buf.unmap();
+    }
+    Ok(out)
+}

@@ -1,0 +1,198 @@
+//! The GPU context: adapter choice, device with the adapter's real limits,
+//! and what the engine needs to know about both.
+
+use crate::error::{LunaError, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Which adapter to use: `None` picks the best one (hardware before software;
+/// on Linux, Vulkan before GL). `Some(s)` matches `s` against the adapter's
+/// name, backend or device type, case-insensitively.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterChoice {
+    pub wanted: Option<String>,
+}
+
+impl AdapterChoice {
+    /// `--adapter` if given, else the `LUNA_ADAPTER` environment variable.
+    pub fn from_arg_or_env(arg: Option<String>) -> AdapterChoice {
+        AdapterChoice { wanted: arg.or_else(|| std::env::var("LUNA_ADAPTER").ok()).filter(|s| !s.is_empty()) }
+    }
+}
+
+/// A GPU: adapter, device and queue, with the limits the engine plans against.
+pub struct GpuContext {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    lost: Arc<AtomicBool>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 | wgpu::Backend::BrowserWebGpu => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    }
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// One line describing an adapter.
+pub fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+}
+
+fn instance() -> wgpu::Instance {
+    // WGPU_BACKEND still narrows the backends when set.
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if std::env::var("WGPU_BACKEND").is_err() {
+        desc.backends = wgpu::Backends::all();
+    }
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter this machine offers, best first.
+pub async fn list_adapters() -> Vec<wgpu::Adapter> {
+    let inst = instance();
+    let mut adapters = inst.enumerate_adapters(inst_backends()).await;
+    adapters.sort_by_key(|a| {
+        let i = a.get_info();
+        (type_rank(i.device_type) * 3 + backend_rank(i.backend), i.name.clone())
+    });
+    adapters
+}
+
+fn inst_backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+}
+
+impl GpuContext {
+    /// Picks an adapter per `choice` and opens a device with its full limits.
+    pub async fn new(choice: &AdapterChoice) -> Result<GpuContext> {
+        let adapters = list_adapters().await;
+        if adapters.is_empty() {
+            return Err(LunaError::NoAdapter("wgpu found none on any backend".into()));
+        }
+        let adapter = match &choice.wanted {
+            None => adapters[0].clone(),
+            Some(w) => {
+                let w = w.to_lowercase();
+                let found = adapters.iter().find(|a| {
+                    let i = a.get_info();
+                    i.name.to_lowercase().contains(&w)
+                        || format!("{:?}", i.backend).to_lowercase() == w
+                        || format!("{:?}", i.device_type).to_lowercase() == w
+                });
+                match found {
+                    Some(a) => a.clone(),
+                    None => {
+                        return Err(LunaError::AdapterNotFound {
+                            wanted: w,
+                            available: adapters.iter().map(|a| describe(&a.get_info())).collect::<Vec<_>>().join("; "),
+                        })
+                    }
+                }
+            }
+        };
+        Self::from_adapter(adapter).await
+    }
+
+    /// Opens a device on `adapter`, asking for everything it offers that the engine can use.
+    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<GpuContext> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let features = adapter.features() & wanted;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("luna"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| LunaError::Device(format!("could not open {}: {e}", describe(&info))))?;
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost2 = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            log::error!("GPU device lost ({reason:?}): {msg}");
+            lost2.store(true, Ordering::SeqCst);
+        });
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let errors2 = errors.clone();
+        // Errors outside an error scope are recorded instead of aborting the process.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("uncaptured GPU error: {e}");
+            errors2.lock().unwrap().push(e.to_string());
+        }));
+        Ok(GpuContext { adapter, device, queue, info, limits, features, lost, errors })
+    }
+
+    /// Fails if the device has been lost (the engine must then be recreated).
+    pub fn check_alive(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(LunaError::Device("the GPU device was lost; create a new engine".into()));
+        }
+        Ok(())
+    }
+
+    /// Takes the uncaptured errors recorded since the last call.
+    pub fn take_errors(&self) -> Vec<String> {
+        std::mem::take(&mut *self.errors.lock().unwrap())
+    }
+
+    /// Largest single buffer binding the engine may use.
+    pub fn max_binding(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// A human-readable summary for `luna info`.
+    pub fn report(&self) -> String {
+        let i = &self.info;
+        let l = &self.limits;
+        let f = |feat| if self.adapter.features().contains(feat) { "yes" } else { "no" };
+        format!(
+            "adapter:      {}\nbackend:      {:?}\ndevice type:  {:?}\ndriver:       {} {}\nvendor/device: {:#06x}/{:#06x}\n\
+             limits:\n  max_buffer_size:                       {}\n  max_storage_buffer_binding_size:       {}\n  \
+             max_uniform_buffer_binding_size:       {}\n  max_compute_workgroup_storage_size:    {}\n  \
+             max_compute_invocations_per_workgroup: {}\n  max_compute_workgroup_size:            {} x {} x {}\n  \
+             max_compute_workgroups_per_dimension:  {}\n  max_storage_buffers_per_shader_stage:  {}\n\
+             features:\n  subgroups:        {}\n  shader-f16:       {}\n  timestamp-query:  {}",
+            i.name,
+            i.backend,
+            i.device_type,
+            i.driver,
+            i.driver_info,
+            i.vendor,
+            i.device,
+            l.max_buffer_size,
+            l.max_storage_buffer_binding_size,
+            l.max_uniform_buffer_binding_size,
+            l.max_compute_workgroup_storage_size,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroup_size_x,
+            l.max_compute_workgroup_size_y,
+            l.max_compute_workgroup_size_z,
+            l.max_compute_workgroups_per_dimension,
+            l.max_storage_buffers_per_shader_stage,
+            f(wgpu::Features::SUBGROUP),
+            f(wgpu::Features::SHADER_F16),
+            f(wgpu::Features::TIMESTAMP_QUERY),
+        )
+    }
+}

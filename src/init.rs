@@ -1,0 +1,124 @@
+//! Models with random weights for any config (`luna init-random`), so users and
+//! tests can try any shape. Deterministic for a seed on every platform.
+
+use crate::config::{Config, ModelKind};
+use crate::error::{LunaError, Result};
+use crate::model::{KvProj, Layer, Linear, Model, Norm};
+
+/// SplitMix64: small, fast, and the same stream everywhere.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn symmetric(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    /// `n` values uniform in [-a, a).
+    pub fn fill(&mut self, n: usize, a: f32) -> Vec<f32> {
+        (0..n).map(|_| self.symmetric() * a).collect()
+    }
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+fn linear(rng: &mut Rng, out: usize, inp: usize) -> Linear {
+    // PyTorch's default Linear init range: U(-1/sqrt(in), 1/sqrt(in)).
+    let a = 1.0 / (inp as f32).sqrt();
+    Linear { out, inp, weight: rng.fill(out * inp, a), bias: rng.fill(out, a) }
+}
+
+fn norm(rng: &mut Rng, d: usize) -> Norm {
+    Norm { weight: rng.fill(d, 0.2).iter().map(|v| 1.0 + v).collect(), bias: rng.fill(d, 0.1) }
+}
+
+fn kv(rng: &mut Rng, tied: bool, d: usize) -> KvProj {
+    if tied {
+        KvProj::Tied(linear(rng, d, d))
+    } else {
+        KvProj::Separate { k: linear(rng, d, d), v: linear(rng, d, d) }
+    }
+}
+
+impl Model {
+    /// A model of `config` with random weights drawn from `seed`.
+    pub fn random(config: &Config, seed: u64) -> Result<Model> {
+        if config.model != ModelKind::Encoder {
+            return Err(LunaError::Unsupported("init-random makes encoder models only in this version".into()));
+        }
+        let c = config;
+        let d = c.embed_dim;
+        let mut rng = Rng::new(seed);
+        let emb_a = if c.learned_pos { 1.0 } else { 1.0 / c.embed_scale as f32 };
+        let mut embed_tokens = rng.fill(c.vocab_size * d, emb_a);
+        embed_tokens[c.padding_idx * d..(c.padding_idx + 1) * d].fill(0.0);
+        let embed_positions = c.learned_pos.then(|| {
+            let mut t = rng.fill(c.position_rows() * d, 0.5);
+            t[c.padding_idx * d..(c.padding_idx + 1) * d].fill(0.0);
+            t
+        });
+        let projected_embeddings = rng.fill(c.projection_length * d, emb_a);
+        let pair = |rng: &mut Rng, on: bool| if on { (Some(norm(rng, d)), Some(norm(rng, d))) } else { (None, None) };
+        let (emb_layer_norm, proj_emb_layer_norm) = pair(&mut rng, c.layernorm_embedding);
+        let (layer_norm, proj_layer_norm) = pair(&mut rng, c.normalize_before);
+        let stored = if c.tie_layer_weights { 1 } else { c.num_layers };
+        let layers = (0..stored)
+            .map(|_| Layer {
+                q_proj: linear(&mut rng, d, d),
+                pq_proj: linear(&mut rng, d, d),
+                pack_kv: kv(&mut rng, c.tie_kv, d),
+                unpack_kv: kv(&mut rng, c.tie_kv, d),
+                out_proj: linear(&mut rng, d, d),
+                self_attn_layer_norm: norm(&mut rng, d),
+                self_atten_proj_layer_norm: norm(&mut rng, d),
+                fc1: linear(&mut rng, c.ffn_embed_dim, d),
+                fc2: linear(&mut rng, d, c.ffn_embed_dim),
+                final_layer_norm: norm(&mut rng, d),
+            })
+            .collect();
+        Ok(Model {
+            config: config.clone(),
+            embed_tokens,
+            embed_positions,
+            projected_embeddings,
+            emb_layer_norm,
+            proj_emb_layer_norm,
+            layer_norm,
+            proj_layer_norm,
+            layers,
+        })
+    }
+}
+
+/// Random right-padded token batches with the given lengths (for tests and demos).
+pub fn random_tokens(config: &Config, lengths: &[usize], seed: u64) -> (Vec<i64>, usize, usize) {
+    let mut rng = Rng::new(seed);
+    let n = lengths.iter().copied().max().unwrap_or(0);
+    let pad = config.padding_idx as i64;
+    let mut tokens = Vec::with_capacity(lengths.len() * n);
+    for &len in lengths {
+        for t in 0..n {
+            if t < len {
+                let mut id = rng.below(config.vocab_size as u64) as i64;
+                if id == pad {
+                    id = (id + 1) % config.vocab_size as i64;
+                }
+                tokens.push(id);
+            } else {
+                tokens.push(pad);
+            }
+        }
+    }
+    (tokens, lengths.len(), n)
+}

@@ -1,0 +1,20 @@
+//! One module per kernel family; each owns its shader, lists every
+//! specialisation the host can build (for the naga checks) and records its
+//! dispatches.
+
+pub mod attention;
+pub mod embed;
+pub mod gemm;
+pub mod layernorm;
+
+use crate::gpu::pipelines::KernelSpec;
+
+/// Every shader specialisation the engine can build.
+pub fn all_variants() -> Vec<KernelSpec> {
+    let mut v = Vec::new();
+    v.extend(gemm::variants());
+    v.extend(attention::variants());
+    v.extend(layernorm::variants());
+    v.extend(embed::variants());
+    v
+}

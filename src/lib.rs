@@ -1,0 +1,23 @@
+//! luna-wgpu: Luna ("Linear Unified Nested Attention", Ma et al., NeurIPS 2021)
+//! on WebGPU compute shaders, with a float64 CPU reference as its oracle.
+//!
+//! The numbers follow the authors' PyTorch implementation exactly; the
+//! contract is written down in LUNA_SPEC.md.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod gpu;
+pub mod init;
+pub mod input;
+pub mod kernels;
+pub mod model;
+pub mod reference;
+pub mod tensors;
+
+pub use config::{Activation, Config, ModelKind};
+pub use engine::{Engine, GpuModel};
+pub use error::{LunaError, Result};
+pub use gpu::AdapterChoice;
+pub use input::{Batch, EncoderOutput};
+pub use model::Model;

@@ -1,0 +1,281 @@
+//! A Luna model: its config and weights, loaded from (and saved to) the
+//! safetensors model file of LUNA_SPEC.md, with the authors' tensor names.
+
+use crate::config::{Config, ModelKind};
+use crate::error::{LunaError, Result};
+use crate::tensors::{self, Named};
+use safetensors::SafeTensors;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// `y = x · W^T + b`, `weight` is `[out, inp]` row-major.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub out: usize,
+    pub inp: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// LayerNorm affine parameters.
+#[derive(Clone, Debug)]
+pub struct Norm {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// Key/value projections: one shared (`tie_kv`) or two separate ones.
+#[derive(Clone, Debug)]
+pub enum KvProj {
+    Tied(Linear),
+    Separate { k: Linear, v: Linear },
+}
+
+impl KvProj {
+    pub fn k(&self) -> &Linear {
+        match self {
+            KvProj::Tied(c) => c,
+            KvProj::Separate { k, .. } => k,
+        }
+    }
+    pub fn v(&self) -> &Linear {
+        match self {
+            KvProj::Tied(c) => c,
+            KvProj::Separate { v, .. } => v,
+        }
+    }
+}
+
+/// The weights of one encoder layer (`layers.{i}.`).
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub q_proj: Linear,
+    pub pq_proj: Linear,
+    /// `pc_proj`, or `pk_proj`/`pv_proj`: the pack keys/values from X.
+    pub pack_kv: KvProj,
+    /// `c_proj`, or `k_proj`/`v_proj`: the unpack keys/values from Yp.
+    pub unpack_kv: KvProj,
+    pub out_proj: Linear,
+    pub self_attn_layer_norm: Norm,
+    pub self_atten_proj_layer_norm: Norm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub final_layer_norm: Norm,
+}
+
+/// A loaded Luna encoder.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: Config,
+    /// `[vocab_size, d]`
+    pub embed_tokens: Vec<f32>,
+    /// `[max_positions + padding_idx + 1, d]` when `learned_pos`.
+    pub embed_positions: Option<Vec<f32>>,
+    /// `[l, d]`
+    pub projected_embeddings: Vec<f32>,
+    pub emb_layer_norm: Option<Norm>,
+    pub proj_emb_layer_norm: Option<Norm>,
+    pub layer_norm: Option<Norm>,
+    pub proj_layer_norm: Option<Norm>,
+    /// One entry per stored layer: `num_layers` of them, or one with `tie_layer_weights`.
+    pub layers: Vec<Layer>,
+}
+
+impl Model {
+    /// The weights of layer `i` (layer 0 for every `i` with `tie_layer_weights`).
+    pub fn layer(&self, i: usize) -> &Layer {
+        &self.layers[if self.config.tie_layer_weights { 0 } else { i }]
+    }
+
+    pub fn load(path: &Path) -> Result<Model> {
+        let bytes = tensors::read_file(path)?;
+        Model::from_bytes(&bytes)
+    }
+
+    /// Parses a model file held in memory, checking every tensor against the config.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        let st = tensors::parse(bytes, "model")?;
+        let meta = tensors::metadata(bytes)?;
+        let text = meta.get("luna.config").ok_or_else(|| {
+            LunaError::Model("the file's metadata has no \"luna.config\" key; is this a luna model file?".into())
+        })?;
+        let config = Config::from_json(text)?;
+        if config.model == ModelKind::CausalLm {
+            return Err(LunaError::Unsupported(
+                "causal_lm models are not supported by this version of the engine yet; only \"encoder\" models run".into(),
+            ));
+        }
+        let mut r = Reader { st: &st, used: HashSet::new() };
+        let c = &config;
+        let d = c.embed_dim;
+        let embed_tokens = r.get("embed_tokens.weight", &[c.vocab_size, d])?;
+        let embed_positions = if c.learned_pos {
+            Some(r.get("embed_positions.weight", &[c.position_rows(), d])?)
+        } else {
+            None
+        };
+        let projected_embeddings = r.get("projected_embeddings", &[c.projection_length, d])?;
+        let (emb_layer_norm, proj_emb_layer_norm) = if c.layernorm_embedding {
+            (Some(r.norm("emb_layer_norm", d)?), Some(r.norm("proj_emb_layer_norm", d)?))
+        } else {
+            (None, None)
+        };
+        let (layer_norm, proj_layer_norm) = if c.normalize_before {
+            (Some(r.norm("layer_norm", d)?), Some(r.norm("proj_layer_norm", d)?))
+        } else {
+            (None, None)
+        };
+        let stored = if c.tie_layer_weights { 1 } else { c.num_layers };
+        let layers = (0..stored).map(|i| r.layer(c, i)).collect::<Result<Vec<_>>>()?;
+        for name in st.names() {
+            if !r.used.contains(name) {
+                log::warn!("model file: ignoring tensor {name:?}, which this config does not use");
+            }
+        }
+        Ok(Model {
+            config,
+            embed_tokens,
+            embed_positions,
+            projected_embeddings,
+            emb_layer_norm,
+            proj_emb_layer_norm,
+            layer_norm,
+            proj_layer_norm,
+            layers,
+        })
+    }
+
+    /// Every tensor of the model under its file name.
+    pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        fn lin<'m>(out: &mut Vec<(String, Vec<usize>, &'m [f32])>, name: String, w: &'m Linear) {
+            out.push((format!("{name}.weight"), vec![w.out, w.inp], &w.weight));
+            out.push((format!("{name}.bias"), vec![w.out], &w.bias));
+        }
+        fn norm<'m>(out: &mut Vec<(String, Vec<usize>, &'m [f32])>, name: String, n: &'m Norm) {
+            out.push((format!("{name}.weight"), vec![n.weight.len()], &n.weight));
+            out.push((format!("{name}.bias"), vec![n.bias.len()], &n.bias));
+        }
+        let d = self.config.embed_dim;
+        let mut out: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+        out.push(("embed_tokens.weight".into(), vec![self.config.vocab_size, d], &self.embed_tokens));
+        if let Some(p) = &self.embed_positions {
+            out.push(("embed_positions.weight".into(), vec![self.config.position_rows(), d], p));
+        }
+        out.push(("projected_embeddings".into(), vec![self.config.projection_length, d], &self.projected_embeddings));
+        for (name, n) in [
+            ("emb_layer_norm", &self.emb_layer_norm),
+            ("proj_emb_layer_norm", &self.proj_emb_layer_norm),
+            ("layer_norm", &self.layer_norm),
+            ("proj_layer_norm", &self.proj_layer_norm),
+        ] {
+            if let Some(n) = n {
+                norm(&mut out, name.into(), n);
+            }
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let a = format!("layers.{i}.self_attn.");
+            lin(&mut out, format!("{a}q_proj"), &l.q_proj);
+            lin(&mut out, format!("{a}pq_proj"), &l.pq_proj);
+            match &l.pack_kv {
+                KvProj::Tied(c) => lin(&mut out, format!("{a}pc_proj"), c),
+                KvProj::Separate { k, v } => {
+                    lin(&mut out, format!("{a}pk_proj"), k);
+                    lin(&mut out, format!("{a}pv_proj"), v);
+                }
+            }
+            match &l.unpack_kv {
+                KvProj::Tied(c) => lin(&mut out, format!("{a}c_proj"), c),
+                KvProj::Separate { k, v } => {
+                    lin(&mut out, format!("{a}k_proj"), k);
+                    lin(&mut out, format!("{a}v_proj"), v);
+                }
+            }
+            lin(&mut out, format!("{a}out_proj"), &l.out_proj);
+            let p = format!("layers.{i}.");
+            lin(&mut out, format!("{p}fc1"), &l.fc1);
+            lin(&mut out, format!("{p}fc2"), &l.fc2);
+            norm(&mut out, format!("{p}self_attn_layer_norm"), &l.self_attn_layer_norm);
+            norm(&mut out, format!("{p}self_atten_proj_layer_norm"), &l.self_atten_proj_layer_norm);
+            norm(&mut out, format!("{p}final_layer_norm"), &l.final_layer_norm);
+        }
+        out
+    }
+
+    /// The model file's bytes: f32 tensors and the `luna.config` metadata.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let named = self.named_tensors();
+        let views: Vec<Named> =
+            named.iter().map(|(n, s, d)| Named { name: n, shape: s.clone(), data: d }).collect();
+        let meta = HashMap::from([("luna.config".to_string(), self.config.to_json())]);
+        tensors::serialize_f32(&views, Some(meta))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        tensors::write_file(path, &self.to_bytes()?)
+    }
+}
+
+struct Reader<'a, 'b> {
+    st: &'a SafeTensors<'b>,
+    used: HashSet<String>,
+}
+
+impl Reader<'_, '_> {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let view = self
+            .st
+            .tensor(name)
+            .map_err(|_| LunaError::Model(format!("missing tensor {name:?} (expected shape {shape:?})")))?;
+        if view.shape() != shape {
+            return Err(LunaError::Model(format!(
+                "tensor {name:?} has shape {:?}, the config needs {shape:?}",
+                view.shape()
+            )));
+        }
+        let data = tensors::view_to_f32(name, &view)?;
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(LunaError::Model(format!("tensor {name:?} holds a non-finite value at index {i}")));
+        }
+        self.used.insert(name.to_string());
+        Ok(data)
+    }
+
+    fn linear(&mut self, name: &str, out: usize, inp: usize) -> Result<Linear> {
+        Ok(Linear {
+            out,
+            inp,
+            weight: self.get(&format!("{name}.weight"), &[out, inp])?,
+            bias: self.get(&format!("{name}.bias"), &[out])?,
+        })
+    }
+
+    fn norm(&mut self, name: &str, d: usize) -> Result<Norm> {
+        Ok(Norm { weight: self.get(&format!("{name}.weight"), &[d])?, bias: self.get(&format!("{name}.bias"), &[d])? })
+    }
+
+    fn kv(&mut self, p: &str, tied: bool, c: &str, k: &str, v: &str, d: usize) -> Result<KvProj> {
+        Ok(if tied {
+            KvProj::Tied(self.linear(&format!("{p}{c}"), d, d)?)
+        } else {
+            KvProj::Separate { k: self.linear(&format!("{p}{k}"), d, d)?, v: self.linear(&format!("{p}{v}"), d, d)? }
+        })
+    }
+
+    fn layer(&mut self, c: &Config, i: usize) -> Result<Layer> {
+        let p = format!("layers.{i}.");
+        let a = format!("{p}self_attn.");
+        let (d, f) = (c.embed_dim, c.ffn_embed_dim);
+        Ok(Layer {
+            q_proj: self.linear(&format!("{a}q_proj"), d, d)?,
+            pq_proj: self.linear(&format!("{a}pq_proj"), d, d)?,
+            pack_kv: self.kv(&a, c.tie_kv, "pc_proj", "pk_proj", "pv_proj", d)?,
+            unpack_kv: self.kv(&a, c.tie_kv, "c_proj", "k_proj", "v_proj", d)?,
+            out_proj: self.linear(&format!("{a}out_proj"), d, d)?,
+            self_attn_layer_norm: self.norm(&format!("{p}self_attn_layer_norm"), d)?,
+            self_atten_proj_layer_norm: self.norm(&format!("{p}self_atten_proj_layer_norm"), d)?,
+            fc1: self.linear(&format!("{p}fc1"), f, d)?,
+            fc2: self.linear(&format!("{p}fc2"), d, f)?,
+            final_layer_norm: self.norm(&format!("{p}final_layer_norm"), d)?,
+        })
+    }
+}
