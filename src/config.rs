@@ -170,8 +170,14 @@ impl Config {
         if !self.embed_scale.is_finite() {
             return err("embed_scale must be finite".into());
         }
-        if self.max_positions > 1 << 24 || self.embed_dim > 1 << 16 || self.ffn_embed_dim > 1 << 18 {
-            return err("sizes are beyond what this engine supports (max_positions <= 2^24, embed_dim <= 65536, ffn_embed_dim <= 262144)".into());
+        // Token ids and row indices are u32 on the GPU.
+        if self.max_positions > 1 << 24
+            || self.embed_dim > 1 << 16
+            || self.ffn_embed_dim > 1 << 18
+            || self.vocab_size > 1 << 31
+            || self.projection_length > 1 << 24
+        {
+            return err("sizes are beyond what this engine supports (max_positions <= 2^24, embed_dim <= 65536, ffn_embed_dim <= 262144, vocab_size <= 2^31, projection_length <= 2^24)".into());
         }
         Ok(())
     }

@@ -110,6 +110,11 @@ impl Engine {
         (self.stats.live(), self.stats.peak())
     }
 
+    /// Gives back the scratch buffers (they are reallocated on the next call).
+    pub fn release_workspace(&mut self) {
+        self.workspace.clear();
+    }
+
     pub fn reset_peak_memory(&self) {
         self.stats.reset_peak();
     }
@@ -117,6 +122,27 @@ impl Engine {
     /// Number of pipelines built so far.
     pub fn pipelines_built(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Uploads `data` as a storage buffer (for running single kernels, as the kernel tests do).
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<Tracked> {
+        buffers::upload(&self.ctx, &self.stats, label, data)
+    }
+
+    /// A recorder for dispatching kernels directly; `submit` it, then read with [`Engine::read`].
+    pub fn recorder(&self) -> Recorder<'_> {
+        Recorder::new(&self.ctx, &self.cache, &self.dummy.buffer)
+    }
+
+    /// Reads the first `len` floats of each buffer back (asynchronous).
+    pub async fn read(&self, sources: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+        buffers::read_f32(&self.ctx, sources).await
+    }
+
+    /// Blocking form of [`Engine::read`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_blocking(&self, sources: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.read(sources))
     }
 
     fn up(&self, label: &str, data: &[f32]) -> Result<Tracked> {

@@ -55,19 +55,23 @@ pub fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
 }
 
-fn instance() -> wgpu::Instance {
-    // WGPU_BACKEND still narrows the backends when set.
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    if std::env::var("WGPU_BACKEND").is_err() {
-        desc.backends = wgpu::Backends::all();
-    }
+    desc.backends = backends;
     wgpu::Instance::new(desc)
 }
 
-/// Every adapter this machine offers, best first.
-pub async fn list_adapters() -> Vec<wgpu::Adapter> {
-    let inst = instance();
-    let mut adapters = inst.enumerate_adapters(inst_backends()).await;
+/// Every adapter this machine offers, best first. `WGPU_BACKEND` narrows the
+/// backends; otherwise the primary ones (Vulkan, Metal, DX12, WebGPU) are
+/// asked first and GL only when they offer nothing or `all` is set, so that on
+/// Linux a Vulkan driver is never passed over for GL.
+pub async fn list_adapters_from(all: bool) -> Vec<wgpu::Adapter> {
+    let from_env = wgpu::Backends::from_env();
+    let first = from_env.unwrap_or(if all { wgpu::Backends::all() } else { wgpu::Backends::PRIMARY });
+    let mut adapters = instance(first).enumerate_adapters(first).await;
+    if adapters.is_empty() && from_env.is_none() && !all {
+        adapters = instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()).await;
+    }
     adapters.sort_by_key(|a| {
         let i = a.get_info();
         (type_rank(i.device_type) * 3 + backend_rank(i.backend), i.name.clone())
@@ -75,14 +79,16 @@ pub async fn list_adapters() -> Vec<wgpu::Adapter> {
     adapters
 }
 
-fn inst_backends() -> wgpu::Backends {
-    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+/// The adapters the engine chooses from by default, best first.
+pub async fn list_adapters() -> Vec<wgpu::Adapter> {
+    list_adapters_from(false).await
 }
 
 impl GpuContext {
     /// Picks an adapter per `choice` and opens a device with its full limits.
     pub async fn new(choice: &AdapterChoice) -> Result<GpuContext> {
-        let adapters = list_adapters().await;
+        // Naming an adapter searches every backend (GL included).
+        let adapters = list_adapters_from(choice.wanted.is_some()).await;
         if adapters.is_empty() {
             return Err(LunaError::NoAdapter("wgpu found none on any backend".into()));
         }

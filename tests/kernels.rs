@@ -1,0 +1,239 @@
+//! Each kernel against the float64 reference on random data, on shapes that
+//! hit tile tails, single rows and heads, masks, and a long pack reduction.
+
+mod common;
+
+use luna_wgpu::config::Activation;
+use luna_wgpu::init::Rng;
+use luna_wgpu::kernels::attention::{self, Shape, View};
+use luna_wgpu::kernels::{embed, gemm, layernorm};
+use luna_wgpu::model::{Linear, Norm};
+use luna_wgpu::reference::ops;
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Max |got - want| relative to max(1, max |want|).
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let mag = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let mut err: f64 = 0.0;
+    for (g, w) in got.iter().zip(want) {
+        assert!(g.is_finite(), "non-finite output");
+        err = err.max((*g as f64 - w).abs());
+    }
+    err / mag
+}
+
+#[test]
+fn gemm_matches_reference() {
+    let Some(engine) = common::engine() else { return };
+    let mut rng = Rng::new(7);
+    // Tails in every dimension (tile is 64x64, K step 16), single rows and columns.
+    let shapes = [(1, 1, 1), (65, 70, 33), (130, 17, 300), (7, 200, 64), (64, 64, 16), (3, 129, 1)];
+    for &(m, n, k) in &shapes {
+        for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
+            for residual in [false, true] {
+                let lin = Linear { out: n, inp: k, weight: rng.fill(n * k, 1.0), bias: rng.fill(n, 1.0) };
+                let a = rng.fill(m * k, 1.0);
+                let r = rng.fill(m * n, 1.0);
+                let mut want = ops::linear(&to64(&a), m, &lin);
+                for (i, v) in want.iter_mut().enumerate() {
+                    if let Some(act) = act {
+                        *v = ops::activation(act, *v);
+                    }
+                    if residual {
+                        *v += r[i] as f64;
+                    }
+                }
+                let (ab, wb, bb, rb) = (
+                    engine.upload("a", &a).unwrap(),
+                    engine.upload("w", &lin.weight).unwrap(),
+                    engine.upload("b", &lin.bias).unwrap(),
+                    engine.upload("r", &r).unwrap(),
+                );
+                let out = engine.upload("c", &vec![f32::NAN; m * n]).unwrap();
+                let mut rec = engine.recorder();
+                let res = residual.then_some(&rb.buffer);
+                gemm::encode(&mut rec, &ab.buffer, &wb.buffer, &bb.buffer, res, &out.buffer, [m, n, k], act);
+                rec.submit();
+                let got = engine.read_blocking(&[(&out.buffer, m * n)]).unwrap().remove(0);
+                let e = rel_err(&got, &want);
+                assert!(e < 1e-5, "gemm {m}x{n}x{k} act {act:?} residual {residual}: error {e}");
+            }
+        }
+    }
+}
+
+/// Runs the attention kernel with Q, K, V placed at offsets inside wider rows,
+/// and compares with the reference's multi-head attention.
+fn check_attention(batch: usize, q_rows: usize, k_rows: usize, heads: usize, head_dim: usize, mask_every: usize, seed: u64) {
+    let Some(engine) = common::engine() else { return };
+    let mut rng = Rng::new(seed);
+    let d = heads * head_dim;
+    let (q_stride, q_off) = (d + 3, 2);
+    let (kv_stride, k_off, v_off) = (2 * d + 1, 1, d + 1);
+    let q = rng.fill(batch * q_rows * q_stride, 2.0);
+    let kv = rng.fill(batch * k_rows * kv_stride, 2.0);
+    // Mask every `mask_every`-th key, but never all keys of a sequence.
+    let mut mask = vec![0u32; batch * k_rows];
+    for b in 0..batch {
+        for j in 0..k_rows {
+            if mask_every > 0 && (j + b) % mask_every == 0 && j != k_rows - 1 {
+                mask[b * k_rows + j] = 1;
+            }
+        }
+    }
+    let scale = (head_dim as f64).powf(-0.5);
+    let mut want = Vec::new();
+    for b in 0..batch {
+        let take = |src: &[f32], rows: usize, stride: usize, off: usize| -> Vec<f64> {
+            (0..rows).flat_map(|r| (0..d).map(move |c| (r, c))).map(|(r, c)| src[(b * rows + r) * stride + off + c] as f64).collect()
+        };
+        let mut qb = take(&q, q_rows, q_stride, q_off);
+        ops::scale(&mut qb, scale);
+        let kb = take(&kv, k_rows, kv_stride, k_off);
+        let vb = take(&kv, k_rows, kv_stride, v_off);
+        let mb: Vec<bool> = mask[b * k_rows..(b + 1) * k_rows].iter().map(|&m| m != 0).collect();
+        want.extend(ops::multihead_attention(&qb, &kb, &vb, q_rows, k_rows, d, heads, &mb));
+    }
+    let qbuf = engine.upload("q", &q).unwrap();
+    let kvbuf = engine.upload("kv", &kv).unwrap();
+    let mbuf = engine.upload("mask", &mask).unwrap();
+    let out = engine.upload("o", &vec![f32::NAN; batch * q_rows * d]).unwrap();
+    let mut rec = engine.recorder();
+    attention::encode(
+        &mut rec,
+        View { buffer: &qbuf.buffer, stride: q_stride, offset: q_off },
+        View { buffer: &kvbuf.buffer, stride: kv_stride, offset: k_off },
+        View { buffer: &kvbuf.buffer, stride: kv_stride, offset: v_off },
+        &mbuf.buffer,
+        &out.buffer,
+        d,
+        Shape { batch, q_rows, k_rows, heads, head_dim, scale: scale as f32 },
+    );
+    rec.submit();
+    let got = engine.read_blocking(&[(&out.buffer, batch * q_rows * d)]).unwrap().remove(0);
+    let e = rel_err(&got, &want);
+    eprintln!("attention b={batch} q={q_rows} k={k_rows} h={heads} hd={head_dim}: {e:.2e}");
+    assert!(e < 1e-5, "attention b={batch} q={q_rows} k={k_rows} h={heads} hd={head_dim} mask {mask_every}: error {e}");
+}
+
+#[test]
+fn attention_pack_shapes() {
+    // P rows over a sequence: chunk tails (k_rows not a multiple of 64), masks, one head.
+    check_attention(2, 5, 70, 4, 8, 3, 1);
+    check_attention(1, 1, 1, 1, 1, 0, 2);
+    check_attention(3, 7, 129, 1, 24, 5, 3);
+}
+
+#[test]
+fn attention_unpack_shapes() {
+    // Tokens over the packed rows: few keys, many queries, head dims past 64 columns per thread.
+    check_attention(2, 33, 6, 2, 16, 4, 4);
+    check_attention(1, 3, 2, 3, 130, 2, 5);
+    check_attention(1, 2, 5, 1, 512, 0, 6);
+}
+
+#[test]
+fn attention_long_pack_reduction() {
+    // One long online softmax: n = 5000 keys in 79 chunks.
+    check_attention(1, 3, 5000, 2, 16, 7, 8);
+}
+
+#[test]
+fn layernorm_matches_reference() {
+    let Some(engine) = common::engine() else { return };
+    let mut rng = Rng::new(11);
+    for &(rows, d) in &[(1, 1), (5, 7), (3, 100), (2, 1000), (70, 64)] {
+        for residual in [false, true] {
+            for normalize in [false, true] {
+                for masked in [false, true] {
+                    // Rows with a large common offset test the two-pass variance.
+                    let x: Vec<f32> = rng.fill(rows * d, 3.0).iter().map(|v| v + 50.0).collect();
+                    let r = rng.fill(rows * d, 1.0);
+                    let norm = Norm { weight: rng.fill(d, 1.0), bias: rng.fill(d, 1.0) };
+                    let mask: Vec<u32> = (0..rows).map(|i| (masked && i % 2 == 1) as u32).collect();
+                    let mut v = to64(&x);
+                    if residual {
+                        ops::add(&mut v, &to64(&r));
+                    }
+                    let mut want = if normalize { ops::layer_norm(&v, d, &norm, 1e-5) } else { v };
+                    ops::zero_rows(&mut want, d, &mask.iter().map(|&m| m != 0).collect::<Vec<_>>());
+                    let bufs: Vec<_> = [&x, &r, &norm.weight, &norm.bias].iter().map(|v| engine.upload("in", v).unwrap()).collect();
+                    let mbuf = engine.upload("mask", &mask).unwrap();
+                    let out = engine.upload("out", &vec![f32::NAN; rows * d]).unwrap();
+                    let mut rec = engine.recorder();
+                    layernorm::encode(
+                        &mut rec,
+                        layernorm::Step {
+                            x: &bufs[0].buffer,
+                            residual: residual.then_some(&bufs[1].buffer),
+                            norm: normalize.then_some((&bufs[2].buffer, &bufs[3].buffer)),
+                            mask: masked.then_some(&mbuf.buffer),
+                            out: &out.buffer,
+                        },
+                        rows,
+                        d,
+                        1e-5,
+                    );
+                    rec.submit();
+                    let got = engine.read_blocking(&[(&out.buffer, rows * d)]).unwrap().remove(0);
+                    let e = rel_err(&got, &want);
+                    assert!(e < 2e-5, "layernorm {rows}x{d} res {residual} norm {normalize} mask {masked}: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn embed_matches_reference() {
+    let Some(engine) = common::engine() else { return };
+    let mut rng = Rng::new(12);
+    let (vocab, d, rows, npos) = (11, 37, 150, 20);
+    let table = rng.fill(vocab * d, 1.0);
+    let pos_table = rng.fill(npos * d, 1.0);
+    let ids: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+    let pos: Vec<u32> = (0..rows).map(|_| rng.below(npos as u64) as u32).collect();
+    let mask: Vec<u32> = (0..rows).map(|i| (i % 3 == 0) as u32).collect();
+    let scale = 2.5f32;
+    for with_pos in [false, true] {
+        for masked in [false, true] {
+            let mut want = vec![0.0f64; rows * d];
+            for r in 0..rows {
+                if masked && mask[r] != 0 {
+                    continue;
+                }
+                for c in 0..d {
+                    let mut v = scale as f64 * table[ids[r] as usize * d + c] as f64;
+                    if with_pos {
+                        v += pos_table[pos[r] as usize * d + c] as f64;
+                    }
+                    want[r * d + c] = v;
+                }
+            }
+            let b: Vec<_> = [&table, &pos_table].iter().map(|t| engine.upload("t", t).unwrap()).collect();
+            let (ib, pb, mb) = (engine.upload("ids", &ids).unwrap(), engine.upload("pos", &pos).unwrap(), engine.upload("m", &mask).unwrap());
+            let out = engine.upload("out", &vec![f32::NAN; rows * d]).unwrap();
+            let mut rec = engine.recorder();
+            embed::encode(
+                &mut rec,
+                embed::Gather {
+                    ids: &ib.buffer,
+                    table: &b[0].buffer,
+                    positions: with_pos.then_some((&pb.buffer, &b[1].buffer)),
+                    mask: masked.then_some(&mb.buffer),
+                    out: &out.buffer,
+                },
+                rows,
+                d,
+                scale,
+            );
+            rec.submit();
+            let got = engine.read_blocking(&[(&out.buffer, rows * d)]).unwrap().remove(0);
+            assert!(rel_err(&got, &want) < 1e-6, "embed pos {with_pos} mask {masked}");
+        }
+    }
+}
