@@ -3,7 +3,12 @@
 // Serves both halves of Luna:
 //   pack:   queries = the l' rows of P,   keys/values = the n tokens  (Hp heads, key mask = padding)
 //   unpack: queries = the n tokens,       keys/values = the l' packed rows (H heads, key mask = P-row mask)
-// One workgroup per (batch, head, query row). Keys are walked in chunks of WG:
+// One workgroup per (batch, head, query row, split). A long key sequence is
+// split into `splits` ranges of `keys_per_split` keys walked by separate
+// workgroups (more parallelism for the pack, and bounded loops per
+// invocation); their partial softmax states (max, sum, unnormalised output)
+// are merged by attention_combine.wgsl. With one split the output is written
+// directly. Within a range, keys are walked in chunks of WG:
 // each thread scores one key of the chunk, then every thread folds the chunk
 // into its own output columns (tid, tid + WG, ...), so V reads are coalesced.
 // Q, K, V are read through strides and column offsets, so fused projection
@@ -21,11 +26,11 @@ struct Params {
     v_stride: u32,
     v_off: u32,
     o_stride: u32,
-    total: u32,     // batch * heads * q_rows workgroups
+    total: u32,     // batch * heads * q_rows * splits workgroups
     scale: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    splits: u32,
+    keys_per_split: u32,
+    _pad: u32,
 }
 
 const WG: u32 = 64u;
@@ -38,6 +43,8 @@ const NEG: f32 = -3.0e38;   // below every real score; marks masked keys
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read> key_mask: array<u32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
+// [total][head_dim + 2]: max, sum, then the unnormalised output (only when splits > 1)
+@group(0) @binding(6) var<storage, read_write> partial: array<f32>;
 
 var<workgroup> q_row: array<f32, 512>;
 var<workgroup> scores: array<f32, WG>;
@@ -52,8 +59,10 @@ fn main(
     if (id >= p.total) {
         return;
     }
-    let i = id % p.q_rows;
-    let bh = id / p.q_rows;
+    let split = id % p.splits;
+    let row = id / p.splits;
+    let i = row % p.q_rows;
+    let bh = row / p.q_rows;
     let h = bh % p.heads;
     let b = bh / p.heads;
     let hd = p.head_dim;
@@ -72,10 +81,12 @@ fn main(
         acc[e] = 0.0;
     }
 
-    for (var c0 = 0u; c0 < p.k_rows; c0 += WG) {
+    let k_begin = split * p.keys_per_split;
+    let k_end = min(k_begin + p.keys_per_split, p.k_rows);
+    for (var c0 = k_begin; c0 < k_end; c0 += WG) {
         let j = c0 + tid;
         var s = NEG;
-        if (j < p.k_rows && key_mask[b * p.k_rows + j] == 0u) {
+        if (j < k_end && key_mask[b * p.k_rows + j] == 0u) {
             let k_base = (b * p.k_rows + j) * p.k_stride + p.k_off + col;
             var dot = 0.0;
             for (var c = 0u; c < hd; c++) {
@@ -86,7 +97,7 @@ fn main(
         scores[tid] = s;
         workgroupBarrier();
 
-        let count = min(WG, p.k_rows - c0);
+        let count = min(WG, k_end - c0);
         var chunk_max = NEG;
         for (var t = 0u; t < count; t++) {
             chunk_max = max(chunk_max, scores[t]);
@@ -117,6 +128,20 @@ fn main(
         workgroupBarrier();
     }
 
+    if (p.splits > 1u) {
+        let base = id * (hd + 2u);
+        if (tid == 0u) {
+            partial[base] = m;
+            partial[base + 1u] = l;
+        }
+        for (var e = 0u; e < DPT; e++) {
+            let c = tid + e * WG;
+            if (c < hd) {
+                partial[base + 2u + c] = acc[e];
+            }
+        }
+        return;
+    }
     let inv = select(0.0, 1.0 / l, l > 0.0);
     let o_base = (b * p.q_rows + i) * p.o_stride + col;
     for (var e = 0u; e < DPT; e++) {

@@ -167,8 +167,14 @@ impl Engine {
         }
     }
 
-    /// Uploads a model's weights.
+    /// Uploads a model's weights (blocking form of [`Engine::load_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load(&self, model: &Model) -> Result<GpuModel> {
+        pollster::block_on(self.load_async(model))
+    }
+
+    /// Uploads a model's weights; allocation failures come back as errors.
+    pub async fn load_async(&self, model: &Model) -> Result<GpuModel> {
         self.ctx.check_alive()?;
         let c = &model.config;
         for (what, hd) in [("num_heads", c.head_dim()), ("num_pheads", c.pack_head_dim())] {
@@ -229,7 +235,7 @@ impl Engine {
             layers,
             token_pos: Mutex::new(None),
         };
-        scope.pop(&self.ctx)?;
+        scope.pop_async(&self.ctx).await?;
         Ok(gm)
     }
 
@@ -256,6 +262,7 @@ impl Engine {
     /// Runs the encoder on a batch (asynchronous; nothing blocks on the web).
     pub async fn encode(&mut self, model: &GpuModel, batch: &Batch) -> Result<EncoderOutput> {
         self.ctx.check_alive()?;
+        batch.check_for(&model.config)?;
         let scope = ErrorScopes::push(&self.ctx);
         let result = self.record_encoder(model, batch);
         let result = match result {
@@ -346,6 +353,9 @@ impl Engine {
         let o = get("o", rows_x * d);
         let y = get("y", rows_x * d);
         let h = get("ffn", rows_x * c.ffn_embed_dim);
+        let (dp, dh) = (c.pack_head_dim(), c.head_dim());
+        let attn_scratch = |heads, hd, q_rows, k_rows| Shape { batch: bsz, q_rows, k_rows, heads, head_dim: hd, scale: 1.0 }.scratch_floats();
+        let partial = get("attn_partial", attn_scratch(c.num_pheads, dp, lp, n).max(attn_scratch(c.num_heads, dh, n, lp)));
 
         let q = &ctx.queue;
         let as_u32 = |m: &[bool]| m.iter().map(|&b| b as u32).collect::<Vec<u32>>();
@@ -394,8 +404,6 @@ impl Engine {
             std::mem::swap(&mut p, &mut p_alt);
         }
 
-        let dp = c.pack_head_dim();
-        let dh = c.head_dim();
         let pre = c.normalize_before;
         for i in 0..c.num_layers {
             let l = model.layer(i);
@@ -414,6 +422,8 @@ impl Engine {
             gemm::encode(&mut rec, ap, &l.wpq.buffer, &l.bpq.buffer, None, &qp, [rows_p, d, d], None);
             // Pack: P rows read the whole sequence (Hp heads, padding masked).
             let v_pack = if c.tie_kv { d } else { 2 * d };
+            let pack_shape =
+                Shape { batch: bsz, q_rows: lp, k_rows: n, heads: c.num_pheads, head_dim: dp, scale: (dp as f32).powf(-0.5) };
             attention::encode(
                 &mut rec,
                 View { buffer: &qp, stride: d, offset: 0 },
@@ -422,9 +432,12 @@ impl Engine {
                 &xmask,
                 &yp,
                 d,
-                Shape { batch: bsz, q_rows: lp, k_rows: n, heads: c.num_pheads, head_dim: dp, scale: (dp as f32).powf(-0.5) },
+                pack_shape,
+                &partial,
             );
             // Unpack: every token reads the packed rows (H heads, masked P rows excluded).
+            let unpack_shape =
+                Shape { batch: bsz, q_rows: n, k_rows: lp, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) };
             gemm::encode(&mut rec, &yp, &l.wkv.buffer, &l.bkv.buffer, None, &kv, [rows_p, kvw, d], None);
             attention::encode(
                 &mut rec,
@@ -434,7 +447,8 @@ impl Engine {
                 &pmask,
                 &o,
                 d,
-                Shape { batch: bsz, q_rows: n, k_rows: lp, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) },
+                unpack_shape,
+                &partial,
             );
             let act = Some(c.activation);
             if pre {
@@ -472,15 +486,16 @@ impl Engine {
 /// Out-of-memory and validation error scopes around a unit of GPU work, so
 /// that a failure comes back as a `LunaError` instead of aborting.
 struct ErrorScopes {
-    oom: wgpu::ErrorScopeGuard,
+    // Field order is drop order: scopes must pop in the reverse of their push order.
     validation: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
 }
 
 impl ErrorScopes {
     fn push(ctx: &GpuContext) -> ErrorScopes {
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        ErrorScopes { oom, validation }
+        ErrorScopes { validation, oom }
     }
 
     async fn pop_async(self, ctx: &GpuContext) -> Result<()> {
@@ -497,10 +512,5 @@ impl ErrorScopes {
             return Err(LunaError::Device(uncaptured.join("; ")));
         }
         ctx.check_alive()
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    fn pop(self, ctx: &GpuContext) -> Result<()> {
-        pollster::block_on(self.pop_async(ctx))
     }
 }

@@ -59,6 +59,15 @@ impl Model {
         }
         let c = config;
         let d = c.embed_dim;
+        let per_layer = 6 * d * d + 2 * d * c.ffn_embed_dim;
+        let layers = if c.tie_layer_weights { 1 } else { c.num_layers };
+        let floats = (c.vocab_size + c.position_rows() + c.projection_length) as u128 * d as u128
+            + layers as u128 * per_layer as u128;
+        if floats > 1 << 31 {
+            return Err(LunaError::Config(format!(
+                "this config has about {floats} parameters; init-random makes models of at most 2^31 (8 GiB)"
+            )));
+        }
         let mut rng = Rng::new(seed);
         let emb_a = if c.learned_pos { 1.0 } else { 1.0 / c.embed_scale as f32 };
         let mut embed_tokens = rng.fill(c.vocab_size * d, emb_a);

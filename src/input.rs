@@ -32,7 +32,7 @@ impl Batch {
         if batch == 0 || len == 0 {
             return Err(LunaError::Input(format!("the token tensor is empty (shape [{batch}, {len}])")));
         }
-        if tokens.len() != batch * len {
+        if batch.checked_mul(len) != Some(tokens.len()) {
             return Err(LunaError::Input(format!(
                 "{} tokens do not fill the shape [{batch}, {len}]",
                 tokens.len()
@@ -89,14 +89,29 @@ impl Batch {
         Ok(Batch { batch, len, tokens: ids, positions, lengths, x_mask, proj_len, p_mask })
     }
 
+    /// Checks that this batch is what [`Batch::new`] makes for `config` (its
+    /// fields are public, so a batch built for another model could otherwise
+    /// carry ids or positions outside this model's tables).
+    pub fn check_for(&self, config: &Config) -> Result<()> {
+        let tokens: Vec<i64> = self.tokens.iter().map(|&t| t as i64).collect();
+        if tokens.len() != self.batch.saturating_mul(self.len) || Batch::new(config, &tokens, self.batch, self.len)? != *self {
+            return Err(LunaError::Input(
+                "this batch does not match the model's config; build it with Batch::new for this model".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads `tokens` (I32 or I64, rank 2) from a safetensors input file.
     pub fn from_safetensors(config: &Config, bytes: &[u8]) -> Result<Batch> {
         let st = tensors::parse(bytes, "input")?;
         let view = st.tensor("tokens").map_err(|_| {
-            LunaError::Input(format!(
-                "the input file has no tensor \"tokens\" (it has {:?})",
-                st.names()
-            ))
+            // A model file given as the input has hundreds of tensors: name a few.
+            let mut names = st.names();
+            names.sort();
+            let shown: Vec<&str> = names.iter().take(4).copied().collect();
+            let more = if names.len() > shown.len() { format!(" and {} more", names.len() - shown.len()) } else { String::new() };
+            LunaError::Input(format!("the input file has no tensor \"tokens\" (it has {shown:?}{more})"))
         })?;
         let shape = view.shape().to_vec();
         if shape.len() != 2 {

@@ -102,6 +102,8 @@ fn check_attention(batch: usize, q_rows: usize, k_rows: usize, heads: usize, hea
     let kvbuf = engine.upload("kv", &kv).unwrap();
     let mbuf = engine.upload("mask", &mask).unwrap();
     let out = engine.upload("o", &vec![f32::NAN; batch * q_rows * d]).unwrap();
+    let shape = Shape { batch, q_rows, k_rows, heads, head_dim, scale: scale as f32 };
+    let scratch = engine.upload("scratch", &vec![f32::NAN; shape.scratch_floats().max(1)]).unwrap();
     let mut rec = engine.recorder();
     attention::encode(
         &mut rec,
@@ -111,7 +113,8 @@ fn check_attention(batch: usize, q_rows: usize, k_rows: usize, heads: usize, hea
         &mbuf.buffer,
         &out.buffer,
         d,
-        Shape { batch, q_rows, k_rows, heads, head_dim, scale: scale as f32 },
+        shape,
+        &scratch.buffer,
     );
     rec.submit();
     let got = engine.read_blocking(&[(&out.buffer, batch * q_rows * d)]).unwrap().remove(0);
@@ -236,4 +239,14 @@ fn embed_matches_reference() {
             assert!(rel_err(&got, &want) < 1e-6, "embed pos {with_pos} mask {masked}");
         }
     }
+}
+
+#[test]
+fn attention_very_long_pack_is_split() {
+    // 70000 keys: 61 splits merged by the combine kernel. (One workgroup
+    // walking them all loses accuracy on lavapipe, whose loops stop counting
+    // past about 65k iterations.)
+    let shape = Shape { batch: 1, q_rows: 2, k_rows: 70000, heads: 1, head_dim: 8, scale: 1.0 };
+    assert!(shape.splits().0 > 1);
+    check_attention(1, 2, 70000, 1, 8, 0, 9);
 }

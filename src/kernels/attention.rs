@@ -1,11 +1,19 @@
 //! Fused multi-head attention with an online softmax (`shaders/attention.wgsl`):
 //! the pack (P over the sequence) and unpack (tokens over the packed P) halves
-//! of Luna, without a score matrix in global memory.
+//! of Luna, without a score matrix in global memory. Long key sequences are
+//! split over several workgroups whose partial softmax states are merged by
+//! `shaders/attention_combine.wgsl`; the scratch for them is bounded by
+//! `MAX_SPLITS`, not by the sequence length.
 
 use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
 
 pub const SOURCE: &str = include_str!("../../shaders/attention.wgsl");
+pub const COMBINE_SOURCE: &str = include_str!("../../shaders/attention_combine.wgsl");
+/// At most this many workgroups share one query row's keys.
+pub const MAX_SPLITS: usize = 64;
+/// Keys below this per workgroup are not worth a split.
+pub const MIN_KEYS_PER_SPLIT: usize = 1024;
 /// Largest head dimension the kernel handles (WG * DPT in the shader).
 pub const MAX_HEAD_DIM: usize = 512;
 
@@ -25,7 +33,21 @@ struct Params {
     o_stride: u32,
     total: u32,
     scale: f32,
-    _pad: [u32; 3],
+    splits: u32,
+    keys_per_split: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CombineParams {
+    q_rows: u32,
+    heads: u32,
+    head_dim: u32,
+    splits: u32,
+    o_stride: u32,
+    total: u32,
+    _pad: [u32; 2],
 }
 
 pub fn spec() -> KernelSpec {
@@ -33,13 +55,23 @@ pub fn spec() -> KernelSpec {
         name: "attention",
         source: SOURCE,
         entry: "main",
-        storage: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Write],
+        storage: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Write, Access::Write],
+        constants: vec![],
+    }
+}
+
+pub fn combine_spec() -> KernelSpec {
+    KernelSpec {
+        name: "attention_combine",
+        source: COMBINE_SOURCE,
+        entry: "main",
+        storage: &[Access::Read, Access::Write],
         constants: vec![],
     }
 }
 
 pub fn variants() -> Vec<KernelSpec> {
-    vec![spec()]
+    vec![spec(), combine_spec()]
 }
 
 /// A matrix of rows inside a buffer: `stride` floats per row, the view starting at column `offset`.
@@ -62,11 +94,41 @@ pub struct Shape {
     pub scale: f32,
 }
 
+impl Shape {
+    /// `(splits, keys_per_split)`: how the keys of each query row are divided among workgroups.
+    pub fn splits(&self) -> (usize, usize) {
+        let per = MIN_KEYS_PER_SPLIT.max(self.k_rows.div_ceil(MAX_SPLITS)).div_ceil(64) * 64;
+        (self.k_rows.div_ceil(per).max(1), per)
+    }
+
+    /// Floats of scratch `encode` needs for partial states (0 with a single split).
+    pub fn scratch_floats(&self) -> usize {
+        match self.splits() {
+            (1, _) => 0,
+            (splits, _) => self.batch * self.heads * self.q_rows * splits * (self.head_dim + 2),
+        }
+    }
+}
+
 /// `out[b, i, head cols] = softmax(scale · q_i · K^T, masked) · V` for every
 /// batch, head and query row; `key_mask` is `[batch, k_rows]`, nonzero = masked.
-pub fn encode(rec: &mut Recorder, q: View, k: View, v: View, key_mask: &wgpu::Buffer, out: &wgpu::Buffer, out_stride: usize, s: Shape) {
+/// `scratch` must hold [`Shape::scratch_floats`] floats (any buffer when that is 0).
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    rec: &mut Recorder,
+    q: View,
+    k: View,
+    v: View,
+    key_mask: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    out_stride: usize,
+    s: Shape,
+    scratch: &wgpu::Buffer,
+) {
     let kernel = rec.kernel(spec());
-    let total = (s.batch * s.heads * s.q_rows) as u32;
+    let (splits, keys_per_split) = s.splits();
+    let rows = (s.batch * s.heads * s.q_rows) as u32;
+    let total = rows * splits as u32;
     let params = Params {
         q_rows: s.q_rows as u32,
         k_rows: s.k_rows as u32,
@@ -81,8 +143,25 @@ pub fn encode(rec: &mut Recorder, q: View, k: View, v: View, key_mask: &wgpu::Bu
         o_stride: out_stride as u32,
         total,
         scale: s.scale,
-        _pad: [0; 3],
+        splits: splits as u32,
+        keys_per_split: keys_per_split as u32,
+        _pad: 0,
     };
     let groups = rec.grid(total);
-    rec.dispatch(&kernel, &params, &[q.buffer, k.buffer, v.buffer, key_mask, out], groups);
+    let partial = if splits > 1 { scratch } else { rec.dummy };
+    rec.dispatch(&kernel, &params, &[q.buffer, k.buffer, v.buffer, key_mask, out, partial], groups);
+    if splits > 1 {
+        let combine = rec.kernel(combine_spec());
+        let params = CombineParams {
+            q_rows: s.q_rows as u32,
+            heads: s.heads as u32,
+            head_dim: s.head_dim as u32,
+            splits: splits as u32,
+            o_stride: out_stride as u32,
+            total: rows,
+            _pad: [0; 2],
+        };
+        let groups = rec.grid(rows);
+        rec.dispatch(&combine, &params, &[scratch, out], groups);
+    }
 }
