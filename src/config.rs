@@ -158,6 +158,9 @@ impl Config {
                 self.embed_dim, self.num_pheads
             ));
         }
+        if self.model == ModelKind::CausalLm && self.layernorm_embedding {
+            return err("layernorm_embedding is an encoder option; a causal_lm has no embedding LayerNorm".into());
+        }
         if self.padding_idx >= self.vocab_size {
             return err(format!(
                 "padding_idx {} is not below vocab_size {}",

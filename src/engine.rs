@@ -18,15 +18,17 @@ use std::sync::{Arc, Mutex};
 /// A Luna engine on one GPU.
 pub struct Engine {
     pub ctx: GpuContext,
-    cache: PipelineCache,
-    stats: Arc<MemoryStats>,
-    workspace: Workspace,
-    dummy: Tracked,
+    pub(crate) cache: PipelineCache,
+    pub(crate) stats: Arc<MemoryStats>,
+    pub(crate) workspace: Workspace,
+    pub(crate) dummy: Tracked,
+    /// Tokens per chunk of the causal parallel form.
+    pub(crate) causal_chunk: usize,
 }
 
-struct GpuNorm {
-    weight: Tracked,
-    bias: Tracked,
+pub(crate) struct GpuNorm {
+    pub(crate) weight: Tracked,
+    pub(crate) bias: Tracked,
 }
 
 struct GpuLayer {
@@ -52,7 +54,9 @@ struct GpuLayer {
 /// A model's weights on the GPU.
 pub struct GpuModel {
     pub config: Config,
-    embed_tokens: Tracked,
+    /// Tells decoders which model they belong to.
+    pub(crate) id: u64,
+    pub(crate) embed_tokens: Tracked,
     /// Learned table, or `None` for sinusoids (built on demand in `token_pos`).
     embed_positions: Option<Tracked>,
     projected_embeddings: Tracked,
@@ -63,6 +67,8 @@ pub struct GpuModel {
     layers: Vec<GpuLayer>,
     /// Grow-only sinusoid table for token positions: (rows, buffer).
     token_pos: Mutex<Option<(usize, Tracked)>>,
+    /// The causal LM's weights, for a `causal_lm` model.
+    pub(crate) causal: Option<crate::causal::GpuCausal>,
 }
 
 impl GpuModel {
@@ -71,7 +77,7 @@ impl GpuModel {
     }
 }
 
-fn norm(g: &GpuNorm) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
+pub(crate) fn norm(g: &GpuNorm) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
     Some((&g.weight.buffer, &g.bias.buffer))
 }
 
@@ -102,7 +108,7 @@ impl Engine {
     pub fn with_context(ctx: GpuContext) -> Engine {
         let stats = Arc::new(MemoryStats::default());
         let dummy = buffers::upload(&ctx, &stats, "dummy", &[0u32; 4]).expect("16 bytes fit any device");
-        Engine { workspace: Workspace::new(stats.clone()), cache: PipelineCache::default(), stats, dummy, ctx }
+        Engine { workspace: Workspace::new(stats.clone()), cache: PipelineCache::default(), stats, dummy, ctx, causal_chunk: 64 }
     }
 
     /// Bytes of GPU buffers the engine holds now, and the most it has held.
@@ -145,22 +151,22 @@ impl Engine {
         pollster::block_on(self.read(sources))
     }
 
-    fn up(&self, label: &str, data: &[f32]) -> Result<Tracked> {
+    pub(crate) fn up(&self, label: &str, data: &[f32]) -> Result<Tracked> {
         buffers::upload(&self.ctx, &self.stats, label, data)
     }
 
-    fn norm(&self, n: &Norm) -> Result<GpuNorm> {
+    pub(crate) fn norm(&self, n: &Norm) -> Result<GpuNorm> {
         Ok(GpuNorm { weight: self.up("ln.weight", &n.weight)?, bias: self.up("ln.bias", &n.bias)? })
     }
 
     /// Stacks Linear layers that read the same input into one weight and bias.
-    fn stacked(&self, label: &str, parts: &[&Linear]) -> Result<(Tracked, Tracked)> {
+    pub(crate) fn stacked(&self, label: &str, parts: &[&Linear]) -> Result<(Tracked, Tracked)> {
         let w: Vec<f32> = parts.iter().flat_map(|l| l.weight.iter().copied()).collect();
         let b: Vec<f32> = parts.iter().flat_map(|l| l.bias.iter().copied()).collect();
         Ok((self.up(label, &w)?, self.up(label, &b)?))
     }
 
-    fn kv_parts(kv: &KvProj) -> Vec<&Linear> {
+    pub(crate) fn kv_parts(kv: &KvProj) -> Vec<&Linear> {
         match kv {
             KvProj::Tied(c) => vec![c],
             KvProj::Separate { k, v } => vec![k, v],
@@ -186,6 +192,7 @@ impl Engine {
             }
         }
         let scope = ErrorScopes::push(&self.ctx);
+        let causal = if c.model == crate::config::ModelKind::CausalLm { Some(self.load_causal(model)?) } else { None };
         let mut layers = Vec::new();
         for l in &model.layers {
             let mut xparts = vec![&l.q_proj];
@@ -220,8 +227,11 @@ impl Engine {
                 _ => None,
             })
         };
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let gm = GpuModel {
             config: c.clone(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            causal,
             embed_tokens: self.up("embed_tokens", &model.embed_tokens)?,
             embed_positions: model.embed_positions.as_ref().map(|p| self.up("embed_positions", p)).transpose()?,
             projected_embeddings: self.up("projected_embeddings", &model.projected_embeddings)?,
@@ -240,7 +250,7 @@ impl Engine {
     }
 
     /// The token position table covering `rows` rows (learned, or a cached sinusoid table).
-    fn token_positions(&self, model: &GpuModel, rows: usize) -> Result<wgpu::Buffer> {
+    pub(crate) fn token_positions(&self, model: &GpuModel, rows: usize) -> Result<wgpu::Buffer> {
         if let Some(p) = &model.embed_positions {
             return Ok(p.buffer.clone());
         }
@@ -262,6 +272,11 @@ impl Engine {
     /// Runs the encoder on a batch (asynchronous; nothing blocks on the web).
     pub async fn encode(&mut self, model: &GpuModel, batch: &Batch) -> Result<EncoderOutput> {
         self.ctx.check_alive()?;
+        if model.causal.is_some() {
+            return Err(LunaError::Unsupported(
+                "this model is a causal_lm: it gives logits (causal_forward, score, generate), not encoder outputs".into(),
+            ));
+        }
         batch.check_for(&model.config)?;
         let scope = ErrorScopes::push(&self.ctx);
         let result = self.record_encoder(model, batch);
@@ -485,20 +500,20 @@ impl Engine {
 
 /// Out-of-memory and validation error scopes around a unit of GPU work, so
 /// that a failure comes back as a `LunaError` instead of aborting.
-struct ErrorScopes {
+pub(crate) struct ErrorScopes {
     // Field order is drop order: scopes must pop in the reverse of their push order.
     validation: wgpu::ErrorScopeGuard,
     oom: wgpu::ErrorScopeGuard,
 }
 
 impl ErrorScopes {
-    fn push(ctx: &GpuContext) -> ErrorScopes {
+    pub(crate) fn push(ctx: &GpuContext) -> ErrorScopes {
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         ErrorScopes { validation, oom }
     }
 
-    async fn pop_async(self, ctx: &GpuContext) -> Result<()> {
+    pub(crate) async fn pop_async(self, ctx: &GpuContext) -> Result<()> {
         let validation = self.validation.pop().await;
         let oom = self.oom.pop().await;
         if let Some(e) = oom {

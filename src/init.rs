@@ -3,7 +3,7 @@
 
 use crate::config::{Config, ModelKind};
 use crate::error::{LunaError, Result};
-use crate::model::{KvProj, Layer, Linear, Model, Norm};
+use crate::model::{CausalLayer, KvProj, Layer, Linear, Model, Norm};
 
 /// SplitMix64: small, fast, and the same stream everywhere.
 pub struct Rng(u64);
@@ -54,9 +54,6 @@ fn kv(rng: &mut Rng, tied: bool, d: usize) -> KvProj {
 impl Model {
     /// A model of `config` with random weights drawn from `seed`.
     pub fn random(config: &Config, seed: u64) -> Result<Model> {
-        if config.model != ModelKind::Encoder {
-            return Err(LunaError::Unsupported("init-random makes encoder models only in this version".into()));
-        }
         let c = config;
         let d = c.embed_dim;
         let per_layer = 6 * d * d + 2 * d * c.ffn_embed_dim;
@@ -80,9 +77,25 @@ impl Model {
         let projected_embeddings = rng.fill(c.projection_length * d, emb_a);
         let pair = |rng: &mut Rng, on: bool| if on { (Some(norm(rng, d)), Some(norm(rng, d))) } else { (None, None) };
         let (emb_layer_norm, proj_emb_layer_norm) = pair(&mut rng, c.layernorm_embedding);
+        let causal = c.model == ModelKind::CausalLm;
         let (layer_norm, proj_layer_norm) = pair(&mut rng, c.normalize_before);
+        let proj_layer_norm = if causal { None } else { proj_layer_norm };
         let stored = if c.tie_layer_weights { 1 } else { c.num_layers };
-        let layers = (0..stored)
+        let causal_layers: Vec<CausalLayer> = (0..if causal { stored } else { 0 })
+            .map(|_| CausalLayer {
+                q_proj: linear(&mut rng, d, d),
+                pq_proj: linear(&mut rng, d, d),
+                pc_proj: linear(&mut rng, d, d),
+                kv: kv(&mut rng, c.tie_kv, d),
+                out_proj: linear(&mut rng, d, d),
+                self_attn_layer_norm: norm(&mut rng, d),
+                fc1: linear(&mut rng, c.ffn_embed_dim, d),
+                fc2: linear(&mut rng, d, c.ffn_embed_dim),
+                final_layer_norm: norm(&mut rng, d),
+            })
+            .collect();
+        let output_projection = (causal && !c.tie_output_embedding).then(|| rng.fill(c.vocab_size * d, emb_a));
+        let layers = (0..if causal { 0 } else { stored })
             .map(|_| Layer {
                 q_proj: linear(&mut rng, d, d),
                 pq_proj: linear(&mut rng, d, d),
@@ -106,6 +119,9 @@ impl Model {
             layer_norm,
             proj_layer_norm,
             layers,
+            causal_layers,
+            output_projection,
+            metadata: Default::default(),
         })
     }
 }

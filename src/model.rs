@@ -63,7 +63,23 @@ pub struct Layer {
     pub final_layer_norm: Norm,
 }
 
-/// A loaded Luna encoder.
+/// The weights of one causal LM layer (`layers.{i}.`, LUNA_SPEC.md "Causal LM").
+#[derive(Clone, Debug)]
+pub struct CausalLayer {
+    pub q_proj: Linear,
+    pub pq_proj: Linear,
+    /// Gives the pack weights' keys: `A = softplus_ln2(pc_proj(X)_h · Q_P,h^T)`.
+    pub pc_proj: Linear,
+    /// `c_proj`, or `k_proj`/`v_proj`.
+    pub kv: KvProj,
+    pub out_proj: Linear,
+    pub self_attn_layer_norm: Norm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub final_layer_norm: Norm,
+}
+
+/// A loaded Luna model: an encoder (`layers`) or a causal LM (`causal_layers`).
 #[derive(Clone, Debug)]
 pub struct Model {
     pub config: Config,
@@ -77,14 +93,31 @@ pub struct Model {
     pub proj_emb_layer_norm: Option<Norm>,
     pub layer_norm: Option<Norm>,
     pub proj_layer_norm: Option<Norm>,
-    /// One entry per stored layer: `num_layers` of them, or one with `tie_layer_weights`.
+    /// Encoder layers, one per stored layer: `num_layers` of them, or one with
+    /// `tie_layer_weights`. Empty for a causal LM.
     pub layers: Vec<Layer>,
+    /// Causal LM layers, stored like `layers`. Empty for an encoder.
+    pub causal_layers: Vec<CausalLayer>,
+    /// `[vocab_size, d]`, a causal LM's output projection when not tied to `embed_tokens`.
+    pub output_projection: Option<Vec<f32>>,
+    /// The file's metadata besides `luna.config` (e.g. `luna.tokenizer`), kept when saving.
+    pub metadata: HashMap<String, String>,
 }
 
 impl Model {
     /// The weights of layer `i` (layer 0 for every `i` with `tie_layer_weights`).
     pub fn layer(&self, i: usize) -> &Layer {
         &self.layers[if self.config.tie_layer_weights { 0 } else { i }]
+    }
+
+    /// The causal layer `i` (layer 0 for every `i` with `tie_layer_weights`).
+    pub fn causal_layer(&self, i: usize) -> &CausalLayer {
+        &self.causal_layers[if self.config.tie_layer_weights { 0 } else { i }]
+    }
+
+    /// The `[vocab_size, d]` matrix that turns a causal LM's states into logits.
+    pub fn output_weight(&self) -> &[f32] {
+        self.output_projection.as_deref().unwrap_or(&self.embed_tokens)
     }
 
     pub fn load(path: &Path) -> Result<Model> {
@@ -100,11 +133,8 @@ impl Model {
             LunaError::Model("the file's metadata has no \"luna.config\" key; is this a luna model file?".into())
         })?;
         let config = Config::from_json(text)?;
-        if config.model == ModelKind::CausalLm {
-            return Err(LunaError::Unsupported(
-                "causal_lm models are not supported by this version of the engine yet; only \"encoder\" models run".into(),
-            ));
-        }
+        let mut metadata = meta.clone();
+        metadata.remove("luna.config");
         let mut r = Reader { st: &st, used: HashSet::new() };
         let c = &config;
         let d = c.embed_dim;
@@ -115,18 +145,25 @@ impl Model {
             None
         };
         let projected_embeddings = r.get("projected_embeddings", &[c.projection_length, d])?;
+        let causal = c.model == ModelKind::CausalLm;
         let (emb_layer_norm, proj_emb_layer_norm) = if c.layernorm_embedding {
             (Some(r.norm("emb_layer_norm", d)?), Some(r.norm("proj_emb_layer_norm", d)?))
         } else {
             (None, None)
         };
-        let (layer_norm, proj_layer_norm) = if c.normalize_before {
-            (Some(r.norm("layer_norm", d)?), Some(r.norm("proj_layer_norm", d)?))
-        } else {
-            (None, None)
-        };
+        let layer_norm = if c.normalize_before { Some(r.norm("layer_norm", d)?) } else { None };
+        let proj_layer_norm = if c.normalize_before && !causal { Some(r.norm("proj_layer_norm", d)?) } else { None };
         let stored = if c.tie_layer_weights { 1 } else { c.num_layers };
-        let layers = (0..stored).map(|i| r.layer(c, i)).collect::<Result<Vec<_>>>()?;
+        let (layers, causal_layers) = if causal {
+            (Vec::new(), (0..stored).map(|i| r.causal_layer(c, i)).collect::<Result<Vec<_>>>()?)
+        } else {
+            ((0..stored).map(|i| r.layer(c, i)).collect::<Result<Vec<_>>>()?, Vec::new())
+        };
+        let output_projection = if causal && !c.tie_output_embedding {
+            Some(r.get("output_projection.weight", &[c.vocab_size, d])?)
+        } else {
+            None
+        };
         for name in st.names() {
             if !r.used.contains(name) {
                 log::warn!("model file: ignoring tensor {name:?}, which this config does not use");
@@ -142,6 +179,9 @@ impl Model {
             layer_norm,
             proj_layer_norm,
             layers,
+            causal_layers,
+            output_projection,
+            metadata,
         })
     }
 
@@ -198,6 +238,28 @@ impl Model {
             norm(&mut out, format!("{p}self_atten_proj_layer_norm"), &l.self_atten_proj_layer_norm);
             norm(&mut out, format!("{p}final_layer_norm"), &l.final_layer_norm);
         }
+        for (i, l) in self.causal_layers.iter().enumerate() {
+            let a = format!("layers.{i}.self_attn.");
+            lin(&mut out, format!("{a}q_proj"), &l.q_proj);
+            lin(&mut out, format!("{a}pq_proj"), &l.pq_proj);
+            lin(&mut out, format!("{a}pc_proj"), &l.pc_proj);
+            match &l.kv {
+                KvProj::Tied(c) => lin(&mut out, format!("{a}c_proj"), c),
+                KvProj::Separate { k, v } => {
+                    lin(&mut out, format!("{a}k_proj"), k);
+                    lin(&mut out, format!("{a}v_proj"), v);
+                }
+            }
+            lin(&mut out, format!("{a}out_proj"), &l.out_proj);
+            let p = format!("layers.{i}.");
+            lin(&mut out, format!("{p}fc1"), &l.fc1);
+            lin(&mut out, format!("{p}fc2"), &l.fc2);
+            norm(&mut out, format!("{p}self_attn_layer_norm"), &l.self_attn_layer_norm);
+            norm(&mut out, format!("{p}final_layer_norm"), &l.final_layer_norm);
+        }
+        if let Some(w) = &self.output_projection {
+            out.push(("output_projection.weight".into(), vec![self.config.vocab_size, d], w));
+        }
         out
     }
 
@@ -206,7 +268,8 @@ impl Model {
         let named = self.named_tensors();
         let views: Vec<Named> =
             named.iter().map(|(n, s, d)| Named { name: n, shape: s.clone(), data: d }).collect();
-        let meta = HashMap::from([("luna.config".to_string(), self.config.to_json())]);
+        let mut meta = self.metadata.clone();
+        meta.insert("luna.config".to_string(), self.config.to_json());
         tensors::serialize_f32(&views, Some(meta))
     }
 
@@ -258,6 +321,23 @@ impl Reader<'_, '_> {
             KvProj::Tied(self.linear(&format!("{p}{c}"), d, d)?)
         } else {
             KvProj::Separate { k: self.linear(&format!("{p}{k}"), d, d)?, v: self.linear(&format!("{p}{v}"), d, d)? }
+        })
+    }
+
+    fn causal_layer(&mut self, c: &Config, i: usize) -> Result<CausalLayer> {
+        let p = format!("layers.{i}.");
+        let a = format!("{p}self_attn.");
+        let (d, f) = (c.embed_dim, c.ffn_embed_dim);
+        Ok(CausalLayer {
+            q_proj: self.linear(&format!("{a}q_proj"), d, d)?,
+            pq_proj: self.linear(&format!("{a}pq_proj"), d, d)?,
+            pc_proj: self.linear(&format!("{a}pc_proj"), d, d)?,
+            kv: self.kv(&a, c.tie_kv, "c_proj", "k_proj", "v_proj", d)?,
+            out_proj: self.linear(&format!("{a}out_proj"), d, d)?,
+            self_attn_layer_norm: self.norm(&format!("{p}self_attn_layer_norm"), d)?,
+            fc1: self.linear(&format!("{p}fc1"), f, d)?,
+            fc2: self.linear(&format!("{p}fc2"), d, f)?,
+            final_layer_norm: self.norm(&format!("{p}final_layer_norm"), d)?,
         })
     }
 

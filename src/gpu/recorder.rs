@@ -14,13 +14,27 @@ struct Dispatch {
     groups: [u32; 3],
 }
 
+/// A buffer-to-buffer copy between dispatches.
+struct Copy {
+    src: wgpu::Buffer,
+    src_offset: u64,
+    dst: wgpu::Buffer,
+    dst_offset: u64,
+    size: u64,
+}
+
+enum Op {
+    Dispatch(Dispatch),
+    Copy(Copy),
+}
+
 /// Dispatches waiting to be submitted.
 pub struct Recorder<'a> {
     pub ctx: &'a GpuContext,
     cache: &'a PipelineCache,
     /// Bound where a kernel's optional input is switched off.
     pub dummy: &'a wgpu::Buffer,
-    dispatches: Vec<Dispatch>,
+    ops: Vec<Op>,
     params: Vec<u8>,
     align: u64,
     max_groups: u32,
@@ -32,7 +46,7 @@ impl<'a> Recorder<'a> {
             ctx,
             cache,
             dummy,
-            dispatches: Vec::new(),
+            ops: Vec::new(),
             params: Vec::new(),
             align: ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64,
             max_groups: ctx.limits.max_compute_workgroups_per_dimension,
@@ -52,13 +66,24 @@ impl<'a> Recorder<'a> {
         self.params.extend_from_slice(bytes);
         let end = (self.params.len() as u64).div_ceil(self.align) * self.align;
         self.params.resize(end as usize, 0);
-        self.dispatches.push(Dispatch {
+        self.ops.push(Op::Dispatch(Dispatch {
             kernel: kernel.clone(),
             buffers: buffers.iter().map(|b| (*b).clone()).collect(),
             params_offset: offset,
             params_size: bytes.len() as u64,
             groups,
-        });
+        }));
+    }
+
+    /// Copies `floats` f32 values between buffers, in order with the dispatches around it.
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_float: usize, dst: &wgpu::Buffer, dst_float: usize, floats: usize) {
+        self.ops.push(Op::Copy(Copy {
+            src: src.clone(),
+            src_offset: src_float as u64 * 4,
+            dst: dst.clone(),
+            dst_offset: dst_float as u64 * 4,
+            size: floats as u64 * 4,
+        }));
     }
 
     /// Spreads `count` workgroups over x and y so that neither exceeds the
@@ -70,26 +95,28 @@ impl<'a> Recorder<'a> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.dispatches.is_empty()
+        self.ops.is_empty()
     }
 
-    /// Encodes every dispatch into one compute pass and submits it.
+    /// Encodes the dispatches into compute passes (split where a copy stands
+    /// between them) of one command buffer and submits it.
     pub fn submit(self) {
         let ctx = self.ctx;
-        if self.dispatches.is_empty() {
+        if self.ops.is_empty() {
             return;
         }
         let uniforms = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
-            size: self.params.len() as u64,
+            size: (self.params.len() as u64).max(16),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         ctx.queue.write_buffer(&uniforms, 0, &self.params);
-        let groups: Vec<wgpu::BindGroup> = self
-            .dispatches
+        let groups: Vec<Option<wgpu::BindGroup>> = self
+            .ops
             .iter()
-            .map(|d| {
+            .map(|op| {
+                let Op::Dispatch(d) = op else { return None };
                 let mut entries = vec![wgpu::BindGroupEntry {
                     binding: 0,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -101,20 +128,27 @@ impl<'a> Recorder<'a> {
                 for (i, b) in d.buffers.iter().enumerate() {
                     entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
                 }
-                ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                Some(ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(d.kernel.spec.name),
                     layout: &d.kernel.layout,
                     entries: &entries,
-                })
+                }))
             })
             .collect();
         let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("luna") });
-        {
+        let mut i = 0;
+        while i < self.ops.len() {
+            if let Op::Copy(c) = &self.ops[i] {
+                encoder.copy_buffer_to_buffer(&c.src, c.src_offset, &c.dst, c.dst_offset, c.size);
+                i += 1;
+                continue;
+            }
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("luna"), timestamp_writes: None });
-            for (d, g) in self.dispatches.iter().zip(&groups) {
+            while let Some(Op::Dispatch(d)) = self.ops.get(i) {
                 pass.set_pipeline(&d.kernel.pipeline);
-                pass.set_bind_group(0, g, &[]);
+                pass.set_bind_group(0, groups[i].as_ref(), &[]);
                 pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                i += 1;
             }
         }
         ctx.queue.submit([encoder.finish()]);

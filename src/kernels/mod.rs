@@ -3,6 +3,7 @@
 //! dispatches.
 
 pub mod attention;
+pub mod causal;
 pub mod embed;
 pub mod gemm;
 pub mod layernorm;
@@ -14,6 +15,7 @@ pub fn all_variants() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     v.extend(gemm::variants());
     v.extend(attention::variants());
+    v.extend(causal::variants());
     v.extend(layernorm::variants());
     v.extend(embed::variants());
     v

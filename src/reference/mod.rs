@@ -2,6 +2,7 @@
 //! LUNA_SPEC.md. It is the oracle every GPU kernel is tested against, and the
 //! `--device cpu` path. No cleverness here on purpose.
 
+pub mod causal;
 pub mod ops;
 
 use crate::config::Config;
@@ -156,4 +157,15 @@ pub fn encode(model: &Model, batch: &Batch) -> EncoderOutput {
         x: o.x.iter().map(|&v| v as f32).collect(),
         p: o.p.iter().map(|&v| v as f32).collect(),
     }
+}
+
+/// Causal LM logits `[B, n, vocab]` for a batch (positions past a sequence's length are not meaningful).
+pub fn causal_lm_forward(model: &Model, batch: &Batch) -> Vec<f64> {
+    let n = batch.len;
+    let mut out = Vec::new();
+    for b in 0..batch.batch {
+        let mut states = Vec::new();
+        out.extend(causal::causal_lm_logits(model, &batch.tokens[b * n..(b + 1) * n], &batch.positions[b * n..(b + 1) * n], &mut states));
+    }
+    out
 }

@@ -1,0 +1,467 @@
+//! The causal LM on the GPU: the parallel (chunked) form for whole documents,
+//! and the streaming form whose per-layer state does not grow with position.
+
+use crate::config::Config;
+use crate::engine::{norm, Engine, ErrorScopes, GpuModel, GpuNorm};
+use crate::error::{LunaError, Result};
+use crate::gpu::buffers::{self, Tracked, Workspace};
+use crate::gpu::recorder::Recorder;
+use crate::input::Batch;
+use crate::kernels::causal::{self as kernel, Inputs, Shape};
+use crate::kernels::{embed, gemm, layernorm};
+use crate::model::{Linear, Model};
+use crate::reference;
+
+/// Logits of a causal LM: `[B, n, vocab]`.
+#[derive(Clone, Debug)]
+pub struct CausalOutput {
+    pub batch: usize,
+    pub len: usize,
+    pub vocab: usize,
+    pub logits: Vec<f32>,
+}
+
+/// A streaming decoder: one state `(Sk, Sv)` per layer and head on the GPU,
+/// and the number of tokens consumed. Its size never depends on that number.
+pub struct Decoder {
+    /// Tokens consumed so far (prompt and generated).
+    pub position: usize,
+    model_id: u64,
+    states: Vec<Tracked>,
+}
+
+impl Decoder {
+    /// Bytes of GPU state this decoder holds (constant for a model).
+    pub fn state_bytes(&self) -> u64 {
+        self.states.iter().map(|s| s.buffer.size()).sum()
+    }
+}
+
+pub(crate) struct GpuCausalLayer {
+    /// `[q_proj · dh^-0.5; c (or k; v); pc_proj]` stacked: X is read once for all.
+    wx: Tracked,
+    bx: Tracked,
+    /// `Q_P · dh^-0.5`, `[l, d]`: P is fixed, so this is computed once at load.
+    qp: Tracked,
+    wout: Tracked,
+    bout: Tracked,
+    w1: Tracked,
+    b1: Tracked,
+    w2: Tracked,
+    b2: Tracked,
+    ln_attn: GpuNorm,
+    ln_final: GpuNorm,
+}
+
+pub(crate) struct GpuCausal {
+    layers: Vec<GpuCausalLayer>,
+    final_norm: Option<GpuNorm>,
+    /// `output_projection.weight` when not tied to the token embedding.
+    output: Option<Tracked>,
+    zero_bias: Tracked,
+}
+
+/// Column offsets of q, k, v, pc in the stacked projection, and its width.
+fn columns(c: &Config) -> (usize, usize, usize, usize, usize) {
+    let d = c.embed_dim;
+    if c.tie_kv {
+        (0, d, d, 2 * d, 3 * d)
+    } else {
+        (0, d, 2 * d, 3 * d, 4 * d)
+    }
+}
+
+impl Engine {
+    pub(crate) fn load_causal(&self, model: &Model) -> Result<GpuCausal> {
+        let c = &model.config;
+        if c.projection_length > kernel::MAX_PROJECTION {
+            return Err(LunaError::Unsupported(format!(
+                "projection_length {} is over the {} the causal kernel handles",
+                c.projection_length,
+                kernel::MAX_PROJECTION
+            )));
+        }
+        let s = (c.head_dim() as f64).powf(-0.5);
+        let p = reference::causal::causal_p(model);
+        let mut layers = Vec::new();
+        for l in &model.causal_layers {
+            let q_scaled = Linear {
+                out: l.q_proj.out,
+                inp: l.q_proj.inp,
+                weight: l.q_proj.weight.iter().map(|&w| (w as f64 * s) as f32).collect(),
+                bias: l.q_proj.bias.iter().map(|&b| (b as f64 * s) as f32).collect(),
+            };
+            let mut parts = vec![&q_scaled];
+            parts.extend(Self::kv_parts(&l.kv));
+            parts.push(&l.pc_proj);
+            let (wx, bx) = self.stacked("causal wx", &parts)?;
+            let mut qp = reference::ops::linear(&p, c.projection_length, &l.pq_proj);
+            reference::ops::scale(&mut qp, s);
+            let qp: Vec<f32> = qp.iter().map(|&v| v as f32).collect();
+            let (wout, bout) = self.stacked("wout", &[&l.out_proj])?;
+            let (w1, b1) = self.stacked("fc1", &[&l.fc1])?;
+            let (w2, b2) = self.stacked("fc2", &[&l.fc2])?;
+            layers.push(GpuCausalLayer {
+                wx,
+                bx,
+                qp: self.up("qp", &qp)?,
+                wout,
+                bout,
+                w1,
+                b1,
+                w2,
+                b2,
+                ln_attn: self.norm(&l.self_attn_layer_norm)?,
+                ln_final: self.norm(&l.final_layer_norm)?,
+            });
+        }
+        Ok(GpuCausal {
+            layers,
+            final_norm: model.layer_norm.as_ref().map(|n| self.norm(n)).transpose()?,
+            output: model.output_projection.as_ref().map(|w| self.up("output_projection", w)).transpose()?,
+            zero_bias: self.up("zero bias", &vec![0.0; c.vocab_size])?,
+        })
+    }
+
+    fn causal_weights<'m>(model: &'m GpuModel) -> Result<&'m GpuCausal> {
+        model.causal.as_ref().ok_or_else(|| {
+            LunaError::Unsupported("this model is an encoder; logits, scores and generation need a causal_lm".into())
+        })
+    }
+
+    /// Sets the tokens per chunk of the parallel form (a power of two from 1
+    /// to 4096; 64 by default). Results do not depend on it beyond rounding.
+    pub fn set_causal_chunk(&mut self, chunk: usize) -> Result<()> {
+        if !chunk.is_power_of_two() || chunk > 4096 {
+            return Err(LunaError::Input(format!("chunk {chunk} must be a power of two up to 4096")));
+        }
+        self.causal_chunk = chunk;
+        Ok(())
+    }
+
+    fn check_causal_sizes(&self, c: &Config, rows: usize, shape: &Shape, logit_rows: usize) -> Result<()> {
+        let (_, _, _, _, width) = columns(c);
+        let f = 4u64;
+        for (what, floats) in [
+            ("the fused q/k/v/pc projections", rows * width),
+            ("the feed-forward hidden layer", rows * c.ffn_embed_dim),
+            ("the causal chunk states", shape.state_floats()),
+            ("the logits", logit_rows * c.vocab_size),
+        ] {
+            buffers::check_binding(&self.ctx, what, floats as u64 * f)?;
+        }
+        Ok(())
+    }
+
+    fn parallel_shape(&self, c: &Config, batch: &Batch) -> Shape {
+        Shape {
+            batch: batch.batch,
+            rows: batch.len,
+            heads: c.num_heads,
+            head_dim: c.head_dim(),
+            proj_len: c.projection_length,
+            chunk: self.causal_chunk.min(batch.len.next_power_of_two()),
+            t_base: 0,
+        }
+    }
+
+    /// Pops the error scopes of a call; a failure clears the workspace so the engine stays usable.
+    async fn close<T>(&mut self, scope: ErrorScopes, result: Result<T>) -> Result<T> {
+        let scoped = scope.pop_async(&self.ctx).await;
+        if result.is_err() || scoped.is_err() {
+            self.workspace.clear();
+        }
+        scoped?;
+        result
+    }
+
+    /// Checks a batch for the parallel form and sizes its buffers.
+    fn prepare_parallel(&self, model: &GpuModel, batch: &Batch, logit_rows: usize) -> Result<(Shape, wgpu::Buffer)> {
+        self.ctx.check_alive()?;
+        Self::causal_weights(model)?;
+        batch.check_for(&model.config)?;
+        let shape = self.parallel_shape(&model.config, batch);
+        self.check_causal_sizes(&model.config, batch.batch * batch.len, &shape, logit_rows)?;
+        let pos_table = self.token_positions(model, batch.max_position() + 1)?;
+        Ok((shape, pos_table))
+    }
+
+    /// Logits of every position of a batch of causal sequences, in one parallel pass.
+    pub async fn causal_forward(&mut self, model: &GpuModel, batch: &Batch) -> Result<CausalOutput> {
+        let rows = batch.batch * batch.len;
+        let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
+        let vocab = model.config.vocab_size;
+        let scope = ErrorScopes::push(&self.ctx);
+        let result = async {
+            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+            let run = Run::new(model, &pos_table, shape, None)?;
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), &mut |_, _, _| {})?;
+            let logits = run.logits(&mut rec, workspace, &x, rows, "logits");
+            rec.submit();
+            let logits = buffers::read_f32(ctx, &[(&logits, rows * vocab)]).await?.remove(0);
+            Ok(CausalOutput { batch: batch.batch, len: batch.len, vocab, logits })
+        }
+        .await;
+        self.close(scope, result).await
+    }
+
+    /// Surprisal in bits of each next token, `[B, n]`: entry `t` is
+    /// `-log2 p(tokens[t+1] | tokens[..=t])` for `t + 1 < length`, else 0.
+    pub async fn score(&mut self, model: &GpuModel, batch: &Batch) -> Result<Vec<f32>> {
+        let rows = batch.batch * batch.len;
+        let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
+        let n = batch.len;
+        let mut targets = vec![kernel::NO_TARGET; rows];
+        for b in 0..batch.batch {
+            for t in 0..batch.lengths[b].saturating_sub(1) {
+                targets[b * n + t] = batch.tokens[b * n + t + 1];
+            }
+        }
+        let vocab = model.config.vocab_size;
+        let scope = ErrorScopes::push(&self.ctx);
+        let result = async {
+            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+            let run = Run::new(model, &pos_table, shape, None)?;
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), &mut |_, _, _| {})?;
+            let logits = run.logits(&mut rec, workspace, &x, rows, "logits");
+            let target = workspace.get(ctx, "targets", rows as u64 * 4);
+            ctx.queue.write_buffer(&target, 0, bytemuck::cast_slice(&targets));
+            let bits = workspace.get(ctx, "surprisal", rows as u64 * 4);
+            kernel::logprob(&mut rec, &logits, &target, &bits, rows, vocab);
+            rec.submit();
+            Ok(buffers::read_f32(ctx, &[(&bits, rows)]).await?.remove(0))
+        }
+        .await;
+        self.close(scope, result).await
+    }
+
+    /// Runs a prompt with the parallel form and returns a decoder holding the
+    /// state it leaves, with the logits after the prompt's last token.
+    pub async fn prefill(&mut self, model: &GpuModel, tokens: &[u32]) -> Result<(Decoder, Vec<f32>)> {
+        if tokens.is_empty() {
+            return Err(LunaError::Input("the prompt is empty; give at least one token".into()));
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let batch = Batch::new(&model.config, &ids, 1, tokens.len())?;
+        let (shape, pos_table) = self.prepare_parallel(model, &batch, 1)?;
+        if batch.lengths[0] != tokens.len() {
+            return Err(LunaError::Input(format!(
+                "the prompt holds the padding token {}; a prompt must be real tokens only",
+                model.config.padding_idx
+            )));
+        }
+        let c = &model.config;
+        let (d, vocab, n) = (c.embed_dim, c.vocab_size, tokens.len());
+        let block = c.num_heads * shape.block();
+        let states = (0..c.num_layers)
+            .map(|_| buffers::upload(&self.ctx, &self.stats, "decoder state", &vec![0f32; block]))
+            .collect::<Result<Vec<_>>>()?;
+        // The block of the chunk holding the last token ends as the final state.
+        let last_chunk = (n - 1) / shape.chunk;
+        let scope = ErrorScopes::push(&self.ctx);
+        let result = async {
+            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+            let run = Run::new(model, &pos_table, shape, None)?;
+            let mut keep = |rec: &mut Recorder, layer: usize, state: &wgpu::Buffer| {
+                rec.copy(state, last_chunk * block, &states[layer].buffer, 0, block);
+            };
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(&batch), &mut keep)?;
+            let last = workspace.get(ctx, "last_x", d as u64 * 4);
+            rec.copy(&x, (n - 1) * d, &last, 0, d);
+            let logits = run.logits(&mut rec, workspace, &last, 1, "last_logits");
+            rec.submit();
+            Ok(buffers::read_f32(ctx, &[(&logits, vocab)]).await?.remove(0))
+        }
+        .await;
+        let logits = self.close(scope, result).await?;
+        Ok((Decoder { position: n, model_id: model.id, states }, logits))
+    }
+
+    /// Consumes one token with the streaming form; returns the logits after it.
+    pub async fn step(&mut self, model: &GpuModel, decoder: &mut Decoder, token: u32) -> Result<Vec<f32>> {
+        self.ctx.check_alive()?;
+        Self::causal_weights(model)?;
+        let c = &model.config;
+        if decoder.model_id != model.id {
+            return Err(LunaError::Input("this decoder was started with another model".into()));
+        }
+        if token as usize >= c.vocab_size || token as usize == c.padding_idx {
+            return Err(LunaError::Input(format!(
+                "token {token} is not a real token of this model (vocabulary [0, {}), padding {})",
+                c.vocab_size, c.padding_idx
+            )));
+        }
+        if c.learned_pos && decoder.position >= c.max_positions {
+            return Err(LunaError::Input(format!(
+                "the sequence is at max_positions = {} of this model's learned positions; it cannot grow further",
+                c.max_positions
+            )));
+        }
+        let position = (c.padding_idx + decoder.position + 1) as u32;
+        let pos_table = self.token_positions(model, position as usize + 1)?;
+        let shape = Shape {
+            batch: 1,
+            rows: 1,
+            heads: c.num_heads,
+            head_dim: c.head_dim(),
+            proj_len: c.projection_length,
+            chunk: 1,
+            t_base: decoder.position,
+        };
+        let vocab = c.vocab_size;
+        let scope = ErrorScopes::push(&self.ctx);
+        let result = async {
+            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+            let run = Run::new(model, &pos_table, shape, Some(&decoder.states))?;
+            let x = run.record(&mut rec, workspace, &[token], &[position], &[1], &mut |_, _, _| {})?;
+            let logits = run.logits(&mut rec, workspace, &x, 1, "last_logits");
+            rec.submit();
+            Ok(buffers::read_f32(ctx, &[(&logits, vocab)]).await?.remove(0))
+        }
+        .await;
+        let logits = self.close(scope, result).await?;
+        decoder.position += 1;
+        Ok(logits)
+    }
+}
+
+fn lengths_u32(batch: &Batch) -> Vec<u32> {
+    batch.lengths.iter().map(|&l| l as u32).collect()
+}
+
+/// One recorded run of the causal LM over some token rows.
+struct Run<'a> {
+    model: &'a GpuModel,
+    gc: &'a GpuCausal,
+    pos_table: &'a wgpu::Buffer,
+    shape: Shape,
+    /// Persistent decoder states (the streaming form), or `None` for the parallel form.
+    states: Option<&'a [Tracked]>,
+}
+
+impl<'a> Run<'a> {
+    fn new(model: &'a GpuModel, pos_table: &'a wgpu::Buffer, shape: Shape, states: Option<&'a [Tracked]>) -> Result<Run<'a>> {
+        Ok(Run { model, gc: Engine::causal_weights(model)?, pos_table, shape, states })
+    }
+
+    /// Records embedding and every layer; returns the buffer of the final
+    /// states `[rows, d]`. `after_layer(rec, i, state)` runs after layer `i`'s
+    /// attention, while `state` holds that layer's chunk states.
+    fn record(
+        &self,
+        rec: &mut Recorder,
+        ws: &mut Workspace,
+        ids: &[u32],
+        positions: &[u32],
+        lengths: &[u32],
+        after_layer: &mut dyn FnMut(&mut Recorder, usize, &wgpu::Buffer),
+    ) -> Result<wgpu::Buffer> {
+        let model = self.model;
+        let c = &model.config;
+        let gc = self.gc;
+        let d = c.embed_dim;
+        let rows = ids.len();
+        let (q, k, v, pc, width) = columns(c);
+        let eps = c.layer_norm_eps as f32;
+        let ctx = rec.ctx;
+        let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, floats as u64 * 4);
+        let tok = get("tokens", rows);
+        let pos = get("positions", rows);
+        let lens = get("lengths", lengths.len());
+        let mut x = get("x0", rows * d);
+        let mut x_alt = get("x1", rows * d);
+        let xn = get("x_norm", rows * d);
+        let xqkv = get("xqkv", rows * width);
+        let o = get("o", rows * d);
+        let y = get("y", rows * d);
+        let h = get("ffn", rows * c.ffn_embed_dim);
+        let state = if self.states.is_none() { get("causal_state", self.shape.state_floats()) } else { rec.dummy.clone() };
+        ctx.queue.write_buffer(&tok, 0, bytemuck::cast_slice(ids));
+        ctx.queue.write_buffer(&pos, 0, bytemuck::cast_slice(positions));
+        ctx.queue.write_buffer(&lens, 0, bytemuck::cast_slice(lengths));
+
+        embed::encode(
+            rec,
+            embed::Gather { ids: &tok, table: &model.embed_tokens.buffer, positions: Some((&pos, self.pos_table)), mask: None, out: &x },
+            rows,
+            d,
+            c.embed_scale as f32,
+        );
+        let act = Some(c.activation);
+        for i in 0..c.num_layers {
+            let l = &gc.layers[if c.tie_layer_weights { 0 } else { i }];
+            let ln = |rec: &mut Recorder, x: &wgpu::Buffer, r: Option<&wgpu::Buffer>, g: Option<&GpuNorm>, out: &wgpu::Buffer| {
+                layernorm::encode(rec, layernorm::Step { x, residual: r, norm: g.and_then(norm), mask: None, out }, rows, d, eps)
+            };
+            let ax = if c.normalize_before {
+                ln(rec, &x, None, Some(&l.ln_attn), &xn);
+                &xn
+            } else {
+                &x
+            };
+            gemm::encode(rec, ax, &l.wx.buffer, &l.bx.buffer, None, &xqkv, [rows, width, d], None);
+            let inputs = Inputs { x: &xqkv, stride: width, q, k, v, pc };
+            match self.states {
+                None => kernel::parallel(rec, inputs, &l.qp.buffer, &lens, &state, &o, self.shape),
+                Some(s) => kernel::step(rec, inputs, &l.qp.buffer, &lens, &s[i].buffer, &o, self.shape),
+            }
+            after_layer(rec, i, &state);
+            if c.normalize_before {
+                gemm::encode(rec, &o, &l.wout.buffer, &l.bout.buffer, Some(&x), &x_alt, [rows, d, d], None);
+                std::mem::swap(&mut x, &mut x_alt);
+                ln(rec, &x, None, Some(&l.ln_final), &xn);
+                gemm::encode(rec, &xn, &l.w1.buffer, &l.b1.buffer, None, &h, [rows, c.ffn_embed_dim, d], act);
+                gemm::encode(rec, &h, &l.w2.buffer, &l.b2.buffer, Some(&x), &x_alt, [rows, d, c.ffn_embed_dim], None);
+                std::mem::swap(&mut x, &mut x_alt);
+            } else {
+                gemm::encode(rec, &o, &l.wout.buffer, &l.bout.buffer, None, &y, [rows, d, d], None);
+                ln(rec, &x, Some(&y), Some(&l.ln_attn), &x_alt);
+                std::mem::swap(&mut x, &mut x_alt);
+                gemm::encode(rec, &x, &l.w1.buffer, &l.b1.buffer, None, &h, [rows, c.ffn_embed_dim, d], act);
+                gemm::encode(rec, &h, &l.w2.buffer, &l.b2.buffer, None, &y, [rows, d, c.ffn_embed_dim], None);
+                ln(rec, &x, Some(&y), Some(&l.ln_final), &x_alt);
+                std::mem::swap(&mut x, &mut x_alt);
+            }
+        }
+        if let Some(g) = &gc.final_norm {
+            layernorm::encode(rec, layernorm::Step { x: &x, residual: None, norm: norm(g), mask: None, out: &x_alt }, rows, d, eps);
+            std::mem::swap(&mut x, &mut x_alt);
+        }
+        Ok(x)
+    }
+
+    /// Records `logits [rows, vocab] = x · W_out^T` into workspace buffer `name`.
+    fn logits(&self, rec: &mut Recorder, ws: &mut Workspace, x: &wgpu::Buffer, rows: usize, name: &'static str) -> wgpu::Buffer {
+        let model = self.model;
+        let gc = self.gc;
+        let c = &model.config;
+        let logits = ws.get(rec.ctx, name, (rows * c.vocab_size) as u64 * 4);
+        let w = gc.output.as_ref().unwrap_or(&model.embed_tokens);
+        gemm::encode(rec, x, &w.buffer, &gc.zero_bias.buffer, None, &logits, [rows, c.vocab_size, c.embed_dim], None);
+        logits
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Engine {
+    /// Blocking form of [`Engine::causal_forward`].
+    pub fn causal_forward_blocking(&mut self, model: &GpuModel, batch: &Batch) -> Result<CausalOutput> {
+        pollster::block_on(self.causal_forward(model, batch))
+    }
+    /// Blocking form of [`Engine::score`].
+    pub fn score_blocking(&mut self, model: &GpuModel, batch: &Batch) -> Result<Vec<f32>> {
+        pollster::block_on(self.score(model, batch))
+    }
+    /// Blocking form of [`Engine::prefill`].
+    pub fn prefill_blocking(&mut self, model: &GpuModel, tokens: &[u32]) -> Result<(Decoder, Vec<f32>)> {
+        pollster::block_on(self.prefill(model, tokens))
+    }
+    /// Blocking form of [`Engine::step`].
+    pub fn step_blocking(&mut self, model: &GpuModel, decoder: &mut Decoder, token: u32) -> Result<Vec<f32>> {
+        pollster::block_on(self.step(model, decoder, token))
+    }
+}

@@ -1,0 +1,184 @@
+//! Causal Luna attention (`shaders/causal.wgsl`, `shaders/causal_scan.wgsl`)
+//! and next-token surprisal (`shaders/logprob.wgsl`).
+//!
+//! The parallel form splits each sequence into chunks: a first pass sums each
+//! chunk's state `(Sk, Sv)`, a scan turns the sums into prefixes, and a second
+//! pass walks every chunk from its prefix, emitting outputs. Scratch is
+//! `B · chunks · H · 2 · l · dh` floats: O(n·l·d / chunk), never `[n, dh, l]`.
+//! The streaming form is the second pass on one token with a persistent state.
+
+use crate::gpu::pipelines::{Access, KernelSpec};
+use crate::gpu::recorder::Recorder;
+
+pub const SOURCE: &str = include_str!("../../shaders/causal.wgsl");
+pub const SCAN_SOURCE: &str = include_str!("../../shaders/causal_scan.wgsl");
+pub const LOGPROB_SOURCE: &str = include_str!("../../shaders/logprob.wgsl");
+/// Largest projection length the kernel's workgroup arrays hold.
+pub const MAX_PROJECTION: usize = 1024;
+/// Marks a row with no next token in [`logprob`].
+pub const NO_TARGET: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    chunk: u32,
+    chunks: u32,
+    heads: u32,
+    head_dim: u32,
+    proj_len: u32,
+    x_stride: u32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    pc_off: u32,
+    qp_stride: u32,
+    o_stride: u32,
+    t_base: u32,
+    total: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ScanParams {
+    chunks: u32,
+    heads: u32,
+    block: u32,
+    total: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LogprobParams {
+    rows: u32,
+    vocab: u32,
+    _pad: [u32; 2],
+}
+
+pub fn spec(emit: bool) -> KernelSpec {
+    KernelSpec {
+        name: "causal",
+        source: SOURCE,
+        entry: "main",
+        storage: &[Access::Read, Access::Read, Access::Read, Access::Write, Access::Write],
+        constants: vec![("EMIT", emit as u8 as f64)],
+    }
+}
+
+pub fn scan_spec() -> KernelSpec {
+    KernelSpec { name: "causal_scan", source: SCAN_SOURCE, entry: "main", storage: &[Access::Write], constants: vec![] }
+}
+
+pub fn logprob_spec() -> KernelSpec {
+    KernelSpec {
+        name: "logprob",
+        source: LOGPROB_SOURCE,
+        entry: "main",
+        storage: &[Access::Read, Access::Read, Access::Write],
+        constants: vec![],
+    }
+}
+
+pub fn variants() -> Vec<KernelSpec> {
+    vec![spec(false), spec(true), scan_spec(), logprob_spec()]
+}
+
+/// Where the per-token inputs lie: one row per token of `stride` floats
+/// holding the (unscaled) q, k, v and pc projections at these column offsets.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub x: &'a wgpu::Buffer,
+    pub stride: usize,
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub pc: usize,
+}
+
+/// Sizes of one causal attention call.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub batch: usize,
+    /// Token rows per sequence.
+    pub rows: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub proj_len: usize,
+    /// Tokens per chunk (the parallel form); `rows` for a single step.
+    pub chunk: usize,
+    /// Tokens consumed before row 0 (the streaming position; 0 for a whole sequence).
+    pub t_base: usize,
+}
+
+impl Shape {
+    pub fn chunks(&self) -> usize {
+        self.rows.div_ceil(self.chunk).max(1)
+    }
+    /// Floats of one (chunk, head) state block: `Sk` and `Sv`, each `[l, dh]`.
+    pub fn block(&self) -> usize {
+        2 * self.proj_len * self.head_dim
+    }
+    /// Floats of state scratch the parallel form needs.
+    pub fn state_floats(&self) -> usize {
+        self.batch * self.chunks() * self.heads * self.block()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pass(rec: &mut Recorder, emit: bool, inp: Inputs, qp: &wgpu::Buffer, lengths: &wgpu::Buffer, state: &wgpu::Buffer, out: &wgpu::Buffer, s: Shape) {
+    let kernel = rec.kernel(spec(emit));
+    let total = (s.batch * s.chunks() * s.heads) as u32;
+    let params = Params {
+        rows: s.rows as u32,
+        chunk: s.chunk as u32,
+        chunks: s.chunks() as u32,
+        heads: s.heads as u32,
+        head_dim: s.head_dim as u32,
+        proj_len: s.proj_len as u32,
+        x_stride: inp.stride as u32,
+        q_off: inp.q as u32,
+        k_off: inp.k as u32,
+        v_off: inp.v as u32,
+        pc_off: inp.pc as u32,
+        qp_stride: (s.heads * s.head_dim) as u32,
+        o_stride: (s.heads * s.head_dim) as u32,
+        t_base: s.t_base as u32,
+        total,
+        _pad: 0,
+    };
+    let groups = rec.grid(total);
+    let out = if emit { out } else { rec.dummy };
+    rec.dispatch(&kernel, &params, &[inp.x, qp, lengths, state, out], groups);
+}
+
+/// The parallel form over whole sequences: `out [B·rows, d]` from the inputs;
+/// `qp` is `Q_P · dh^-0.5`, `[l, d]`; `lengths [B]` (tokens past them are not
+/// folded into the state). Afterwards block `(b, c, h)` of `state` holds the
+/// state after the last valid token of chunk `c`.
+#[allow(clippy::too_many_arguments)]
+pub fn parallel(rec: &mut Recorder, inp: Inputs, qp: &wgpu::Buffer, lengths: &wgpu::Buffer, state: &wgpu::Buffer, out: &wgpu::Buffer, s: Shape) {
+    // Chunk sums from a zero state (the kernel zeroes its block first when not emitting).
+    pass(rec, false, inp, qp, lengths, state, out, s);
+    let kernel = rec.kernel(scan_spec());
+    let total = (s.batch * s.heads * s.block()) as u32;
+    let params = ScanParams { chunks: s.chunks() as u32, heads: s.heads as u32, block: s.block() as u32, total };
+    let groups = rec.grid(total.div_ceil(64));
+    rec.dispatch(&kernel, &params, &[state], groups);
+    pass(rec, true, inp, qp, lengths, state, out, s);
+}
+
+/// The streaming form: one token per sequence (`s.rows == 1`, `s.chunk == 1`)
+/// folded into `state` (`[B, H, 2, l, dh]`), its output written to `out`.
+pub fn step(rec: &mut Recorder, inp: Inputs, qp: &wgpu::Buffer, lengths: &wgpu::Buffer, state: &wgpu::Buffer, out: &wgpu::Buffer, s: Shape) {
+    debug_assert!(s.rows == 1 && s.chunk == 1);
+    pass(rec, true, inp, qp, lengths, state, out, s);
+}
+
+/// `out[r] = -log2 softmax(logits[r])[target[r]]`, 0 where `target[r] == NO_TARGET`.
+pub fn logprob(rec: &mut Recorder, logits: &wgpu::Buffer, target: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, vocab: usize) {
+    let kernel = rec.kernel(logprob_spec());
+    let params = LogprobParams { rows: rows as u32, vocab: vocab as u32, _pad: [0; 2] };
+    let groups = rec.grid(rows as u32);
+    rec.dispatch(&kernel, &params, &[logits, target, out], groups);
+}

@@ -1,0 +1,139 @@
+//! The causal LM in float64 (LUNA_SPEC.md, "Causal Luna attention" and
+//! "Causal LM"), written as the step-by-step recurrence: for each token the
+//! state `(Sk, Sv, t)` of every head grows by one outer product.
+
+use super::ops::*;
+use crate::config::Config;
+use crate::model::{CausalLayer, KvProj, Model};
+
+/// `softplus_ln2(z) = ln(1 + exp(z ln 2)) / ln 2`, computed without overflow.
+pub fn softplus_ln2(z: f64) -> f64 {
+    let x = z * std::f64::consts::LN_2;
+    (x.max(0.0) + (-x.abs()).exp().ln_1p()) / std::f64::consts::LN_2
+}
+
+/// P for a causal LM: `embed_scale * projected_embeddings (+ sinusoid rows 0..l-1)`, `[l, d]`.
+pub fn causal_p(model: &Model) -> Vec<f64> {
+    let c = &model.config;
+    let d = c.embed_dim;
+    let mut p = vec![0.0; c.projection_length * d];
+    for j in 0..c.projection_length {
+        let pos = if c.learned_pos { vec![0.0; d] } else { sinusoid_row(j, d) };
+        for k in 0..d {
+            p[j * d + k] = c.embed_scale * model.projected_embeddings[j * d + k] as f64 + pos[k];
+        }
+    }
+    p
+}
+
+/// The decoder state of one layer: per head, `Sk [dh, l]`, `Sv [l, dh]`, and the count `t`.
+#[derive(Clone, Debug)]
+pub struct CausalState {
+    pub sk: Vec<Vec<f64>>,
+    pub sv: Vec<Vec<f64>>,
+    pub t: usize,
+}
+
+impl CausalState {
+    pub fn new(c: &Config) -> CausalState {
+        let size = c.head_dim() * c.projection_length;
+        CausalState { sk: vec![vec![0.0; size]; c.num_heads], sv: vec![vec![0.0; size]; c.num_heads], t: 0 }
+    }
+}
+
+/// Causal Luna attention of one token `x [d]` given the state before it; updates the state.
+pub fn causal_attention_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &[f64], state: &mut CausalState) -> Vec<f64> {
+    let d = c.embed_dim;
+    let (h_count, dh, l) = (c.num_heads, c.head_dim(), c.projection_length);
+    let s = (dh as f64).powf(-0.5);
+    let mut qp = linear(p, l, &layer.pq_proj);
+    scale(&mut qp, s);
+    let pc = linear(x, 1, &layer.pc_proj);
+    let mut q = linear(x, 1, &layer.q_proj);
+    scale(&mut q, s);
+    let (k, v) = match &layer.kv {
+        KvProj::Tied(cp) => {
+            let kv = linear(x, 1, cp);
+            (kv.clone(), kv)
+        }
+        KvProj::Separate { k, v } => (linear(x, 1, k), linear(x, 1, v)),
+    };
+    state.t += 1;
+    let t = state.t as f64;
+    let mut o = vec![0.0; d];
+    for h in 0..h_count {
+        let cols = h * dh..(h + 1) * dh;
+        let a: Vec<f64> =
+            (0..l).map(|j| softplus_ln2(cols.clone().map(|c| pc[c] * qp[j * d + c]).sum())).collect();
+        let (sk, sv) = (&mut state.sk[h], &mut state.sv[h]);
+        for r in 0..dh {
+            for j in 0..l {
+                sk[r * l + j] += k[h * dh + r] * a[j];
+                sv[j * dh + r] += a[j] * v[h * dh + r];
+            }
+        }
+        let scores: Vec<f64> = (0..l).map(|j| (0..dh).map(|r| q[h * dh + r] * sk[r * l + j]).sum::<f64>() / t).collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = e.iter().sum();
+        for r in 0..dh {
+            o[h * dh + r] = (0..l).map(|j| e[j] / total * sv[j * dh + r]).sum::<f64>() / t;
+        }
+    }
+    linear(&o, 1, &layer.out_proj)
+}
+
+/// One causal LM layer on one token, updating that layer's state.
+fn causal_layer_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &mut Vec<f64>, state: &mut CausalState) {
+    let d = c.embed_dim;
+    let eps = c.layer_norm_eps;
+    let ffn = |h: &[f64]| {
+        let mut f = linear(h, 1, &layer.fc1);
+        f.iter_mut().for_each(|v| *v = activation(c.activation, *v));
+        linear(&f, 1, &layer.fc2)
+    };
+    if c.normalize_before {
+        let xn = layer_norm(x, d, &layer.self_attn_layer_norm, eps);
+        let y = causal_attention_step(c, layer, p, &xn, state);
+        add(x, &y);
+        let h = layer_norm(x, d, &layer.final_layer_norm, eps);
+        add(x, &ffn(&h));
+    } else {
+        let y = causal_attention_step(c, layer, p, x, state);
+        add(x, &y);
+        *x = layer_norm(x, d, &layer.self_attn_layer_norm, eps);
+        let f = ffn(x);
+        add(x, &f);
+        *x = layer_norm(x, d, &layer.final_layer_norm, eps);
+    }
+}
+
+/// The logits `[n, vocab]` of one sequence of token ids (every position; the
+/// caller decides which are meaningful). `states` carries over between calls.
+pub fn causal_lm_logits(model: &Model, tokens: &[u32], positions: &[u32], states: &mut Vec<CausalState>) -> Vec<f64> {
+    let c = &model.config;
+    let d = c.embed_dim;
+    let p = causal_p(model);
+    if states.is_empty() {
+        *states = (0..c.num_layers).map(|_| CausalState::new(c)).collect();
+    }
+    let w = model.output_weight();
+    let mut logits = Vec::with_capacity(tokens.len() * c.vocab_size);
+    for (&tok, &pos) in tokens.iter().zip(positions) {
+        let pos_row = match &model.embed_positions {
+            Some(table) => table[pos as usize * d..(pos as usize + 1) * d].iter().map(|&v| v as f64).collect(),
+            None => token_sinusoid_row(pos as usize, c.padding_idx, d),
+        };
+        let mut x: Vec<f64> = (0..d).map(|k| c.embed_scale * model.embed_tokens[tok as usize * d + k] as f64 + pos_row[k]).collect();
+        for (i, state) in states.iter_mut().enumerate() {
+            causal_layer_step(c, model.causal_layer(i), &p, &mut x, state);
+        }
+        if let Some(ln) = &model.layer_norm {
+            x = layer_norm(&x, d, ln, c.layer_norm_eps);
+        }
+        for v in 0..c.vocab_size {
+            logits.push((0..d).map(|k| x[k] * w[v * d + k] as f64).sum());
+        }
+    }
+    logits
+}

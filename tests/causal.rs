@@ -1,0 +1,211 @@
+//! The causal LM on the GPU: the parallel form against the float64 reference
+//! and the authors' fixture, the streaming form against the parallel form,
+//! prefill-then-stream against stream-from-start, and a long document.
+
+mod common;
+
+use common::config;
+use luna_wgpu::init::Rng;
+use luna_wgpu::{reference, tensors, Batch, Config, Engine, Model};
+use serde_json::json;
+
+fn causal_config(overrides: serde_json::Value) -> Config {
+    let mut o = json!({"model": "causal_lm", "embed_dim": 24, "ffn_embed_dim": 40, "num_heads": 3,
+                       "projection_length": 5, "learned_pos": false, "embed_scale": 4.898979485566356,
+                       "tie_output_embedding": true});
+    for (k, v) in overrides.as_object().unwrap() {
+        o[k] = v.clone();
+    }
+    config(o)
+}
+
+/// Max |a - b| over the meaningful rows, relative to max(1, max |b|).
+fn logits_err(gpu: &[f32], want: &[f64], batch: &Batch, vocab: usize) -> f64 {
+    let (mut err, mut mag) = (0.0f64, 1.0f64);
+    for b in 0..batch.batch {
+        for t in 0..batch.lengths[b] {
+            let r = (b * batch.len + t) * vocab;
+            for v in r..r + vocab {
+                assert!(gpu[v].is_finite(), "non-finite logit");
+                err = err.max((gpu[v] as f64 - want[v]).abs());
+                mag = mag.max(want[v].abs());
+            }
+        }
+    }
+    err / mag
+}
+
+fn check_parallel(engine: &mut Engine, model: &Model, batch: &Batch, chunk: usize) {
+    engine.set_causal_chunk(chunk).unwrap();
+    let gm = engine.load(model).unwrap();
+    let out = engine.causal_forward_blocking(&gm, batch).unwrap();
+    let want = reference::causal_lm_forward(model, batch);
+    let e = logits_err(&out.logits, &want, batch, model.config.vocab_size);
+    eprintln!("parallel, chunk {chunk}, lengths {:?}: {e:.2e}", batch.lengths);
+    assert!(e < 1e-4, "chunk {chunk}: logits error {e}");
+    engine.set_causal_chunk(64).unwrap();
+}
+
+#[test]
+fn gpu_matches_authors_causal_fixture() {
+    let Some(mut engine) = common::engine() else { return };
+    let model = Model::load(&common::fixture("public_causal.model.safetensors")).unwrap();
+    let input = tensors::read_file(&common::fixture("public_causal.input.safetensors")).unwrap();
+    let batch = Batch::from_safetensors(&model.config, &input).unwrap();
+    for chunk in [64, 4] {
+        check_parallel(&mut engine, &model, &batch, chunk);
+    }
+}
+
+#[test]
+fn parallel_form_post_norm_tied_across_chunks() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = causal_config(json!({"normalize_before": false, "tie_kv": true, "activation": "relu"}));
+    let model = Model::random(&c, 1).unwrap();
+    // Lengths not multiples of the chunk; a padded batch; chunk 1 (pure streaming order).
+    let batch = common::random_batch(&c, &[37, 9, 1], 2);
+    for chunk in [1, 4, 16, 64] {
+        check_parallel(&mut engine, &model, &batch, chunk);
+    }
+}
+
+#[test]
+fn parallel_form_pre_norm_untied_learned() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = causal_config(json!({"normalize_before": true, "tie_kv": false, "activation": "gelu", "learned_pos": true,
+                                 "embed_scale": 1.0, "tie_output_embedding": false, "num_heads": 1, "projection_length": 7}));
+    let model = Model::random(&c, 3).unwrap();
+    let batch = common::random_batch(&c, &[70, 33], 4);
+    for chunk in [8, 32] {
+        check_parallel(&mut engine, &model, &batch, chunk);
+    }
+}
+
+#[test]
+fn tied_layers_and_odd_shapes() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = causal_config(json!({"embed_dim": 66, "num_heads": 2, "ffn_embed_dim": 70, "projection_length": 67,
+                                 "tie_layer_weights": true, "num_layers": 3, "normalize_before": true}));
+    let model = Model::random(&c, 5).unwrap();
+    let batch = common::random_batch(&c, &[21], 6);
+    check_parallel(&mut engine, &model, &batch, 8);
+}
+
+/// Streaming after a prefill of `split` tokens gives the parallel logits at every position.
+fn check_stream(engine: &mut Engine, model: &Model, tokens: &[u32], split: usize) {
+    let gm = engine.load(model).unwrap();
+    let vocab = model.config.vocab_size;
+    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let batch = Batch::new(&model.config, &ids, 1, tokens.len()).unwrap();
+    let parallel = engine.causal_forward_blocking(&gm, &batch).unwrap().logits;
+    let (mut dec, first) = engine.prefill_blocking(&gm, &tokens[..split]).unwrap();
+    let state = dec.state_bytes();
+    let mut worst: f64 = 0.0;
+    let mut compare = |t: usize, got: &[f32]| {
+        let want = &parallel[t * vocab..(t + 1) * vocab];
+        let mag = want.iter().fold(1.0f32, |m, v| m.max(v.abs())) as f64;
+        let e = got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max) / mag;
+        worst = worst.max(e);
+    };
+    compare(split - 1, &first);
+    for (t, &tok) in tokens.iter().enumerate().skip(split) {
+        let logits = engine.step_blocking(&gm, &mut dec, tok).unwrap();
+        compare(t, &logits);
+        assert_eq!(dec.state_bytes(), state, "decoder state grew");
+    }
+    assert_eq!(dec.position, tokens.len());
+    eprintln!("stream after prefill of {split}: worst {worst:.2e}, state {state} B");
+    assert!(worst < 1e-4, "streaming differs from parallel by {worst}");
+}
+
+#[test]
+fn streaming_matches_parallel_across_chunk_boundaries() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = causal_config(json!({"normalize_before": true, "tie_kv": false}));
+    let model = Model::random(&c, 7).unwrap();
+    let batch = common::random_batch(&c, &[45], 8);
+    engine.set_causal_chunk(8).unwrap();
+    // Prefill ending mid-chunk, on a chunk boundary, and a single token (stream from the start).
+    for split in [13, 16, 1] {
+        check_stream(&mut engine, &model, &batch.tokens, split);
+    }
+    engine.set_causal_chunk(64).unwrap();
+}
+
+#[test]
+fn prefill_then_stream_equals_stream_from_start() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = causal_config(json!({"normalize_before": false, "tie_kv": true, "learned_pos": true, "embed_scale": 1.0}));
+    let model = Model::random(&c, 9).unwrap();
+    let gm = engine.load(&model).unwrap();
+    let tokens = common::random_batch(&c, &[30], 10).tokens;
+    let (mut a, _) = engine.prefill_blocking(&gm, &tokens[..20]).unwrap();
+    let (mut b, _) = engine.prefill_blocking(&gm, &tokens[..1]).unwrap();
+    for &t in &tokens[1..20] {
+        engine.step_blocking(&gm, &mut b, t).unwrap();
+    }
+    for &t in &tokens[20..] {
+        let la = engine.step_blocking(&gm, &mut a, t).unwrap();
+        let lb = engine.step_blocking(&gm, &mut b, t).unwrap();
+        let e = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(e < 1e-4, "prefill-then-stream differs from stream-from-start by {e}");
+    }
+}
+
+#[test]
+fn long_document_scored_against_reference() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = causal_config(json!({"embed_dim": 16, "ffn_embed_dim": 16, "num_heads": 2, "projection_length": 8,
+                                 "num_layers": 1, "embed_scale": 4.0, "vocab_size": 20}));
+    let model = Model::random(&c, 11).unwrap();
+    let batch = common::random_batch(&c, &[4500], 12);
+    let gm = engine.load(&model).unwrap();
+    let bits = engine.score_blocking(&gm, &batch).unwrap();
+    let logits = reference::causal_lm_forward(&model, &batch);
+    let vocab = c.vocab_size;
+    let mut worst: f64 = 0.0;
+    let mut total = (0.0f64, 0.0f64);
+    for t in 0..batch.len - 1 {
+        let row = &logits[t * vocab..(t + 1) * vocab];
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        let want = -(row[batch.tokens[t + 1] as usize] - lse) / std::f64::consts::LN_2;
+        worst = worst.max((bits[t] as f64 - want).abs());
+        total.0 += bits[t] as f64;
+        total.1 += want;
+    }
+    assert_eq!(bits[batch.len - 1], 0.0, "the last position has no next token");
+    let n = (batch.len - 1) as f64;
+    eprintln!("long document: worst {worst:.2e} bits, mean {:.4} vs {:.4}", total.0 / n, total.1 / n);
+    assert!(worst < 1e-3, "surprisal off by {worst} bits");
+    assert!((total.0 - total.1).abs() / n < 1e-5);
+}
+
+#[test]
+fn decoder_state_is_flat_and_bad_steps_are_refused() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = causal_config(json!({"learned_pos": true, "embed_scale": 1.0, "max_positions": 6}));
+    let model = Model::random(&c, 13).unwrap();
+    let gm = engine.load(&model).unwrap();
+    let (mut dec, _) = engine.prefill_blocking(&gm, &[5, 6]).unwrap();
+    let bytes = dec.state_bytes();
+    assert_eq!(bytes as usize, c.num_layers * c.num_heads * 2 * c.projection_length * c.head_dim() * 4);
+    assert!(engine.step_blocking(&gm, &mut dec, c.vocab_size as u32).is_err());
+    assert!(engine.step_blocking(&gm, &mut dec, c.padding_idx as u32).is_err());
+    for t in 0..4 {
+        engine.step_blocking(&gm, &mut dec, 7 + t).unwrap();
+    }
+    let err = engine.step_blocking(&gm, &mut dec, 7).unwrap_err().to_string();
+    assert!(err.contains("max_positions"), "{err}");
+    assert_eq!(dec.state_bytes(), bytes);
+    // An encoder is not a causal model, and a causal model is not an encoder.
+    let enc = Model::random(&config(json!({})), 14).unwrap();
+    let genc = engine.load(&enc).unwrap();
+    assert!(engine.prefill_blocking(&genc, &[3, 4]).is_err());
+    let b = common::random_batch(&c, &[3], 15);
+    assert!(engine.encode_blocking(&gm, &b).is_err());
+    assert!(engine.prefill_blocking(&gm, &[]).is_err());
+    // Still usable.
+    engine.prefill_blocking(&gm, &[5, 6, 7]).unwrap();
+    let _ = Rng::new(0);
+}
