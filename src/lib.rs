@@ -4,6 +4,7 @@
 //! The numbers follow the authors' PyTorch implementation exactly; the
 //! contract is written down in LUNA_SPEC.md.
 
+pub mod causal;
 pub mod config;
 pub mod engine;
 pub mod error;
