@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, MemoryStats, Tracked, Workspace};
 use crate::gpu::pipelines::PipelineCache;
-use crate::gpu::recorder::Recorder;
+use crate::gpu::recorder::{Recorder, Timestamps};
 use crate::gpu::{AdapterChoice, GpuContext};
 use crate::input::{Batch, EncoderOutput};
 use crate::kernels::attention::{self, Shape, View};
@@ -279,7 +279,7 @@ impl Engine {
         }
         batch.check_for(&model.config)?;
         let scope = ErrorScopes::push(&self.ctx);
-        let result = self.record_encoder(model, batch);
+        let result = self.record_encoder(model, batch, None);
         let result = match result {
             Ok((x, p)) => {
                 let (nx, np) = (batch.batch * batch.len, batch.batch * batch.proj_len);
@@ -298,6 +298,41 @@ impl Engine {
         let scoped = scope.pop_async(&self.ctx).await;
         if result.is_err() || scoped.is_err() {
             // A failed call leaves no half-sized scratch behind.
+            self.workspace.clear();
+        }
+        scoped?;
+        result
+    }
+
+    /// Runs the encoder without reading the outputs back and returns the time
+    /// the GPU spent on it: from timestamp queries when the device has them,
+    /// else the wall clock around the submission and a wait (for benchmarks).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn time_encoder(&mut self, model: &GpuModel, batch: &Batch) -> Result<f64> {
+        batch.check_for(&model.config)?;
+        let timestamps = Timestamps::new(&self.ctx);
+        self.time_submission(|e| e.record_encoder(model, batch, timestamps.as_ref()).map(|_| ()), timestamps.as_ref())
+    }
+
+    /// Times one recorded submission (see [`Engine::time_encoder`]); the workspace is cleared on failure.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn time_submission(&mut self, record: impl FnOnce(&mut Engine) -> Result<()>, timestamps: Option<&Timestamps>) -> Result<f64> {
+        self.ctx.check_alive()?;
+        let scope = ErrorScopes::push(&self.ctx);
+        let start = std::time::Instant::now();
+        let result = record(self).and_then(|()| {
+            self.ctx
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| LunaError::Device(format!("waiting for the GPU failed: {e}")))?;
+            let wall = start.elapsed().as_secs_f64();
+            match timestamps {
+                Some(t) => pollster::block_on(t.seconds(&self.ctx)),
+                None => Ok(wall),
+            }
+        });
+        let scoped = pollster::block_on(scope.pop_async(&self.ctx));
+        if result.is_err() || scoped.is_err() {
             self.workspace.clear();
         }
         scoped?;
@@ -335,7 +370,7 @@ impl Engine {
     }
 
     /// Records and submits the whole forward pass; returns the buffers holding `x` and `p`.
-    fn record_encoder(&mut self, model: &GpuModel, batch: &Batch) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    fn record_encoder(&mut self, model: &GpuModel, batch: &Batch, timestamps: Option<&Timestamps>) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
         let c = &model.config;
         self.check_sizes(c, batch)?;
         let (bsz, n, lp, d) = (batch.batch, batch.len, batch.proj_len, c.embed_dim);
@@ -493,7 +528,10 @@ impl Engine {
             std::mem::swap(&mut x, &mut x_alt);
             std::mem::swap(&mut p, &mut p_alt);
         }
-        rec.submit();
+        match timestamps {
+            Some(t) => rec.submit_timed(t),
+            None => rec.submit(),
+        }
         Ok((x, p))
     }
 }

@@ -14,7 +14,9 @@ pub mod input;
 pub mod kernels;
 pub mod model;
 pub mod reference;
+pub mod sample;
 pub mod tensors;
+pub mod tokenizer;
 
 pub use config::{Activation, Config, ModelKind};
 pub use engine::{Engine, GpuModel};

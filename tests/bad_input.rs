@@ -5,6 +5,8 @@
 mod common;
 
 use luna_wgpu::model::Model;
+use luna_wgpu::sample::Sampler;
+use luna_wgpu::tokenizer::Tokenizer;
 use luna_wgpu::tensors::{self, Named};
 use luna_wgpu::{Batch, Config, LunaError};
 use safetensors::{tensor::TensorView, Dtype};
@@ -518,17 +520,127 @@ fn tensor_beyond_the_binding_limit_is_refused_at_load() {
     common::check_model(&mut engine, &good, &batch, 1e-4);
 }
 
-// 9. Causal LM files.
+// 9. Causal LM files, their tokenizer, sampling, and the causal engine paths.
+
+fn causal(overrides: serde_json::Value) -> Config {
+    let mut v = json!({
+        "model": "causal_lm", "vocab_size": 259, "embed_dim": 16, "ffn_embed_dim": 24, "num_layers": 2,
+        "num_heads": 2, "projection_length": 4, "max_positions": 64, "padding_idx": 1,
+        "normalize_before": true, "tie_kv": true, "learned_pos": false,
+    });
+    for (k, x) in overrides.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    Config::from_json(&v.to_string()).unwrap()
+}
 
 #[test]
-fn causal_lm_model_is_unsupported() {
+fn causal_lm_models_load_and_keep_their_tokenizer() {
     let path = common::fixture("public_causal.model.safetensors");
-    assert_err!(Model::load(&path), LunaError::Unsupported(_), "causal_lm");
-    let c = common::config(json!({}));
-    let mut v: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
-    v["model"] = json!("causal_lm");
-    let causal = Config::from_json(&v.to_string()).unwrap();
-    assert_err!(Model::random(&causal, 1), LunaError::Unsupported(_), "encoder");
+    let model = Model::load(&path).unwrap();
+    assert_eq!(model.config.model, luna_wgpu::ModelKind::CausalLm);
+    assert!(model.layers.is_empty() && !model.causal_layers.is_empty());
+    // The fixture has no tokenizer; its vocabulary (40) is too small for one.
+    assert!(Tokenizer::from_model(&model).unwrap().is_none());
+    assert_err!(Tokenizer::bytes_for(&model.config), LunaError::Config(_), "vocab_size 40 is too small");
+    // A random causal model with a tokenizer survives a save and load.
+    let c = causal(json!({}));
+    let mut m = Model::random(&c, 1).unwrap();
+    let (tok, _) = Tokenizer::bytes_for(&c).unwrap();
+    tok.store(&mut m).unwrap();
+    let back = Model::from_bytes(&m.to_bytes().unwrap()).unwrap();
+    assert_eq!(Tokenizer::from_model(&back).unwrap(), Some(tok.clone()));
+    // A tokenizer that does not fit the model is refused when stored, and when read back.
+    let wide = Tokenizer { offset: 4, ..tok.clone() };
+    assert_err!(wide.store(&mut m), LunaError::Model(_), "luna.tokenizer", "vocab_size 259");
+    m.metadata.insert("luna.tokenizer".into(), wide.to_json());
+    let back = Model::from_bytes(&m.to_bytes().unwrap()).unwrap();
+    assert_err!(Tokenizer::from_model(&back), LunaError::Model(_), "luna.tokenizer", "do not fit");
+    m.metadata.insert("luna.tokenizer".into(), r#"{"kind":"sentencepiece"}"#.into());
+    assert_err!(Tokenizer::from_model(&m), LunaError::Model(_), "unknown tokenizer kind", "sentencepiece");
+    assert_engine_still_works();
+}
+
+#[test]
+fn bad_sampling_parameters_and_logits_are_refused() {
+    assert_err!(Sampler::new(-0.5, None, 0), LunaError::Input(_), "temperature -0.5");
+    assert_err!(Sampler::new(f64::NAN, None, 0), LunaError::Input(_), "temperature NaN");
+    assert_err!(Sampler::new(f64::INFINITY, Some(3), 0), LunaError::Input(_), "temperature inf");
+    assert_err!(Sampler::new(1.0, Some(0), 0), LunaError::Input(_), "top-k 0");
+    let mut s = Sampler::new(1.0, Some(4), 0).unwrap();
+    assert_err!(s.sample(&[0.5f32, f32::NAN]), LunaError::Input(_), "logit 1 is NaN");
+    assert_err!(s.sample::<f64>(&[]), LunaError::Input(_), "empty");
+    // The sampler still works after a refusal.
+    assert_eq!(s.sample(&[0.0f32, 50.0, -50.0]).unwrap(), 1);
+    // Logits that do not fit the batch.
+    let c = causal(json!({}));
+    let batch = common::random_batch(&c, &[5, 3], 1);
+    assert_err!(luna_wgpu::sample::next_token_bits(&[0.0f64; 10], c.vocab_size, &batch), LunaError::Input(_), "do not fill");
+}
+
+/// The GPU engine with its causal paths, or `None` (skip) without an adapter or while
+/// the causal paths are unsupported (a good call tells).
+fn causal_engine(model: &Model) -> Option<(std::sync::MutexGuard<'static, luna_wgpu::Engine>, luna_wgpu::GpuModel)> {
+    let mut engine = common::engine()?;
+    let gm = engine.load(model).unwrap();
+    match engine.prefill_blocking(&gm, &[5, 6, 7]) {
+        Err(LunaError::Unsupported(m)) => {
+            eprintln!("skipped: prefill is unsupported: {m}");
+            None
+        }
+        r => {
+            r.unwrap();
+            Some((engine, gm))
+        }
+    }
+}
+
+/// The causal engine paths refuse bad input with a typed error, and stay usable.
+#[test]
+fn bad_causal_input_is_refused_by_the_engine() {
+    let c = causal(json!({"learned_pos": true, "max_positions": 8}));
+    let model = Model::random(&c, 3).unwrap();
+    let Some((mut engine, gm)) = causal_engine(&model) else { return };
+    // An empty prompt, tokens outside the vocabulary, padding in a prompt.
+    assert_err!(engine.prefill_blocking(&gm, &[]), LunaError::Input(_), "empty");
+    assert_err!(engine.prefill_blocking(&gm, &[5, 259]), LunaError::Input(_), "259", "vocabulary");
+    assert_err!(engine.prefill_blocking(&gm, &[5, 1, 6]), LunaError::Input(_), "padding");
+    // More tokens than the learned positions.
+    assert!(engine.prefill_blocking(&gm, &[9; 8]).is_ok());
+    assert_err!(engine.prefill_blocking(&gm, &[9; 9]), LunaError::Input(_), "max_positions = 8");
+    // A decoder cannot step past max_positions, nor take a bad token.
+    let (mut dec, _) = engine.prefill_blocking(&gm, &[9; 7]).unwrap();
+    assert_err!(engine.step_blocking(&gm, &mut dec, 300), LunaError::Input(_), "300");
+    assert_err!(engine.step_blocking(&gm, &mut dec, 1), LunaError::Input(_), "padding");
+    let state = dec.state_bytes();
+    engine.step_blocking(&gm, &mut dec, 10).unwrap();
+    assert_eq!(dec.state_bytes(), state, "the decoder state grew");
+    assert_err!(engine.step_blocking(&gm, &mut dec, 10), LunaError::Input(_), "max_positions = 8");
+    // A batch for another model.
+    let other = Batch::new(&causal(json!({"vocab_size": 300})), &[5, 280, 6], 1, 3).unwrap();
+    assert_err!(engine.causal_forward_blocking(&gm, &other), LunaError::Input(_), "token 280", "vocabulary");
+    assert_err!(engine.score_blocking(&gm, &other), LunaError::Input(_), "token 280", "vocabulary");
+    // An encoder given to the causal paths, and a causal LM given to the encoder path.
+    let enc = Model::random(&small(), 2).unwrap();
+    let egm = engine.load(&enc).unwrap();
+    let ebatch = common::random_batch(&small(), &[4, 2], 1);
+    assert_err!(engine.prefill_blocking(&egm, &[5, 6]), LunaError::Unsupported(_), "encoder");
+    assert_err!(engine.causal_forward_blocking(&egm, &ebatch), LunaError::Unsupported(_), "encoder");
+    assert_err!(engine.score_blocking(&egm, &ebatch), LunaError::Unsupported(_), "encoder");
+    let batch = common::random_batch(&c, &[4, 2], 1);
+    assert_err!(engine.encode_blocking(&gm, &batch), LunaError::Unsupported(_), "causal_lm");
+    // A decoder of one model given to another.
+    let m2 = Model::random(&c, 4).unwrap();
+    let gm2 = engine.load(&m2).unwrap();
+    let (mut dec2, _) = engine.prefill_blocking(&gm2, &[5]).unwrap();
+    assert_err!(engine.step_blocking(&gm, &mut dec2, 5), LunaError::Input(_), "another model");
+    // Still good: the parallel logits match the reference.
+    let out = engine.causal_forward_blocking(&gm, &batch).unwrap();
+    let want = luna_wgpu::reference::causal_lm_forward(&model, &batch);
+    let v = c.vocab_size;
+    let (err, mag) = common::max_err(&out.logits, &want, v, |r| r % batch.len < batch.lengths[r / batch.len]);
+    assert!(err <= 1e-4 * mag.max(1.0), "logits error {err}");
+    drop(engine);
     assert_engine_still_works();
 }
 

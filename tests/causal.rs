@@ -154,11 +154,21 @@ fn prefill_then_stream_equals_stream_from_start() {
 
 #[test]
 fn long_document_scored_against_reference() {
+    check_long_document(4500);
+}
+
+#[test]
+fn document_of_64k_tokens_keeps_its_accuracy() {
+    // The 1/t factors and the sums of 65536 terms must neither overflow nor drift.
+    check_long_document(65536);
+}
+
+fn check_long_document(n: usize) {
     let Some(mut engine) = common::engine() else { return };
     let c = causal_config(json!({"embed_dim": 16, "ffn_embed_dim": 16, "num_heads": 2, "projection_length": 8,
-                                 "num_layers": 1, "embed_scale": 4.0, "vocab_size": 20}));
+                                 "num_layers": 1, "embed_scale": 4.0, "vocab_size": 20, "max_positions": 70000}));
     let model = Model::random(&c, 11).unwrap();
-    let batch = common::random_batch(&c, &[4500], 12);
+    let batch = common::random_batch(&c, &[n], 12);
     let gm = engine.load(&model).unwrap();
     let bits = engine.score_blocking(&gm, &batch).unwrap();
     let logits = reference::causal_lm_forward(&model, &batch);

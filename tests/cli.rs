@@ -191,10 +191,12 @@ fn forward_with_missing_or_bad_model_file_fails_cleanly() {
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     assert_fails(&forward(&cut, &input, &out, "cpu"), true, &["invalid model", "safetensors"]);
     assert_fails(&forward(&input, &input, &out, "cpu"), true, &["invalid model", "luna.config"]);
-    // A causal LM file is refused as unsupported.
+    // A causal LM file is accepted: it writes logits, not an encoder's x and p (tests/causal_cli.rs checks the numbers).
     let causal = fixture("public_causal.model.safetensors");
     let causal_in = fixture("public_causal.input.safetensors");
-    assert_fails(&forward(&causal, &causal_in, &out, "cpu"), true, &["unsupported", "causal_lm"]);
+    let logits = dir.path("logits.safetensors");
+    assert_ok(&forward(&causal, &causal_in, &logits, "cpu"), "forward on a causal LM");
+    assert_eq!(read(&logits, "logits").1, vec![1, 20, 40]);
     // An output in a directory that does not exist.
     let o = forward(&encoder_model(), &input, &dir.path("no/such/dir/out.safetensors"), "cpu");
     assert_fails(&o, false, &["no/such/dir/out.safetensors"]);

@@ -101,6 +101,16 @@ impl<'a> Recorder<'a> {
     /// Encodes the dispatches into compute passes (split where a copy stands
     /// between them) of one command buffer and submits it.
     pub fn submit(self) {
+        self.submit_inner(None);
+    }
+
+    /// Like [`Recorder::submit`], with GPU timestamps written at the start of
+    /// the first pass and the end of the last (read them with [`Timestamps::seconds`]).
+    pub fn submit_timed(self, timestamps: &Timestamps) {
+        self.submit_inner(Some(timestamps));
+    }
+
+    fn submit_inner(self, timestamps: Option<&Timestamps>) {
         let ctx = self.ctx;
         if self.ops.is_empty() {
             return;
@@ -136,6 +146,12 @@ impl<'a> Recorder<'a> {
             })
             .collect();
         let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("luna") });
+        let first_pass = self.ops.iter().position(|op| matches!(op, Op::Dispatch(_)));
+        let last_pass_start = self
+            .ops
+            .iter()
+            .rposition(|op| matches!(op, Op::Dispatch(_)))
+            .map(|last| self.ops[..last].iter().rposition(|op| matches!(op, Op::Copy(_))).map_or(0, |i| i + 1));
         let mut i = 0;
         while i < self.ops.len() {
             if let Op::Copy(c) = &self.ops[i] {
@@ -143,7 +159,14 @@ impl<'a> Recorder<'a> {
                 i += 1;
                 continue;
             }
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("luna"), timestamp_writes: None });
+            let begin = (Some(i) == first_pass).then_some(0);
+            let end = (Some(i) == last_pass_start).then_some(1);
+            let timestamp_writes = timestamps.filter(|_| begin.is_some() || end.is_some()).map(|t| wgpu::ComputePassTimestampWrites {
+                query_set: &t.query_set,
+                beginning_of_pass_write_index: begin,
+                end_of_pass_write_index: end,
+            });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("luna"), timestamp_writes });
             while let Some(Op::Dispatch(d)) = self.ops.get(i) {
                 pass.set_pipeline(&d.kernel.pipeline);
                 pass.set_bind_group(0, groups[i].as_ref(), &[]);
@@ -151,6 +174,65 @@ impl<'a> Recorder<'a> {
                 i += 1;
             }
         }
+        if let Some(t) = timestamps {
+            encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
+        }
         ctx.queue.submit([encoder.finish()]);
+    }
+}
+
+/// A pair of GPU timestamps around a submission (needs `Features::TIMESTAMP_QUERY`).
+pub struct Timestamps {
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+impl Timestamps {
+    /// `None` when the device has no timestamp queries.
+    pub fn new(ctx: &GpuContext) -> Option<Timestamps> {
+        if !ctx.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let query_set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let buffer = |usage| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("timestamps"), size: 16, usage, mapped_at_creation: false })
+        };
+        Some(Timestamps {
+            query_set,
+            resolve: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            readback: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+        })
+    }
+
+    /// Seconds between the two timestamps of the last timed submission.
+    pub async fn seconds(&self, ctx: &GpuContext) -> crate::Result<f64> {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.readback.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        ctx.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| crate::LunaError::Device(format!("waiting for the GPU failed: {e}")))?;
+        rx.await
+            .map_err(|_| crate::LunaError::Device("timestamp readback was cancelled".into()))?
+            .map_err(|e| crate::LunaError::Device(format!("timestamp readback failed: {e}")))?;
+        let ticks: [u64; 2] = {
+            let view = self
+                .readback
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| crate::LunaError::Device(format!("timestamp readback failed: {e}")))?;
+            let words: &[u64] = bytemuck::cast_slice(&view);
+            [words[0], words[1]]
+        };
+        self.readback.unmap();
+        Ok(ticks[1].saturating_sub(ticks[0]) as f64 * ctx.queue.get_timestamp_period() as f64 * 1e-9)
     }
 }
