@@ -116,3 +116,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
     }
 }
+
+// For a few rows (a decode step): one thread per output element, each walking
+// its row of W along K. No tiles, so nothing is computed for rows that do not exist.
+@compute @workgroup_size(64, 1, 1)
+fn gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = gid.x + gid.y * nwg.x * 64u;
+    if (id >= p.m * p.n) {
+        return;
+    }
+    let r = id / p.n;
+    let col = id % p.n;
+    var acc = 0.0;
+    let a0 = r * p.k;
+    let w0 = col * p.k;
+    for (var kk = 0u; kk < p.k; kk++) {
+        acc = fma(a[a0 + kk], w[w0 + kk], acc);
+    }
+    var v = activate(acc + bias[col]);
+    if (HAS_RES) {
+        v += res[r * p.n + col];
+    }
+    c[r * p.n + col] = v;
+}

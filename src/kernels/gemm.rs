@@ -24,11 +24,18 @@ fn act_code(act: Option<Activation>) -> f64 {
     }
 }
 
+/// Up to this many rows use the untiled `gemv` entry point.
+pub const GEMV_ROWS: usize = 4;
+
 pub fn spec(act: Option<Activation>, residual: bool) -> KernelSpec {
+    spec_entry("main", act, residual)
+}
+
+fn spec_entry(entry: &'static str, act: Option<Activation>, residual: bool) -> KernelSpec {
     KernelSpec {
         name: "gemm",
         source: SOURCE,
-        entry: "main",
+        entry,
         storage: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Write],
         constants: vec![("ACT", act_code(act)), ("HAS_RES", residual as u8 as f64)],
     }
@@ -38,7 +45,8 @@ pub fn variants() -> Vec<KernelSpec> {
     let mut v = Vec::new();
     for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
         for res in [false, true] {
-            v.push(spec(act, res));
+            v.push(spec_entry("main", act, res));
+            v.push(spec_entry("gemv", act, res));
         }
     }
     v
@@ -56,9 +64,14 @@ pub fn encode(
     [m, n, k]: [usize; 3],
     act: Option<Activation>,
 ) {
-    let kernel = rec.kernel(spec(act, residual.is_some()));
+    let entry = if m <= GEMV_ROWS { "gemv" } else { "main" };
+    let kernel = rec.kernel(spec_entry(entry, act, residual.is_some()));
     let params = Params { m: m as u32, n: n as u32, k: k as u32, _pad: 0 };
-    let groups = [(n as u32).div_ceil(TILE), (m as u32).div_ceil(TILE), 1];
+    let groups = if m <= GEMV_ROWS {
+        rec.grid(((m * n) as u32).div_ceil(64))
+    } else {
+        [(n as u32).div_ceil(TILE), (m as u32).div_ceil(TILE), 1]
+    };
     let res = residual.unwrap_or(rec.dummy);
     rec.dispatch(&kernel, &params, &[a, w, bias, res, out], groups);
 }
