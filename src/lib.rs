@@ -4,6 +4,9 @@
 //! The numbers follow the authors' PyTorch implementation exactly; the
 //! contract is written down in LUNA_SPEC.md.
 
+pub mod baseline;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod causal;
 pub mod config;
 pub mod engine;
@@ -14,6 +17,8 @@ pub mod input;
 pub mod kernels;
 pub mod model;
 pub mod reference;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod report;
 pub mod sample;
 pub mod tensors;
 pub mod tokenizer;

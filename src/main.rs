@@ -102,6 +102,8 @@ enum Command {
         #[arg(long, value_enum)]
         tokenizer: Option<TokenizerKind>,
     },
+    /// Benchmark Luna against softmax attention, GEMM throughput, or the decode step
+    Bench(BenchArgs),
     /// Make a token file of random sequences for a model, right-padded
     RandomTokens {
         #[arg(long)]
@@ -114,6 +116,57 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum BenchOp {
+    /// One encoder layer: Luna-l for each --l against the flash and naive softmax layers
+    Layer,
+    /// A whole encoder of --layers layers, the same comparison
+    Encoder,
+    /// GEMM GFLOP/s on square and skinny shapes
+    Matmul,
+    /// The causal decode step's time against position
+    Decode,
+    /// All of the above
+    All,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value = "layer")]
+    op: BenchOp,
+    /// Smallest sequence length (doubling up to --max-n)
+    #[arg(long, default_value_t = 1024)]
+    min_n: usize,
+    /// Largest sequence length (default: 8192 on a software adapter, 65536 otherwise)
+    #[arg(long)]
+    max_n: Option<usize>,
+    /// Projection lengths of Luna, comma-separated
+    #[arg(long, value_delimiter = ',', default_values_t = [16usize, 128, 256])]
+    l: Vec<usize>,
+    /// Model width
+    #[arg(long, default_value_t = 256)]
+    d: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Layers of the whole-encoder op
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Timed runs per point, after one warm-up
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Skip a point predicted to take longer than this many seconds in all
+    #[arg(long, default_value_t = 120.0)]
+    max_seconds: f64,
+    /// Leave out the softmax baselines
+    #[arg(long)]
+    no_softmax: bool,
+    /// Where the CSV, JSON and SVG files go
+    #[arg(long, default_value = "bench-out")]
+    out_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -157,6 +210,7 @@ fn run(cli: Cli) -> Result<()> {
             generate(&choice, &model, &prompt, max_tokens, temperature, top_k, seed, device)
         }
         Command::Score(args) => score(&choice, args),
+        Command::Bench(args) => bench(&choice, args),
         Command::InitRandom { config, out, seed, tokenizer } => {
             let text = std::fs::read_to_string(&config)
                 .map_err(|source| LunaError::Io { path: config.display().to_string(), source })?;
@@ -682,4 +736,92 @@ fn write_surprisal(path: &Path, batch: &Batch, bits: &[f64], tok: Option<&Tokeni
         }
     };
     tensors::write_file(path, &bytes)
+}
+
+fn bench(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
+    use luna_wgpu::bench::{self, Method, Sweep};
+    use luna_wgpu::report;
+    let mut engine = Engine::new_blocking(choice)?;
+    let adapter = describe(&engine.ctx.info);
+    let software = engine.ctx.info.device_type == wgpu::DeviceType::Cpu;
+    let max_n = a.max_n.unwrap_or(if software { 8192 } else { 65536 });
+    if a.min_n == 0 || a.min_n > max_n {
+        return Err(LunaError::Input(format!("--min-n {} must be between 1 and --max-n {max_n}", a.min_n)));
+    }
+    if a.d == 0 || a.heads == 0 || a.d % a.heads != 0 || a.batch == 0 || a.layers == 0 || a.l.contains(&0) {
+        return Err(LunaError::Input("--d must be a positive multiple of --heads; --batch, --layers and every --l at least 1".into()));
+    }
+    let mut ns = Vec::new();
+    let mut n = a.min_n;
+    while n <= max_n {
+        ns.push(n);
+        n *= 2;
+    }
+    let mut methods: Vec<Method> = a.l.iter().map(|&l| Method::Luna { l }).collect();
+    if !a.no_softmax {
+        methods.extend([Method::SoftmaxFlash, Method::SoftmaxNaive]);
+    }
+    let sweep = Sweep { ns, methods, d: a.d, heads: a.heads, batch: a.batch, layers: a.layers, repeats: a.repeats, max_seconds: a.max_seconds };
+    let ops: Vec<BenchOp> = match a.op {
+        BenchOp::All => vec![BenchOp::Layer, BenchOp::Encoder, BenchOp::Matmul, BenchOp::Decode],
+        op => vec![op],
+    };
+    eprintln!("adapter: {adapter}{}", if software { " (a software adapter: only ratios and slopes mean anything)" } else { "" });
+    let matmul_shapes: Vec<[usize; 3]> = if software {
+        vec![[256, 256, 256], [512, 512, 512], [1024, 1024, 1024], [4096, 256, 256], [1, 4096, 1024]]
+    } else {
+        vec![[1024, 1024, 1024], [2048, 2048, 2048], [4096, 4096, 4096], [8192, 8192, 8192], [16384, 1024, 1024], [1, 8192, 8192], [65536, 256, 256]]
+    };
+    let decode_positions: Vec<usize> = if software { vec![10, 100, 1000, 10_000] } else { vec![10, 100, 1000, 10_000, 100_000] };
+    let total: usize = ops
+        .iter()
+        .map(|op| match op {
+            BenchOp::Layer | BenchOp::Encoder => sweep.ns.len() * sweep.methods.len(),
+            BenchOp::Matmul => matmul_shapes.len(),
+            BenchOp::Decode => decode_positions.len(),
+            BenchOp::All => 0,
+        })
+        .sum();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} points, {elapsed} [{msg}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut on_point = |p: &bench::Point| {
+        if bar.is_hidden() {
+            println!("{}", report::table_row(p));
+        } else {
+            bar.println(report::table_row(p));
+        }
+        bar.set_message(format!("{} {} n={}", p.op, p.method, p.n));
+        bar.inc(1);
+    };
+    let mut points = Vec::new();
+    for op in ops {
+        match op {
+            BenchOp::Layer => points.extend(bench::run_sweep(&mut engine, &sweep, 1, &mut on_point)?),
+            BenchOp::Encoder => points.extend(bench::run_sweep(&mut engine, &sweep, a.layers, &mut on_point)?),
+            BenchOp::Matmul => points.extend(bench::run_matmul(&mut engine, &matmul_shapes, a.repeats, &mut on_point)?),
+            BenchOp::Decode => {
+                points.extend(bench::run_decode(&mut engine, a.d, a.heads, a.l[0], &decode_positions, a.repeats.max(10), &mut on_point)?)
+            }
+            BenchOp::All => {}
+        }
+    }
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&a.out_dir).map_err(|source| LunaError::Io { path: a.out_dir.display().to_string(), source })?;
+    let write = |name: &str, text: &str| tensors::write_file(&a.out_dir.join(name), text.as_bytes());
+    write("bench.csv", &report::csv(&points))?;
+    write("bench.json", &report::json(&points, &adapter))?;
+    for op in ["layer", "encoder"] {
+        if let Some(svg) = report::svg(&points, op, false, &format!("{op}: time against n ({adapter})")) {
+            write(&format!("{op}_time.svg"), &svg)?;
+        }
+        if let Some(svg) = report::svg(&points, op, true, &format!("{op}: peak GPU memory against n ({adapter})")) {
+            write(&format!("{op}_memory.svg"), &svg)?;
+        }
+    }
+    println!("{}", report::summary(&points));
+    eprintln!("wrote {}/bench.csv, bench.json and the SVG plots", a.out_dir.display());
+    Ok(())
 }

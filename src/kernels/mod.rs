@@ -7,6 +7,7 @@ pub mod causal;
 pub mod embed;
 pub mod gemm;
 pub mod layernorm;
+pub mod softmax;
 
 use crate::gpu::pipelines::KernelSpec;
 
@@ -18,5 +19,6 @@ pub fn all_variants() -> Vec<KernelSpec> {
     v.extend(causal::variants());
     v.extend(layernorm::variants());
     v.extend(embed::variants());
+    v.extend(softmax::variants());
     v
 }

@@ -4,6 +4,7 @@
 
 pub mod causal;
 pub mod ops;
+pub mod softmax;
 
 use crate::config::Config;
 use crate::input::{Batch, EncoderOutput};

@@ -1,0 +1,220 @@
+//! Float64 reference of a standard (softmax attention) Transformer encoder
+//! layer, the baseline Luna is compared with: the same shapes, LayerNorms and
+//! feed-forward block as a Luna encoder layer, with plain multi-head
+//! self-attention in place of the pack/unpack pair. Plain loops, the oracle of
+//! the GPU baseline (`crate::baseline`).
+//!
+//! Post-norm (`normalize_before = false`):
+//!
+//! ```text
+//! X = LN(self_attn_layer_norm)(X + Linear(out_proj)(MHA(X)))
+//! X = LN(final_layer_norm)(X + Linear(fc2)(act(Linear(fc1)(X))))
+//! ```
+//!
+//! Pre-norm (`normalize_before = true`):
+//!
+//! ```text
+//! X = X + Linear(out_proj)(MHA(LN(self_attn_layer_norm)(X)))
+//! X = X + Linear(fc2)(act(Linear(fc1)(LN(final_layer_norm)(X))))
+//! ```
+//!
+//! with `MHA(X)` per head `h`: `softmax(Q_h K_h^T · dh^-0.5, padding keys
+//! masked) · V_h`, `Q, K, V = Linear(q_proj, k_proj, v_proj)(X)`.
+
+use super::ops::{activation, add, layer_norm, linear, multihead_attention, scale};
+use crate::config::{Activation, Config};
+use crate::error::{LunaError, Result};
+use crate::init::Rng;
+use crate::model::{Linear, Norm};
+
+/// Shapes and options of a softmax-attention encoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SoftmaxConfig {
+    pub embed_dim: usize,
+    pub ffn_embed_dim: usize,
+    pub num_heads: usize,
+    pub num_layers: usize,
+    pub activation: Activation,
+    pub normalize_before: bool,
+    pub layer_norm_eps: f64,
+}
+
+impl SoftmaxConfig {
+    /// The baseline matching a Luna config: same width, FFN, heads, layers, activation, norms.
+    pub fn from_luna(c: &Config) -> SoftmaxConfig {
+        SoftmaxConfig {
+            embed_dim: c.embed_dim,
+            ffn_embed_dim: c.ffn_embed_dim,
+            num_heads: c.num_heads,
+            num_layers: c.num_layers,
+            activation: c.activation,
+            normalize_before: c.normalize_before,
+            layer_norm_eps: c.layer_norm_eps,
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.embed_dim / self.num_heads
+    }
+
+    /// Refuses empty sizes and an `embed_dim` that the heads do not divide.
+    pub fn validate(&self) -> Result<()> {
+        if self.embed_dim == 0 || self.ffn_embed_dim == 0 || self.num_heads == 0 || self.num_layers == 0 {
+            return Err(LunaError::Config(format!("softmax encoder sizes must be positive: {self:?}")));
+        }
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
+            return Err(LunaError::Config(format!(
+                "embed_dim {} is not divisible by num_heads {}",
+                self.embed_dim, self.num_heads
+            )));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
+            return Err(LunaError::Config(format!("layer_norm_eps {} must be a non-negative number", self.layer_norm_eps)));
+        }
+        Ok(())
+    }
+
+    /// Checks that `layers` fit this config: one layer (shared by all
+    /// `num_layers`) or exactly `num_layers`, each of the right shapes.
+    pub fn check_layers(&self, layers: &[SoftmaxLayer]) -> Result<()> {
+        self.validate()?;
+        if layers.len() != 1 && layers.len() != self.num_layers {
+            return Err(LunaError::Model(format!(
+                "{} softmax layers given for num_layers = {} (give 1 shared layer or one per layer)",
+                layers.len(),
+                self.num_layers
+            )));
+        }
+        let (d, f) = (self.embed_dim, self.ffn_embed_dim);
+        for (i, l) in layers.iter().enumerate() {
+            for (name, lin, out, inp) in [
+                ("q_proj", &l.q_proj, d, d),
+                ("k_proj", &l.k_proj, d, d),
+                ("v_proj", &l.v_proj, d, d),
+                ("out_proj", &l.out_proj, d, d),
+                ("fc1", &l.fc1, f, d),
+                ("fc2", &l.fc2, d, f),
+            ] {
+                if lin.out != out || lin.inp != inp || lin.weight.len() != out * inp || lin.bias.len() != out {
+                    return Err(LunaError::Model(format!(
+                        "softmax layer {i}: {name} is [{}, {}] with {} weights and {} biases, expected [{out}, {inp}]",
+                        lin.out,
+                        lin.inp,
+                        lin.weight.len(),
+                        lin.bias.len()
+                    )));
+                }
+            }
+            for (name, n) in [("self_attn_layer_norm", &l.self_attn_layer_norm), ("final_layer_norm", &l.final_layer_norm)] {
+                if n.weight.len() != d || n.bias.len() != d {
+                    return Err(LunaError::Model(format!("softmax layer {i}: {name} does not have {d} weights and biases")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The weights of one softmax-attention encoder layer (fairseq's
+/// `TransformerEncoderLayer` names).
+#[derive(Clone, Debug)]
+pub struct SoftmaxLayer {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub self_attn_layer_norm: Norm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub final_layer_norm: Norm,
+}
+
+fn random_linear(rng: &mut Rng, out: usize, inp: usize) -> Linear {
+    // PyTorch's default Linear init range: U(-1/sqrt(in), 1/sqrt(in)) (as src/init.rs).
+    let a = 1.0 / (inp as f32).sqrt();
+    Linear { out, inp, weight: rng.fill(out * inp, a), bias: rng.fill(out, a) }
+}
+
+fn random_norm(rng: &mut Rng, d: usize) -> Norm {
+    // Perturbed around the identity (as src/init.rs), so tests see the affine part.
+    Norm { weight: rng.fill(d, 0.2).iter().map(|v| 1.0 + v).collect(), bias: rng.fill(d, 0.1) }
+}
+
+impl SoftmaxLayer {
+    /// A layer of width `d` and feed-forward width `ffn` with random weights drawn from `seed`.
+    pub fn random(d: usize, ffn: usize, seed: u64) -> SoftmaxLayer {
+        let mut rng = Rng::new(seed);
+        SoftmaxLayer {
+            q_proj: random_linear(&mut rng, d, d),
+            k_proj: random_linear(&mut rng, d, d),
+            v_proj: random_linear(&mut rng, d, d),
+            out_proj: random_linear(&mut rng, d, d),
+            self_attn_layer_norm: random_norm(&mut rng, d),
+            fc1: random_linear(&mut rng, ffn, d),
+            fc2: random_linear(&mut rng, d, ffn),
+            final_layer_norm: random_norm(&mut rng, d),
+        }
+    }
+}
+
+/// `Linear(out_proj)(MHA(x))` for one sequence `x [n, d]`; keys under `key_mask` excluded.
+pub fn self_attention(c: &SoftmaxConfig, layer: &SoftmaxLayer, x: &[f64], key_mask: &[bool]) -> Vec<f64> {
+    let d = c.embed_dim;
+    let n = x.len() / d;
+    let mut q = linear(x, n, &layer.q_proj);
+    scale(&mut q, (c.head_dim() as f64).powf(-0.5));
+    let k = linear(x, n, &layer.k_proj);
+    let v = linear(x, n, &layer.v_proj);
+    let o = multihead_attention(&q, &k, &v, n, n, d, c.num_heads, key_mask);
+    linear(&o, n, &layer.out_proj)
+}
+
+fn ffn(c: &SoftmaxConfig, layer: &SoftmaxLayer, x: &[f64]) -> Vec<f64> {
+    let n = x.len() / c.embed_dim;
+    let mut h = linear(x, n, &layer.fc1);
+    for v in h.iter_mut() {
+        *v = activation(c.activation, *v);
+    }
+    linear(&h, n, &layer.fc2)
+}
+
+/// One encoder layer (post-norm or pre-norm) on one sequence `x [n, d]`, in place.
+pub fn encoder_layer(c: &SoftmaxConfig, layer: &SoftmaxLayer, x: &mut Vec<f64>, key_mask: &[bool]) {
+    let d = c.embed_dim;
+    let eps = c.layer_norm_eps;
+    if c.normalize_before {
+        let xn = layer_norm(x, d, &layer.self_attn_layer_norm, eps);
+        let y = self_attention(c, layer, &xn, key_mask);
+        add(x, &y);
+        let h = layer_norm(x, d, &layer.final_layer_norm, eps);
+        let f = ffn(c, layer, &h);
+        add(x, &f);
+    } else {
+        let y = self_attention(c, layer, x, key_mask);
+        add(x, &y);
+        *x = layer_norm(x, d, &layer.self_attn_layer_norm, eps);
+        let f = ffn(c, layer, x);
+        add(x, &f);
+        *x = layer_norm(x, d, &layer.final_layer_norm, eps);
+    }
+}
+
+/// `num_layers` encoder layers on a batch `x [batch, len, d]` with a key padding
+/// mask `[batch, len]` (true = padding). Layer `i` uses `layers[i]`, or
+/// `layers[0]` for every layer when one layer is given. Returns `[batch, len, d]`.
+pub fn encoder(c: &SoftmaxConfig, layers: &[SoftmaxLayer], x: &[f32], batch: usize, len: usize, key_mask: &[bool]) -> Vec<f64> {
+    let d = c.embed_dim;
+    assert_eq!(x.len(), batch * len * d, "x is not [batch, len, d]");
+    assert_eq!(key_mask.len(), batch * len, "key_mask is not [batch, len]");
+    let mut out = Vec::with_capacity(x.len());
+    for b in 0..batch {
+        let mut xb: Vec<f64> = x[b * len * d..(b + 1) * len * d].iter().map(|&v| v as f64).collect();
+        let mask = &key_mask[b * len..(b + 1) * len];
+        for i in 0..c.num_layers {
+            let layer = &layers[if layers.len() == 1 { 0 } else { i }];
+            encoder_layer(c, layer, &mut xb, mask);
+        }
+        out.extend(xb);
+    }
+    out
+}
