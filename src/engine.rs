@@ -10,7 +10,7 @@ use crate::gpu::recorder::{Recorder, Timestamps};
 use crate::gpu::{AdapterChoice, GpuContext};
 use crate::input::{Batch, EncoderOutput};
 use crate::kernels::attention::{self, Shape, View};
-use crate::kernels::{embed, gemm, layernorm};
+use crate::kernels::{embed, gemm, layernorm, softmax};
 use crate::model::{KvProj, Linear, Model, Norm};
 use crate::reference::ops::{sinusoid_row, token_sinusoid_row};
 use std::sync::{Arc, Mutex};
@@ -405,7 +405,10 @@ impl Engine {
         let h = get("ffn", rows_x * c.ffn_embed_dim);
         let (dp, dh) = (c.pack_head_dim(), c.head_dim());
         let attn_scratch = |heads, hd, q_rows, k_rows| Shape { batch: bsz, q_rows, k_rows, heads, head_dim: hd, scale: 1.0 }.scratch_floats();
-        let partial = get("attn_partial", attn_scratch(c.num_pheads, dp, lp, n).max(attn_scratch(c.num_heads, dh, n, lp)));
+        let unpack = Shape { batch: bsz, q_rows: n, k_rows: lp, heads: c.num_heads, head_dim: dh, scale: 1.0 };
+        let unpack_flash = dh <= softmax::MAX_HEAD_DIM;
+        let unpack_scratch = if unpack_flash { unpack.flash_state_floats() } else { unpack.scratch_floats() };
+        let partial = get("attn_partial", attn_scratch(c.num_pheads, dp, lp, n).max(unpack_scratch));
 
         let q = &ctx.queue;
         let as_u32 = |m: &[bool]| m.iter().map(|&b| b as u32).collect::<Vec<u32>>();
@@ -489,17 +492,17 @@ impl Engine {
             let unpack_shape =
                 Shape { batch: bsz, q_rows: n, k_rows: lp, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) };
             gemm::encode(&mut rec, &yp, &l.wkv.buffer, &l.bkv.buffer, None, &kv, [rows_p, kvw, d], None);
-            attention::encode(
-                &mut rec,
+            let (q_view, k_view, v_view) = (
                 View { buffer: &xqkv, stride: wx, offset: 0 },
                 View { buffer: &kv, stride: kvw, offset: 0 },
                 View { buffer: &kv, stride: kvw, offset: if c.tie_kv { 0 } else { d } },
-                &pmask,
-                &o,
-                d,
-                unpack_shape,
-                &partial,
             );
+            if unpack_flash {
+                // Many queries over few keys: the tiled kernel stages the packed K/V once per query tile.
+                softmax::encode_flash(&mut rec, q_view, k_view, v_view, &pmask, &o, d, unpack_shape, &partial)?;
+            } else {
+                attention::encode(&mut rec, q_view, k_view, v_view, &pmask, &o, d, unpack_shape, &partial);
+            }
             let act = Some(c.activation);
             if pre {
                 gemm::encode(&mut rec, &o, &l.wout.buffer, &l.bout.buffer, Some(&x), &x_alt, [rows_x, d, d], None);

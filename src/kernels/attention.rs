@@ -83,7 +83,7 @@ pub struct View<'a> {
 }
 
 /// Shapes of one attention call, per sequence of the batch.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub batch: usize,
     pub q_rows: usize,

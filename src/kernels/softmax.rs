@@ -18,7 +18,8 @@ use crate::gpu::buffers;
 use crate::gpu::GpuContext;
 use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
-pub use crate::kernels::attention::View;
+/// The same views and shapes as Luna's attention kernels.
+pub use crate::kernels::attention::{Shape, View};
 
 pub const FLASH_SOURCE: &str = include_str!("../../shaders/softmax_flash.wgsl");
 pub const NAIVE_SOURCE: &str = include_str!("../../shaders/softmax_naive.wgsl");
@@ -63,18 +64,6 @@ impl std::str::FromStr for Kind {
             other => Err(LunaError::Input(format!("unknown softmax attention kind {other:?} (expected \"flash\" or \"naive\")"))),
         }
     }
-}
-
-/// Shapes of one attention call, per sequence of the batch.
-#[derive(Clone, Copy, Debug)]
-pub struct Shape {
-    pub batch: usize,
-    pub q_rows: usize,
-    pub k_rows: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    /// Applied to every score (`head_dim^-0.5` for standard attention).
-    pub scale: f32,
 }
 
 impl Shape {
