@@ -17,9 +17,11 @@ pub const MIN_KEYS_PER_SPLIT: usize = 1024;
 /// Largest head dimension the kernel handles (WG * DPT in the shader).
 pub const MAX_HEAD_DIM: usize = 512;
 
+/// The first eleven words of every attention kernel's `Params` (this file's,
+/// and the softmax baselines'): sizes, and where Q, K, V and the output lie.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+pub(crate) struct Layout {
     q_rows: u32,
     k_rows: u32,
     heads: u32,
@@ -31,6 +33,30 @@ struct Params {
     v_stride: u32,
     v_off: u32,
     o_stride: u32,
+}
+
+impl Layout {
+    pub(crate) fn new(q: &View, k: &View, v: &View, out_stride: usize, s: &Shape) -> Layout {
+        Layout {
+            q_rows: s.q_rows as u32,
+            k_rows: s.k_rows as u32,
+            heads: s.heads as u32,
+            head_dim: s.head_dim as u32,
+            q_stride: q.stride as u32,
+            q_off: q.offset as u32,
+            k_stride: k.stride as u32,
+            k_off: k.offset as u32,
+            v_stride: v.stride as u32,
+            v_off: v.offset as u32,
+            o_stride: out_stride as u32,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    layout: Layout,
     total: u32,
     scale: f32,
     splits: u32,
@@ -130,17 +156,7 @@ pub fn encode(
     let rows = (s.batch * s.heads * s.q_rows) as u32;
     let total = rows * splits as u32;
     let params = Params {
-        q_rows: s.q_rows as u32,
-        k_rows: s.k_rows as u32,
-        heads: s.heads as u32,
-        head_dim: s.head_dim as u32,
-        q_stride: q.stride as u32,
-        q_off: q.offset as u32,
-        k_stride: k.stride as u32,
-        k_off: k.offset as u32,
-        v_stride: v.stride as u32,
-        v_off: v.offset as u32,
-        o_stride: out_stride as u32,
+        layout: Layout::new(&q, &k, &v, out_stride, &s),
         total,
         scale: s.scale,
         splits: splits as u32,

@@ -20,6 +20,7 @@ use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
 /// The same views and shapes as Luna's attention kernels.
 pub use crate::kernels::attention::{Shape, View};
+use crate::kernels::attention::Layout;
 
 pub const FLASH_SOURCE: &str = include_str!("../../shaders/softmax_flash.wgsl");
 pub const NAIVE_SOURCE: &str = include_str!("../../shaders/softmax_naive.wgsl");
@@ -96,17 +97,7 @@ impl Shape {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct FlashParams {
-    q_rows: u32,
-    k_rows: u32,
-    heads: u32,
-    head_dim: u32,
-    q_stride: u32,
-    q_off: u32,
-    k_stride: u32,
-    k_off: u32,
-    v_stride: u32,
-    v_off: u32,
-    o_stride: u32,
+    layout: Layout,
     q_tiles: u32,
     total: u32,
     scale: f32,
@@ -120,17 +111,7 @@ struct FlashParams {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct NaiveParams {
-    q_rows: u32,
-    k_rows: u32,
-    heads: u32,
-    head_dim: u32,
-    q_stride: u32,
-    q_off: u32,
-    k_stride: u32,
-    k_off: u32,
-    v_stride: u32,
-    v_off: u32,
-    o_stride: u32,
+    layout: Layout,
     rows: u32,
     scale: f32,
     key_begin: u32,
@@ -240,17 +221,7 @@ pub fn encode_flash(
         let key_begin = pass * FLASH_KEYS_PER_PASS;
         let key_end = (key_begin + FLASH_KEYS_PER_PASS).min(s.k_rows);
         let params = FlashParams {
-            q_rows: s.q_rows as u32,
-            k_rows: s.k_rows as u32,
-            heads: s.heads as u32,
-            head_dim: s.head_dim as u32,
-            q_stride: q.stride as u32,
-            q_off: q.offset as u32,
-            k_stride: k.stride as u32,
-            k_off: k.offset as u32,
-            v_stride: v.stride as u32,
-            v_off: v.offset as u32,
-            o_stride: out_stride as u32,
+            layout: Layout::new(&q, &k, &v, out_stride, &s),
             q_tiles: q_tiles as u32,
             total,
             scale: s.scale,
@@ -283,17 +254,7 @@ pub fn encode_naive(
 ) -> Result<()> {
     check_naive(rec.ctx, &s)?;
     let base = NaiveParams {
-        q_rows: s.q_rows as u32,
-        k_rows: s.k_rows as u32,
-        heads: s.heads as u32,
-        head_dim: s.head_dim as u32,
-        q_stride: q.stride as u32,
-        q_off: q.offset as u32,
-        k_stride: k.stride as u32,
-        k_off: k.offset as u32,
-        v_stride: v.stride as u32,
-        v_off: v.offset as u32,
-        o_stride: out_stride as u32,
+        layout: Layout::new(&q, &k, &v, out_stride, &s),
         rows: (s.batch * s.heads * s.q_rows) as u32,
         scale: s.scale,
         key_begin: 0,
