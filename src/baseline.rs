@@ -26,14 +26,15 @@
 //! # Ok(()) }
 //! ```
 
-use crate::engine::{norm, Engine, ErrorScopes, GpuNorm};
+use crate::block::{Dims, GpuBlock, Scratch};
+use crate::engine::{Engine, ErrorScopes};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
 use crate::gpu::pipelines::PipelineCache;
 use crate::gpu::recorder::{Recorder, Timestamps};
 use crate::gpu::GpuContext;
 use crate::kernels::softmax::{self as kernel, Shape, View};
-use crate::kernels::{gemm, layernorm};
+use crate::kernels::gemm;
 
 pub use crate::kernels::softmax::Kind;
 pub use crate::reference::softmax::{SoftmaxConfig, SoftmaxLayer};
@@ -42,14 +43,8 @@ struct GpuSoftmaxLayer {
     /// `[q_proj; k_proj; v_proj]` stacked: X is read once for all three.
     wqkv: Tracked,
     bqkv: Tracked,
-    wout: Tracked,
-    bout: Tracked,
-    w1: Tracked,
-    b1: Tracked,
-    w2: Tracked,
-    b2: Tracked,
-    ln_attn: GpuNorm,
-    ln_final: GpuNorm,
+    /// Output projection, FFN and LayerNorms: the same code as Luna's layers.
+    block: GpuBlock,
 }
 
 /// A softmax-attention encoder's weights on the GPU.
@@ -107,19 +102,6 @@ impl SoftmaxInput<'_> {
     }
 }
 
-/// Workspace buffers of one recorded run.
-struct Buffers {
-    x: wgpu::Buffer,
-    x_alt: wgpu::Buffer,
-    xn: wgpu::Buffer,
-    qkv: wgpu::Buffer,
-    o: wgpu::Buffer,
-    y: wgpu::Buffer,
-    h: wgpu::Buffer,
-    mask: wgpu::Buffer,
-    scratch: wgpu::Buffer,
-}
-
 fn shape(c: &SoftmaxConfig, input: &SoftmaxInput) -> Shape {
     let dh = c.head_dim();
     Shape {
@@ -149,21 +131,8 @@ impl Engine {
             .iter()
             .map(|l| {
                 let (wqkv, bqkv) = self.stacked("sm_wqkv", &[&l.q_proj, &l.k_proj, &l.v_proj])?;
-                let (wout, bout) = self.stacked("sm_wout", &[&l.out_proj])?;
-                let (w1, b1) = self.stacked("sm_fc1", &[&l.fc1])?;
-                let (w2, b2) = self.stacked("sm_fc2", &[&l.fc2])?;
-                Ok(GpuSoftmaxLayer {
-                    wqkv,
-                    bqkv,
-                    wout,
-                    bout,
-                    w1,
-                    b1,
-                    w2,
-                    b2,
-                    ln_attn: self.norm(&l.self_attn_layer_norm)?,
-                    ln_final: self.norm(&l.final_layer_norm)?,
-                })
+                let block = self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?;
+                Ok(GpuSoftmaxLayer { wqkv, bqkv, block })
             })
             .collect();
         let scoped = scope.pop_async(&self.ctx).await;
@@ -270,82 +239,54 @@ impl Engine {
         let cache: &'e PipelineCache = cache;
         let dummy: &'e Tracked = dummy;
         let c = &enc.config;
-        let (rows, d, f) = (input.batch * input.len, c.embed_dim, c.ffn_embed_dim);
+        let (rows, d) = (input.batch * input.len, c.embed_dim);
         let s = shape(c, input);
-        let mut get = |name: &'static str, floats: u64| workspace.get(ctx, name, floats * 4);
-        let r = rows as u64;
-        let b = Buffers {
-            x: get("sm_x0", r * d as u64),
-            x_alt: get("sm_x1", r * d as u64),
-            xn: get("sm_x_norm", r * d as u64),
-            qkv: get("sm_qkv", r * 3 * d as u64),
-            o: get("sm_o", r * d as u64),
-            y: get("sm_y", r * d as u64),
-            h: get("sm_ffn", r * f as u64),
-            mask: get("sm_mask", r),
-            scratch: match kind {
-                Kind::Flash => get("sm_state", kernel::scratch_floats(kind, &s).max(1)),
-                Kind::Naive => get("sm_scores", kernel::scratch_floats(kind, &s).max(1)),
-            },
+        let dims = Dims {
+            rows,
+            d,
+            ffn: c.ffn_embed_dim,
+            proj_width: 3 * d,
+            pre_norm: c.normalize_before,
+            act: c.activation,
+            eps: c.layer_norm_eps as f32,
         };
-        ctx.queue.write_buffer(&b.x, 0, bytemuck::cast_slice(input.x));
-        let mask: Vec<u32> = input.key_mask.iter().map(|&m| m as u32).collect();
-        ctx.queue.write_buffer(&b.mask, 0, bytemuck::cast_slice(&mask));
+        let scratch = Scratch::get(workspace, ctx, &dummy.buffer, dims);
+        let mask = workspace.get(ctx, "sm_mask", rows as u64 * 4);
+        let attn = match kind {
+            Kind::Flash => workspace.get(ctx, "sm_state", kernel::scratch_floats(kind, &s).max(1) * 4),
+            Kind::Naive => workspace.get(ctx, "sm_scores", kernel::scratch_floats(kind, &s).max(1) * 4),
+        };
+        ctx.queue.write_buffer(&scratch.x, 0, bytemuck::cast_slice(input.x));
+        let key_mask: Vec<u32> = input.key_mask.iter().map(|&m| m as u32).collect();
+        ctx.queue.write_buffer(&mask, 0, bytemuck::cast_slice(&key_mask));
         let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-        let out = record_layers(&mut rec, enc, &b, rows, s, kind)?;
+        let out = record_layers(&mut rec, enc, scratch, &mask, &attn, s, kind)?;
         Ok((rec, out))
     }
 }
 
-/// Records the encoder's layers reading `b.x`; returns the buffer holding the result.
-fn record_layers(rec: &mut Recorder, enc: &SoftmaxEncoder, b: &Buffers, rows: usize, s: Shape, kind: Kind) -> Result<wgpu::Buffer> {
+/// Records the encoder's layers reading `s.x`; returns the buffer holding the result.
+fn record_layers(rec: &mut Recorder, enc: &SoftmaxEncoder, mut s: Scratch, mask: &wgpu::Buffer, attn: &wgpu::Buffer, shape: Shape, kind: Kind) -> Result<wgpu::Buffer> {
     let c = &enc.config;
-    let (d, f) = (c.embed_dim, c.ffn_embed_dim);
-    let eps = c.layer_norm_eps as f32;
-    let act = Some(c.activation);
-    let mut x = &b.x;
-    let mut x_alt = &b.x_alt;
-    let ln = |rec: &mut Recorder, x: &wgpu::Buffer, r: Option<&wgpu::Buffer>, g: &GpuNorm, out: &wgpu::Buffer| {
-        layernorm::encode(rec, layernorm::Step { x, residual: r, norm: norm(g), mask: None, out }, rows, d, eps)
-    };
+    let (rows, d) = (shape.batch * shape.q_rows, c.embed_dim);
     let w = 3 * d;
     for i in 0..c.num_layers {
         let l = enc.layer(i);
-        let input = if c.normalize_before {
-            ln(rec, x, None, &l.ln_attn, &b.xn);
-            &b.xn
-        } else {
-            x
-        };
-        gemm::encode(rec, input, &l.wqkv.buffer, &l.bqkv.buffer, None, &b.qkv, [rows, w, d], None);
+        let input = s.attention_input(rec, &l.block);
+        gemm::encode(rec, input, &l.wqkv.buffer, &l.bqkv.buffer, None, &s.proj, [rows, w, d], None);
         kernel::encode(
             rec,
             kind,
-            View { buffer: &b.qkv, stride: w, offset: 0 },
-            View { buffer: &b.qkv, stride: w, offset: d },
-            View { buffer: &b.qkv, stride: w, offset: 2 * d },
-            &b.mask,
-            &b.o,
+            View { buffer: &s.proj, stride: w, offset: 0 },
+            View { buffer: &s.proj, stride: w, offset: d },
+            View { buffer: &s.proj, stride: w, offset: 2 * d },
+            mask,
+            &s.o,
             d,
-            s,
-            &b.scratch,
+            shape,
+            attn,
         )?;
-        if c.normalize_before {
-            gemm::encode(rec, &b.o, &l.wout.buffer, &l.bout.buffer, Some(x), x_alt, [rows, d, d], None);
-            std::mem::swap(&mut x, &mut x_alt);
-            ln(rec, x, None, &l.ln_final, &b.xn);
-            gemm::encode(rec, &b.xn, &l.w1.buffer, &l.b1.buffer, None, &b.h, [rows, f, d], act);
-            gemm::encode(rec, &b.h, &l.w2.buffer, &l.b2.buffer, Some(x), x_alt, [rows, d, f], None);
-            std::mem::swap(&mut x, &mut x_alt);
-        } else {
-            gemm::encode(rec, &b.o, &l.wout.buffer, &l.bout.buffer, None, &b.y, [rows, d, d], None);
-            ln(rec, x, Some(&b.y), &l.ln_attn, x_alt);
-            std::mem::swap(&mut x, &mut x_alt);
-            gemm::encode(rec, x, &l.w1.buffer, &l.b1.buffer, None, &b.h, [rows, f, d], act);
-            gemm::encode(rec, &b.h, &l.w2.buffer, &l.b2.buffer, None, &b.y, [rows, d, f], None);
-            ln(rec, x, Some(&b.y), &l.ln_final, x_alt);
-            std::mem::swap(&mut x, &mut x_alt);
-        }
+        s.record_tail(rec, &l.block);
     }
-    Ok(x.clone())
+    Ok(s.x)
 }

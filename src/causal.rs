@@ -2,13 +2,14 @@
 //! and the streaming form whose per-layer state does not grow with position.
 
 use crate::config::Config;
-use crate::engine::{norm, Engine, ErrorScopes, GpuModel, GpuNorm};
+use crate::block::{Dims, GpuBlock, Scratch};
+use crate::engine::{Engine, ErrorScopes, GpuModel, GpuNorm};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked, Workspace};
 use crate::gpu::recorder::Recorder;
 use crate::input::Batch;
 use crate::kernels::causal::{self as kernel, Inputs, Shape};
-use crate::kernels::{embed, gemm, layernorm};
+use crate::kernels::{embed, gemm};
 use crate::model::{Linear, Model};
 use crate::reference;
 
@@ -43,14 +44,8 @@ pub(crate) struct GpuCausalLayer {
     bx: Tracked,
     /// `Q_P · dh^-0.5`, `[l, d]`: P is fixed, so this is computed once at load.
     qp: Tracked,
-    wout: Tracked,
-    bout: Tracked,
-    w1: Tracked,
-    b1: Tracked,
-    w2: Tracked,
-    b2: Tracked,
-    ln_attn: GpuNorm,
-    ln_final: GpuNorm,
+    /// Output projection, FFN and LayerNorms.
+    block: GpuBlock,
 }
 
 pub(crate) struct GpuCausal {
@@ -98,21 +93,11 @@ impl Engine {
             let mut qp = reference::ops::linear(&p, c.projection_length, &l.pq_proj);
             reference::ops::scale(&mut qp, s);
             let qp: Vec<f32> = qp.iter().map(|&v| v as f32).collect();
-            let (wout, bout) = self.stacked("wout", &[&l.out_proj])?;
-            let (w1, b1) = self.stacked("fc1", &[&l.fc1])?;
-            let (w2, b2) = self.stacked("fc2", &[&l.fc2])?;
             layers.push(GpuCausalLayer {
                 wx,
                 bx,
                 qp: self.up("qp", &qp)?,
-                wout,
-                bout,
-                w1,
-                b1,
-                w2,
-                b2,
-                ln_attn: self.norm(&l.self_attn_layer_norm)?,
-                ln_final: self.norm(&l.final_layer_norm)?,
+                block: self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?,
             });
         }
         Ok(GpuCausal {
@@ -368,17 +353,12 @@ impl<'a> Run<'a> {
         let (q, k, v, pc, width) = columns(c);
         let eps = c.layer_norm_eps as f32;
         let ctx = rec.ctx;
+        let dims = Dims { rows, d, ffn: c.ffn_embed_dim, proj_width: width, pre_norm: c.normalize_before, act: c.activation, eps };
+        let mut s = Scratch::get(ws, ctx, rec.dummy, dims);
         let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, floats as u64 * 4);
         let tok = get("tokens", rows);
         let pos = get("positions", rows);
         let lens = get("lengths", lengths.len());
-        let mut x = get("x0", rows * d);
-        let mut x_alt = get("x1", rows * d);
-        let xn = get("x_norm", rows * d);
-        let xqkv = get("xqkv", rows * width);
-        let o = get("o", rows * d);
-        let y = get("y", rows * d);
-        let h = get("ffn", rows * c.ffn_embed_dim);
         let state = if self.states.is_none() { get("causal_state", self.shape.state_floats()) } else { rec.dummy.clone() };
         ctx.queue.write_buffer(&tok, 0, bytemuck::cast_slice(ids));
         ctx.queue.write_buffer(&pos, 0, bytemuck::cast_slice(positions));
@@ -386,52 +366,27 @@ impl<'a> Run<'a> {
 
         embed::encode(
             rec,
-            embed::Gather { ids: &tok, table: &model.embed_tokens.buffer, positions: Some((&pos, self.pos_table)), mask: None, out: &x },
+            embed::Gather { ids: &tok, table: &model.embed_tokens.buffer, positions: Some((&pos, self.pos_table)), mask: None, out: &s.x },
             rows,
             d,
             c.embed_scale as f32,
         );
-        let act = Some(c.activation);
         for i in 0..c.num_layers {
             let l = &gc.layers[if c.tie_layer_weights { 0 } else { i }];
-            let ln = |rec: &mut Recorder, x: &wgpu::Buffer, r: Option<&wgpu::Buffer>, g: Option<&GpuNorm>, out: &wgpu::Buffer| {
-                layernorm::encode(rec, layernorm::Step { x, residual: r, norm: g.and_then(norm), mask: None, out }, rows, d, eps)
-            };
-            let ax = if c.normalize_before {
-                ln(rec, &x, None, Some(&l.ln_attn), &xn);
-                &xn
-            } else {
-                &x
-            };
-            gemm::encode(rec, ax, &l.wx.buffer, &l.bx.buffer, None, &xqkv, [rows, width, d], None);
-            let inputs = Inputs { x: &xqkv, stride: width, q, k, v, pc };
+            let ax = s.attention_input(rec, &l.block);
+            gemm::encode(rec, ax, &l.wx.buffer, &l.bx.buffer, None, &s.proj, [rows, width, d], None);
+            let inputs = Inputs { x: &s.proj, stride: width, q, k, v, pc };
             match self.states {
-                None => kernel::parallel(rec, inputs, &l.qp.buffer, &lens, &state, &o, self.shape),
-                Some(s) => kernel::step(rec, inputs, &l.qp.buffer, &lens, &s[i].buffer, &o, self.shape),
+                None => kernel::parallel(rec, inputs, &l.qp.buffer, &lens, &state, &s.o, self.shape),
+                Some(st) => kernel::step(rec, inputs, &l.qp.buffer, &lens, &st[i].buffer, &s.o, self.shape),
             }
             after_layer(rec, i, &state);
-            if c.normalize_before {
-                gemm::encode(rec, &o, &l.wout.buffer, &l.bout.buffer, Some(&x), &x_alt, [rows, d, d], None);
-                std::mem::swap(&mut x, &mut x_alt);
-                ln(rec, &x, None, Some(&l.ln_final), &xn);
-                gemm::encode(rec, &xn, &l.w1.buffer, &l.b1.buffer, None, &h, [rows, c.ffn_embed_dim, d], act);
-                gemm::encode(rec, &h, &l.w2.buffer, &l.b2.buffer, Some(&x), &x_alt, [rows, d, c.ffn_embed_dim], None);
-                std::mem::swap(&mut x, &mut x_alt);
-            } else {
-                gemm::encode(rec, &o, &l.wout.buffer, &l.bout.buffer, None, &y, [rows, d, d], None);
-                ln(rec, &x, Some(&y), Some(&l.ln_attn), &x_alt);
-                std::mem::swap(&mut x, &mut x_alt);
-                gemm::encode(rec, &x, &l.w1.buffer, &l.b1.buffer, None, &h, [rows, c.ffn_embed_dim, d], act);
-                gemm::encode(rec, &h, &l.w2.buffer, &l.b2.buffer, None, &y, [rows, d, c.ffn_embed_dim], None);
-                ln(rec, &x, Some(&y), Some(&l.ln_final), &x_alt);
-                std::mem::swap(&mut x, &mut x_alt);
-            }
+            s.record_tail(rec, &l.block);
         }
         if let Some(g) = &gc.final_norm {
-            layernorm::encode(rec, layernorm::Step { x: &x, residual: None, norm: norm(g), mask: None, out: &x_alt }, rows, d, eps);
-            std::mem::swap(&mut x, &mut x_alt);
+            s.record_norm(rec, g);
         }
-        Ok(x)
+        Ok(s.x)
     }
 
     /// Records `logits [rows, vocab] = x · W_out^T` into workspace buffer `name`.

@@ -10,6 +10,7 @@ use crate::gpu::recorder::{Recorder, Timestamps};
 use crate::gpu::{AdapterChoice, GpuContext};
 use crate::input::{Batch, EncoderOutput};
 use crate::kernels::attention::{self, Shape, View};
+use crate::block::{Dims, GpuBlock, Scratch};
 use crate::kernels::{embed, gemm, layernorm, softmax};
 use crate::model::{KvProj, Linear, Model, Norm};
 use crate::reference::ops::{sinusoid_row, token_sinusoid_row};
@@ -40,15 +41,10 @@ struct GpuLayer {
     /// `[k; v]` of the unpack (one block when tied).
     wkv: Tracked,
     bkv: Tracked,
-    wout: Tracked,
-    bout: Tracked,
-    w1: Tracked,
-    b1: Tracked,
-    w2: Tracked,
-    b2: Tracked,
-    ln_attn: GpuNorm,
+    /// `self_atten_proj_layer_norm`.
     ln_proj: GpuNorm,
-    ln_final: GpuNorm,
+    /// Output projection, FFN and X's LayerNorms.
+    block: GpuBlock,
 }
 
 /// A model's weights on the GPU.
@@ -200,9 +196,6 @@ impl Engine {
             let (wx, bx) = self.stacked("wx", &xparts)?;
             let (wpq, bpq) = self.stacked("wpq", &[&l.pq_proj])?;
             let (wkv, bkv) = self.stacked("wkv", &Self::kv_parts(&l.unpack_kv))?;
-            let (wout, bout) = self.stacked("wout", &[&l.out_proj])?;
-            let (w1, b1) = self.stacked("fc1", &[&l.fc1])?;
-            let (w2, b2) = self.stacked("fc2", &[&l.fc2])?;
             layers.push(GpuLayer {
                 wx,
                 bx,
@@ -210,15 +203,8 @@ impl Engine {
                 bpq,
                 wkv,
                 bkv,
-                wout,
-                bout,
-                w1,
-                b1,
-                w2,
-                b2,
-                ln_attn: self.norm(&l.self_attn_layer_norm)?,
                 ln_proj: self.norm(&l.self_atten_proj_layer_norm)?,
-                ln_final: self.norm(&l.final_layer_norm)?,
+                block: self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?,
             });
         }
         let pair = |a: &Option<Norm>, b: &Option<Norm>| -> Result<Option<(GpuNorm, GpuNorm)>> {
@@ -383,32 +369,27 @@ impl Engine {
 
         let ctx = &self.ctx;
         let ws = &mut self.workspace;
-        let f = 4u64;
-        let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, floats as u64 * f);
+        let pre = c.normalize_before;
+        let dims = Dims { rows: rows_x, d, ffn: c.ffn_embed_dim, proj_width: wx, pre_norm: pre, act: c.activation, eps };
+        let mut s = Scratch::get(ws, ctx, &self.dummy.buffer, dims);
+        let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, floats as u64 * 4);
         let tok = get("tokens", rows_x);
         let pos = get("positions", rows_x);
         let xmask = get("x_mask", rows_x);
         let pmask = get("p_mask", rows_p);
         let pids = get("p_rows", rows_p);
-        let mut x = get("x0", rows_x * d);
-        let mut x_alt = get("x1", rows_x * d);
-        let xn = get("x_norm", rows_x * d);
         let mut p = get("p0", rows_p * d);
         let mut p_alt = get("p1", rows_p * d);
-        let pn = get("p_norm", rows_p * d);
-        let xqkv = get("xqkv", rows_x * wx);
+        let pn = if pre { get("p_norm", rows_p * d) } else { self.dummy.buffer.clone() };
         let qp = get("qp", rows_p * d);
         let yp = get("yp", rows_p * d);
         let kv = get("kv", rows_p * kvw);
-        let o = get("o", rows_x * d);
-        let y = get("y", rows_x * d);
-        let h = get("ffn", rows_x * c.ffn_embed_dim);
         let (dp, dh) = (c.pack_head_dim(), c.head_dim());
-        let attn_scratch = |heads, hd, q_rows, k_rows| Shape { batch: bsz, q_rows, k_rows, heads, head_dim: hd, scale: 1.0 }.scratch_floats();
-        let unpack = Shape { batch: bsz, q_rows: n, k_rows: lp, heads: c.num_heads, head_dim: dh, scale: 1.0 };
+        let pack_shape = Shape { batch: bsz, q_rows: lp, k_rows: n, heads: c.num_pheads, head_dim: dp, scale: (dp as f32).powf(-0.5) };
+        let unpack_shape = Shape { batch: bsz, q_rows: n, k_rows: lp, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) };
         let unpack_flash = dh <= softmax::MAX_HEAD_DIM;
-        let unpack_scratch = if unpack_flash { unpack.flash_state_floats() } else { unpack.scratch_floats() };
-        let partial = get("attn_partial", attn_scratch(c.num_pheads, dp, lp, n).max(unpack_scratch));
+        let unpack_scratch = if unpack_flash { unpack_shape.flash_state_floats() } else { unpack_shape.scratch_floats() };
+        let partial = get("attn_partial", pack_shape.scratch_floats().max(unpack_scratch));
 
         let q = &ctx.queue;
         let as_u32 = |m: &[bool]| m.iter().map(|&b| b as u32).collect::<Vec<u32>>();
@@ -430,7 +411,7 @@ impl Engine {
                 table: &model.embed_tokens.buffer,
                 positions: Some((&pos, &pos_table)),
                 mask: if ln_emb.is_some() { None } else { Some(&xmask) },
-                out: &x,
+                out: &s.x,
             },
             rows_x,
             d,
@@ -450,38 +431,35 @@ impl Engine {
             d,
             scale,
         );
+        let ln = |rec: &mut Recorder, x: &wgpu::Buffer, r: Option<&wgpu::Buffer>, g: Option<&GpuNorm>, mask, out: &wgpu::Buffer, rows| {
+            layernorm::encode(rec, layernorm::Step { x, residual: r, norm: g.and_then(norm), mask, out }, rows, d, eps)
+        };
         if let Some((nx, np)) = ln_emb {
-            layernorm::encode(&mut rec, layernorm::Step { x: &x, residual: None, norm: norm(nx), mask: Some(&xmask), out: &x_alt }, rows_x, d, eps);
-            layernorm::encode(&mut rec, layernorm::Step { x: &p, residual: None, norm: norm(np), mask: Some(&pmask), out: &p_alt }, rows_p, d, eps);
-            std::mem::swap(&mut x, &mut x_alt);
+            ln(&mut rec, &s.x, None, Some(nx), Some(&xmask), &s.x_alt, rows_x);
+            ln(&mut rec, &p, None, Some(np), Some(&pmask), &p_alt, rows_p);
+            std::mem::swap(&mut s.x, &mut s.x_alt);
             std::mem::swap(&mut p, &mut p_alt);
         }
 
-        let pre = c.normalize_before;
         for i in 0..c.num_layers {
             let l = model.layer(i);
-            let ln = |rec: &mut Recorder, x: &wgpu::Buffer, r: Option<&wgpu::Buffer>, g: Option<&GpuNorm>, out: &wgpu::Buffer, rows| {
-                layernorm::encode(rec, layernorm::Step { x, residual: r, norm: g.and_then(norm), mask: None, out }, rows, d, eps)
-            };
             // Inputs of the attention: X and P, or their LayerNorms (pre-norm).
-            let (ax, ap) = if pre {
-                ln(&mut rec, &x, None, Some(&l.ln_attn), &xn, rows_x);
-                ln(&mut rec, &p, None, Some(&l.ln_proj), &pn, rows_p);
-                (&xn, &pn)
+            let ax = s.attention_input(&mut rec, &l.block);
+            let ap = if pre {
+                ln(&mut rec, &p, None, Some(&l.ln_proj), None, &pn, rows_p);
+                &pn
             } else {
-                (&x, &p)
+                &p
             };
-            gemm::encode(&mut rec, ax, &l.wx.buffer, &l.bx.buffer, None, &xqkv, [rows_x, wx, d], None);
+            gemm::encode(&mut rec, ax, &l.wx.buffer, &l.bx.buffer, None, &s.proj, [rows_x, wx, d], None);
             gemm::encode(&mut rec, ap, &l.wpq.buffer, &l.bpq.buffer, None, &qp, [rows_p, d, d], None);
             // Pack: P rows read the whole sequence (Hp heads, padding masked).
             let v_pack = if c.tie_kv { d } else { 2 * d };
-            let pack_shape =
-                Shape { batch: bsz, q_rows: lp, k_rows: n, heads: c.num_pheads, head_dim: dp, scale: (dp as f32).powf(-0.5) };
             attention::encode(
                 &mut rec,
                 View { buffer: &qp, stride: d, offset: 0 },
-                View { buffer: &xqkv, stride: wx, offset: d },
-                View { buffer: &xqkv, stride: wx, offset: v_pack },
+                View { buffer: &s.proj, stride: wx, offset: d },
+                View { buffer: &s.proj, stride: wx, offset: v_pack },
                 &xmask,
                 &yp,
                 d,
@@ -489,53 +467,33 @@ impl Engine {
                 &partial,
             );
             // Unpack: every token reads the packed rows (H heads, masked P rows excluded).
-            let unpack_shape =
-                Shape { batch: bsz, q_rows: n, k_rows: lp, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) };
             gemm::encode(&mut rec, &yp, &l.wkv.buffer, &l.bkv.buffer, None, &kv, [rows_p, kvw, d], None);
             let (q_view, k_view, v_view) = (
-                View { buffer: &xqkv, stride: wx, offset: 0 },
+                View { buffer: &s.proj, stride: wx, offset: 0 },
                 View { buffer: &kv, stride: kvw, offset: 0 },
                 View { buffer: &kv, stride: kvw, offset: if c.tie_kv { 0 } else { d } },
             );
             if unpack_flash {
                 // Many queries over few keys: the tiled kernel stages the packed K/V once per query tile.
-                softmax::encode_flash(&mut rec, q_view, k_view, v_view, &pmask, &o, d, unpack_shape, &partial)?;
+                softmax::encode_flash(&mut rec, q_view, k_view, v_view, &pmask, &s.o, d, unpack_shape, &partial)?;
             } else {
-                attention::encode(&mut rec, q_view, k_view, v_view, &pmask, &o, d, unpack_shape, &partial);
+                attention::encode(&mut rec, q_view, k_view, v_view, &pmask, &s.o, d, unpack_shape, &partial);
             }
-            let act = Some(c.activation);
-            if pre {
-                gemm::encode(&mut rec, &o, &l.wout.buffer, &l.bout.buffer, Some(&x), &x_alt, [rows_x, d, d], None);
-                std::mem::swap(&mut x, &mut x_alt);
-                ln(&mut rec, &p, Some(&yp), None, &p_alt, rows_p);
-                std::mem::swap(&mut p, &mut p_alt);
-                ln(&mut rec, &x, None, Some(&l.ln_final), &xn, rows_x);
-                gemm::encode(&mut rec, &xn, &l.w1.buffer, &l.b1.buffer, None, &h, [rows_x, c.ffn_embed_dim, d], act);
-                gemm::encode(&mut rec, &h, &l.w2.buffer, &l.b2.buffer, Some(&x), &x_alt, [rows_x, d, c.ffn_embed_dim], None);
-                std::mem::swap(&mut x, &mut x_alt);
-            } else {
-                gemm::encode(&mut rec, &o, &l.wout.buffer, &l.bout.buffer, None, &y, [rows_x, d, d], None);
-                ln(&mut rec, &x, Some(&y), Some(&l.ln_attn), &x_alt, rows_x);
-                std::mem::swap(&mut x, &mut x_alt);
-                ln(&mut rec, &p, Some(&yp), Some(&l.ln_proj), &p_alt, rows_p);
-                std::mem::swap(&mut p, &mut p_alt);
-                gemm::encode(&mut rec, &x, &l.w1.buffer, &l.b1.buffer, None, &h, [rows_x, c.ffn_embed_dim, d], act);
-                gemm::encode(&mut rec, &h, &l.w2.buffer, &l.b2.buffer, None, &y, [rows_x, d, c.ffn_embed_dim], None);
-                ln(&mut rec, &x, Some(&y), Some(&l.ln_final), &x_alt, rows_x);
-                std::mem::swap(&mut x, &mut x_alt);
-            }
+            // P = LN(P + Yp) (post-norm) or P + Yp (pre-norm); then X's output projection and FFN.
+            ln(&mut rec, &p, Some(&yp), if pre { None } else { Some(&l.ln_proj) }, None, &p_alt, rows_p);
+            std::mem::swap(&mut p, &mut p_alt);
+            s.record_tail(&mut rec, &l.block);
         }
         if let Some((nx, np)) = &model.final_norms {
-            layernorm::encode(&mut rec, layernorm::Step { x: &x, residual: None, norm: norm(nx), mask: None, out: &x_alt }, rows_x, d, eps);
-            layernorm::encode(&mut rec, layernorm::Step { x: &p, residual: None, norm: norm(np), mask: None, out: &p_alt }, rows_p, d, eps);
-            std::mem::swap(&mut x, &mut x_alt);
+            s.record_norm(&mut rec, nx);
+            ln(&mut rec, &p, None, Some(np), None, &p_alt, rows_p);
             std::mem::swap(&mut p, &mut p_alt);
         }
         match timestamps {
             Some(t) => rec.submit_timed(t),
             None => rec.submit(),
         }
-        Ok((x, p))
+        Ok((s.x, p))
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod baseline;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+pub(crate) mod block;
 pub mod causal;
 pub mod config;
 pub mod engine;

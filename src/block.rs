@@ -1,0 +1,126 @@
+//! What every layer of the engine does after its attention (the Luna encoder,
+//! the causal LM and the softmax baseline alike): output projection, residual,
+//! LayerNorm and the feed-forward block, post-norm or pre-norm; and the
+//! scratch those layers share, allocated by liveness.
+
+use crate::config::Activation;
+use crate::engine::{norm, Engine, GpuNorm};
+use crate::error::Result;
+use crate::gpu::buffers::{Tracked, Workspace};
+use crate::gpu::recorder::Recorder;
+use crate::gpu::GpuContext;
+use crate::kernels::{gemm, layernorm};
+use crate::model::{Linear, Norm};
+
+/// The weights of a layer's tail on the GPU.
+pub(crate) struct GpuBlock {
+    wout: Tracked,
+    bout: Tracked,
+    w1: Tracked,
+    b1: Tracked,
+    w2: Tracked,
+    b2: Tracked,
+    /// `self_attn_layer_norm`: after the attention (post-norm) or before it (pre-norm).
+    pub(crate) ln_attn: GpuNorm,
+    ln_final: GpuNorm,
+}
+
+impl Engine {
+    pub(crate) fn load_block(&self, out_proj: &Linear, fc1: &Linear, fc2: &Linear, ln_attn: &Norm, ln_final: &Norm) -> Result<GpuBlock> {
+        let (wout, bout) = self.stacked("out_proj", &[out_proj])?;
+        let (w1, b1) = self.stacked("fc1", &[fc1])?;
+        let (w2, b2) = self.stacked("fc2", &[fc2])?;
+        Ok(GpuBlock { wout, bout, w1, b1, w2, b2, ln_attn: self.norm(ln_attn)?, ln_final: self.norm(ln_final)? })
+    }
+}
+
+/// Shapes and options of a stack of layers over `rows` token rows.
+#[derive(Clone, Copy)]
+pub(crate) struct Dims {
+    pub rows: usize,
+    pub d: usize,
+    pub ffn: usize,
+    /// Floats per row of the fused input projections.
+    pub proj_width: usize,
+    pub pre_norm: bool,
+    pub act: Activation,
+    pub eps: f32,
+}
+
+/// The per-token scratch of a layer stack. The fused projections and the FFN
+/// hidden layer are never live together, so they share one buffer; `xn` exists
+/// only pre-norm and `y` only post-norm. Per token: 8·d floats for FFN = 4·d.
+pub(crate) struct Scratch {
+    /// The layer input and output, swapped as layers go.
+    pub x: wgpu::Buffer,
+    pub x_alt: wgpu::Buffer,
+    /// `LN(x)` (pre-norm).
+    pub xn: wgpu::Buffer,
+    /// The fused projections `[rows, proj_width]`; later the FFN hidden layer.
+    pub proj: wgpu::Buffer,
+    /// The attention output, before the output projection.
+    pub o: wgpu::Buffer,
+    /// The output projection and FFN results before their LayerNorm (post-norm).
+    y: wgpu::Buffer,
+    dims: Dims,
+}
+
+impl Scratch {
+    pub(crate) fn get(ws: &mut Workspace, ctx: &GpuContext, dummy: &wgpu::Buffer, dims: Dims) -> Scratch {
+        let rows = dims.rows as u64;
+        let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, rows * floats as u64 * 4);
+        Scratch {
+            x: get("x0", dims.d),
+            x_alt: get("x1", dims.d),
+            xn: if dims.pre_norm { get("x_norm", dims.d) } else { dummy.clone() },
+            proj: get("proj", dims.proj_width.max(dims.ffn)),
+            o: get("o", dims.d),
+            y: if dims.pre_norm { dummy.clone() } else { get("y", dims.d) },
+            dims,
+        }
+    }
+
+    fn ln(&self, rec: &mut Recorder, x: &wgpu::Buffer, residual: Option<&wgpu::Buffer>, g: &GpuNorm, out: &wgpu::Buffer) {
+        let d = &self.dims;
+        layernorm::encode(rec, layernorm::Step { x, residual, norm: norm(g), mask: None, out }, d.rows, d.d, d.eps);
+    }
+
+    /// Records the attention's input: `LN(x)` into `xn` (pre-norm), or `x` itself.
+    pub(crate) fn attention_input(&self, rec: &mut Recorder, block: &GpuBlock) -> &wgpu::Buffer {
+        if self.dims.pre_norm {
+            self.ln(rec, &self.x, None, &block.ln_attn, &self.xn);
+            &self.xn
+        } else {
+            &self.x
+        }
+    }
+
+    /// Records the rest of the layer once the attention has written `o`:
+    /// post-norm `x = LN(x + out(o)); x = LN(x + fc2(act(fc1(x))))`,
+    /// pre-norm `x = x + out(o); x = x + fc2(act(fc1(LN(x))))`.
+    pub(crate) fn record_tail(&mut self, rec: &mut Recorder, b: &GpuBlock) {
+        let Dims { rows, d, ffn, pre_norm, act, .. } = self.dims;
+        let act = Some(act);
+        if pre_norm {
+            gemm::encode(rec, &self.o, &b.wout.buffer, &b.bout.buffer, Some(&self.x), &self.x_alt, [rows, d, d], None);
+            std::mem::swap(&mut self.x, &mut self.x_alt);
+            self.ln(rec, &self.x, None, &b.ln_final, &self.xn);
+            gemm::encode(rec, &self.xn, &b.w1.buffer, &b.b1.buffer, None, &self.proj, [rows, ffn, d], act);
+            gemm::encode(rec, &self.proj, &b.w2.buffer, &b.b2.buffer, Some(&self.x), &self.x_alt, [rows, d, ffn], None);
+        } else {
+            gemm::encode(rec, &self.o, &b.wout.buffer, &b.bout.buffer, None, &self.y, [rows, d, d], None);
+            self.ln(rec, &self.x, Some(&self.y), &b.ln_attn, &self.x_alt);
+            std::mem::swap(&mut self.x, &mut self.x_alt);
+            gemm::encode(rec, &self.x, &b.w1.buffer, &b.b1.buffer, None, &self.proj, [rows, ffn, d], act);
+            gemm::encode(rec, &self.proj, &b.w2.buffer, &b.b2.buffer, None, &self.y, [rows, d, ffn], None);
+            self.ln(rec, &self.x, Some(&self.y), &b.ln_final, &self.x_alt);
+        }
+        std::mem::swap(&mut self.x, &mut self.x_alt);
+    }
+
+    /// Records `x = LN(x)` (a final LayerNorm).
+    pub(crate) fn record_norm(&mut self, rec: &mut Recorder, g: &GpuNorm) {
+        self.ln(rec, &self.x, None, g, &self.x_alt);
+        std::mem::swap(&mut self.x, &mut self.x_alt);
+    }
+}
