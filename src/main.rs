@@ -753,15 +753,15 @@ fn write_surprisal(path: &Path, batch: &Batch, bits: &[f64], tok: Option<&Tokeni
 fn bench(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
     use luna_wgpu::bench::{self, Method, Sweep};
     use luna_wgpu::report;
+    if a.d == 0 || a.heads == 0 || a.d % a.heads != 0 || a.batch == 0 || a.layers == 0 || a.l.contains(&0) {
+        return Err(LunaError::Input("--d must be a positive multiple of --heads; --batch, --layers and every --l at least 1".into()));
+    }
     let mut engine = Engine::new_blocking(choice)?;
     let adapter = describe(&engine.ctx.info);
     let software = engine.ctx.info.device_type == wgpu::DeviceType::Cpu;
     let max_n = a.max_n.unwrap_or(if software { 8192 } else { 65536 });
     if a.min_n == 0 || a.min_n > max_n {
         return Err(LunaError::Input(format!("--min-n {} must be between 1 and --max-n {max_n}", a.min_n)));
-    }
-    if a.d == 0 || a.heads == 0 || a.d % a.heads != 0 || a.batch == 0 || a.layers == 0 || a.l.contains(&0) {
-        return Err(LunaError::Input("--d must be a positive multiple of --heads; --batch, --layers and every --l at least 1".into()));
     }
     let mut ns = Vec::new();
     let mut n = a.min_n;

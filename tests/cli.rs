@@ -365,3 +365,45 @@ fn info_runs() {
         assert_fails(&o, false, &["no GPU adapter"]);
     }
 }
+
+#[test]
+fn bench_writes_every_point_and_its_plots() {
+    if !has_gpu() {
+        return;
+    }
+    let dir = TempDir::new("bench");
+    let out = dir.path("out");
+    let args = ["bench", "--op", "all", "--min-n", "64", "--max-n", "128", "--l", "4", "--d", "16", "--heads", "2", "--layers", "2", "--repeats", "1"];
+    let mut all: Vec<&str> = args.to_vec();
+    let out_s = out.display().to_string();
+    all.extend(["--out-dir", &out_s]);
+    let o = luna(&all);
+    assert_ok(&o, "luna bench");
+    let csv = std::fs::read_to_string(out.join("bench.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    // layer and encoder: 3 methods x 2 lengths each; matmul: 5 shapes on a software
+    // adapter (7 on hardware); decode: positions 10 and 100.
+    let count = |op: &str| rows.iter().filter(|r| r.starts_with(&format!("{op},"))).count();
+    assert_eq!(count("layer"), 6, "{csv}");
+    assert_eq!(count("encoder"), 6, "{csv}");
+    assert!(count("matmul") >= 5, "{csv}");
+    assert_eq!(count("decode"), 2, "{csv}");
+    for r in &rows {
+        let cols: Vec<&str> = r.split(',').collect();
+        let median: f64 = cols[11].parse().unwrap();
+        assert!(median > 0.0 && median.is_finite(), "unmeasured point: {r}");
+    }
+    for f in ["bench.json", "layer_time.svg", "layer_memory.svg", "encoder_time.svg", "encoder_memory.svg"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(out.join("layer_time.svg")).unwrap();
+    assert!(svg.contains("luna-4: slope") && svg.contains("softmax-naive: slope"), "{svg}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("log-log slopes"), "{stdout}");
+}
+
+#[test]
+fn bench_refuses_bad_arguments() {
+    let o = luna(&["bench", "--d", "10", "--heads", "3"]);
+    assert_fails(&o, false, &["--d must be a positive multiple of --heads"]);
+}
