@@ -17,12 +17,16 @@ pub mod init;
 pub mod input;
 pub mod kernels;
 pub mod model;
+pub mod pack;
 pub mod reference;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod report;
 pub mod sample;
 pub mod tensors;
 pub mod tokenizer;
+/// The JavaScript API of the browser build (wasm-bindgen; see web/README.md).
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use config::{Activation, Config, ModelKind};
 pub use engine::{Engine, GpuModel};

@@ -1,0 +1,144 @@
+//! The pack weights of the causal LM (`Engine::pack_weights`, what the demo
+//! page paints for a chosen layer and slot) against a float64 reference
+//! written here from LUNA_SPEC.md: the layers before the chosen one run token
+//! by token, then `A = softplus_ln2(pc_proj(X)_h · Q_P,h^T)` with
+//! `Q_P = pq_proj(P) · dh^-0.5`.
+
+mod common;
+
+use common::config;
+use luna_wgpu::model::CausalLayer;
+use luna_wgpu::reference::causal::{causal_attention_step, causal_p, softplus_ln2, CausalState};
+use luna_wgpu::reference::ops::{activation, add, layer_norm, linear, scale, token_sinusoid_row};
+use luna_wgpu::{Config, LunaError, Model};
+use serde_json::json;
+
+fn causal_config(overrides: serde_json::Value) -> Config {
+    let mut o = json!({"model": "causal_lm", "vocab_size": 40, "embed_dim": 24, "ffn_embed_dim": 40, "num_heads": 3,
+                       "num_layers": 3, "projection_length": 5, "learned_pos": false, "embed_scale": 4.898979485566356,
+                       "tie_output_embedding": true});
+    for (k, v) in overrides.as_object().unwrap() {
+        o[k] = v.clone();
+    }
+    config(o)
+}
+
+/// One layer on one token (LUNA_SPEC.md, "Causal LM"), updating its state.
+fn layer_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &mut Vec<f64>, state: &mut CausalState) {
+    let d = c.embed_dim;
+    let eps = c.layer_norm_eps;
+    let ffn = |h: &[f64]| {
+        let mut f = linear(h, 1, &layer.fc1);
+        f.iter_mut().for_each(|v| *v = activation(c.activation, *v));
+        linear(&f, 1, &layer.fc2)
+    };
+    if c.normalize_before {
+        let xn = layer_norm(x, d, &layer.self_attn_layer_norm, eps);
+        let y = causal_attention_step(c, layer, p, &xn, state);
+        add(x, &y);
+        let h = layer_norm(x, d, &layer.final_layer_norm, eps);
+        add(x, &ffn(&h));
+    } else {
+        let y = causal_attention_step(c, layer, p, x, state);
+        add(x, &y);
+        *x = layer_norm(x, d, &layer.self_attn_layer_norm, eps);
+        let f = ffn(x);
+        add(x, &f);
+        *x = layer_norm(x, d, &layer.final_layer_norm, eps);
+    }
+}
+
+/// `A [n, H, l]` of `target` for one sequence (positions 2, 3, ... for padding_idx 1).
+fn reference_pack_weights(model: &Model, tokens: &[u32], target: usize) -> Vec<f64> {
+    let c = &model.config;
+    let (d, h_count, l, dh) = (c.embed_dim, c.num_heads, c.projection_length, c.head_dim());
+    let p = causal_p(model);
+    let mut states: Vec<CausalState> = (0..target).map(|_| CausalState::new(c)).collect();
+    let tl = model.causal_layer(target);
+    let mut qp = linear(&p, l, &tl.pq_proj);
+    scale(&mut qp, (dh as f64).powf(-0.5));
+    let mut out = Vec::new();
+    for (i, &tok) in tokens.iter().enumerate() {
+        let pos = token_sinusoid_row(c.padding_idx + 1 + i, c.padding_idx, d);
+        let mut x: Vec<f64> = (0..d).map(|k| c.embed_scale * model.embed_tokens[tok as usize * d + k] as f64 + pos[k]).collect();
+        for (li, state) in states.iter_mut().enumerate() {
+            layer_step(c, model.causal_layer(li), &p, &mut x, state);
+        }
+        let ax = if c.normalize_before { layer_norm(&x, d, &tl.self_attn_layer_norm, c.layer_norm_eps) } else { x.clone() };
+        let pc = linear(&ax, 1, &tl.pc_proj);
+        for h in 0..h_count {
+            for j in 0..l {
+                let z: f64 = (h * dh..(h + 1) * dh).map(|cc| pc[cc] * qp[j * d + cc]).sum();
+                out.push(softplus_ln2(z));
+            }
+        }
+    }
+    out
+}
+
+fn tokens(c: &Config, n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = luna_wgpu::init::Rng::new(seed);
+    (0..n)
+        .map(|_| loop {
+            let t = rng.below(c.vocab_size as u64) as u32;
+            if t as usize != c.padding_idx {
+                break t;
+            }
+        })
+        .collect()
+}
+
+fn check(c: &Config, n: usize) {
+    let Some(mut engine) = common::engine() else { return };
+    let model = Model::random(c, 11).unwrap();
+    let gm = engine.load(&model).unwrap();
+    let ids = tokens(c, n, 5);
+    for layer in 0..c.num_layers {
+        let got = engine.pack_weights_blocking(&gm, &model, &ids, layer).unwrap();
+        assert_eq!((got.len, got.heads, got.slots, got.layer), (n, c.num_heads, c.projection_length, layer));
+        let want = reference_pack_weights(&model, &ids, layer);
+        assert_eq!(got.values.len(), want.len());
+        let mag = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let err = got.values.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+        eprintln!("pack weights, layer {layer}, n {n}, pre-norm {}: max err {err:.2e} (|A| <= {mag:.2})", c.normalize_before);
+        assert!(err <= 1e-4 * mag, "layer {layer}: pack weights error {err} over 1e-4 x {mag}");
+        // Softplus weights are positive, and they differ between tokens (this is not a constant).
+        assert!(got.values.iter().all(|&v| v > 0.0));
+        assert!(got.values.iter().any(|&v| (v - got.values[0]).abs() > 1e-3));
+    }
+}
+
+#[test]
+fn pack_weights_match_reference_post_norm() {
+    // n = 150 spans three 64-token chunks, the last one partial.
+    check(&causal_config(json!({"normalize_before": false, "tie_kv": false})), 150);
+}
+
+#[test]
+fn pack_weights_match_reference_pre_norm_tied() {
+    check(&causal_config(json!({"normalize_before": true, "tie_kv": true})), 70);
+}
+
+#[test]
+fn pack_weights_refuse_bad_input() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = causal_config(json!({}));
+    let model = Model::random(&c, 1).unwrap();
+    let gm = engine.load(&model).unwrap();
+    let bad = |r: luna_wgpu::Result<_>| match r {
+        Err(LunaError::Input(m)) => m,
+        other => panic!("expected an input error, got {:?}", other.map(|_: luna_wgpu::pack::PackWeights| ())),
+    };
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 4], 3)).contains("layer 3"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[], 0)).contains("no tokens"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 1, 4], 0)).contains("padding"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 99], 0)).contains("outside the vocabulary"));
+    let other = Model::random(&causal_config(json!({"num_layers": 2})), 1).unwrap();
+    assert!(bad(engine.pack_weights_blocking(&gm, &other, &[3, 4], 0)).contains("differ"));
+    // The engine is still usable after the refusals.
+    assert_eq!(engine.pack_weights_blocking(&gm, &model, &[3, 4, 5], 1).unwrap().len, 3);
+    // An encoder has no pack weights of this kind.
+    let enc = Model::random(&config(json!({})), 1).unwrap();
+    let genc = engine.load(&enc).unwrap();
+    assert!(matches!(engine.pack_weights_blocking(&genc, &enc, &[3, 4], 0), Err(LunaError::Unsupported(_))));
+}
