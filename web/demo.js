@@ -1,0 +1,722 @@
+// The long-document demo: score a whole document in one pass of a causal Luna
+// LM on WebGPU, paint every character by its surprisal, show what a packed
+// slot reads, stream a continuation with a decoder whose memory stays flat,
+// and time Luna against softmax attention on this browser's adapter.
+//
+// Everything heavy runs on the GPU and is awaited; the page itself only
+// paints, in slices, so the tab stays responsive.
+
+import init, { LunaEngine } from './pkg/luna_wgpu.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+/** The trained demo model, when it has been put in models/ (luna serve maps it under /models/). */
+const TRAINED_MODEL = 'models/luna-pydoc-bytes.safetensors';
+const SAMPLE = 'samples/julius-caesar.txt';
+/** The stand-in when no trained model is there: a small byte-level causal LM with random weights
+ * (smaller still on a software adapter, where every layer over 100 KB takes a while). */
+function randomConfig(software) {
+  const [d, heads, l] = software ? [16, 1, 8] : [64, 4, 16];
+  return {
+    model: 'causal_lm', vocab_size: 259, embed_dim: d, ffn_embed_dim: 4 * d, num_layers: 2, num_heads: heads,
+    projection_length: l, max_positions: 4096, padding_idx: 1, normalize_before: true, tie_kv: true,
+    learned_pos: false, tie_output_embedding: true, activation: 'gelu', embed_scale: Math.sqrt(d), layer_norm_eps: 1e-5,
+  };
+}
+
+const state = {
+  phase: 'loading',       // loading | ready | error (no engine)
+  busy: false,
+  error: null,            // the last error shown: { kind, message }
+  engine: null,
+  adapter: null,
+  model: null,
+  modelName: '',
+  random: false,
+  text: '',               // the scored document
+  chars: [],
+  byteStarts: null,
+  score: null,            // { bitsPerByte, tokens, ms, tokensPerSecond, peakBytes, hi }
+  charBits: null,
+  pack: null,             // { layer, head, slot, min, max, mean, ms }
+  packRaw: null,
+  packChars: null,
+  generation: null,       // { tokens, text, series: [[index, liveBytes, stateBytes]], result }
+  bench: [],
+};
+let spans = [];
+let stopRequested = false;
+let readyResolve;
+window.lunaDemo = { state, ready: new Promise((r) => { readyResolve = r; }) };
+
+// ---------------------------------------------------------------- helpers
+
+const fmtBytes = (b) => b >= 1 << 30 ? `${(b / (1 << 30)).toFixed(2)} GiB` : b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(1)} MiB`
+  : b >= 1 << 10 ? `${(b / (1 << 10)).toFixed(1)} KiB` : `${b} B`;
+const fmtInt = (n) => Math.round(n).toLocaleString('en-US');
+const fmtMs = (ms) => ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(1)} ms`;
+const nextFrame = () => new Promise((r) => requestAnimationFrame(() => r()));
+const utf8Len = (cp) => cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+const byteLength = (s) => new TextEncoder().encode(s).length;
+
+function errorOf(e) {
+  if (e && typeof e === 'object' && 'message' in e) return { kind: e.kind || e.name || 'error', message: String(e.message) };
+  return { kind: 'error', message: String(e) };
+}
+
+function setStatus(text) { $('status-text').textContent = text; }
+
+/** Marks the page busy with a live elapsed-time line; returns a function that ends it. */
+function busy(label) {
+  state.busy = true;
+  updateControls();
+  $('spinner').hidden = false;
+  const t0 = performance.now();
+  let raf = 0;
+  const tick = () => {
+    setStatus(`${label}… ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    raf = requestAnimationFrame(tick);
+  };
+  tick();
+  return (message) => {
+    cancelAnimationFrame(raf);
+    $('spinner').hidden = true;
+    state.busy = false;
+    updateControls();
+    if (message !== undefined) setStatus(message);
+  };
+}
+
+function clearNotice() {
+  $('notice').hidden = true;
+  $('notice').textContent = '';
+}
+
+/** Shows an error in plain words; `action` is an optional [label, fn] button. */
+function showError(e, action) {
+  const err = errorOf(e);
+  state.error = err;
+  const lead = {
+    'no-webgpu': 'WebGPU is missing. ',
+    'no-adapter': 'No GPU adapter. ',
+    'model': 'This model file is bad: ',
+    'config': 'This model file is bad: ',
+    'too-large': 'This document is too long for this adapter in one pass: ',
+    'out-of-memory': 'The GPU ran out of memory. ',
+    'device': 'The GPU failed: ',
+    'fetch': '',
+  }[err.kind] ?? '';
+  const box = $('notice');
+  box.textContent = lead + err.message;
+  box.dataset.kind = err.kind;
+  if (action) {
+    const b = document.createElement('button');
+    b.textContent = action[0];
+    b.onclick = action[1];
+    box.append(' ', b);
+  }
+  box.hidden = false;
+  console.warn(`[luna demo] ${err.kind}: ${err.message}`);
+}
+
+function updateControls() {
+  const ok = state.phase === 'ready' && !state.busy && state.model;
+  for (const id of ['sample-btn', 'text-file', 'text', 'score-btn', 'model-file', 'random-btn', 'pack-btn', 'gen-btn', 'bench-btn']) {
+    $(id).disabled = !ok;
+  }
+  $('color-by-pack').disabled = !ok || !state.packChars;
+  $('stop-btn').disabled = !(state.busy && state.generation && !state.generation.result);
+}
+
+function updateDocStats() {
+  const text = $('text').value;
+  if (!text) { $('doc-stats').textContent = ''; return; }
+  const bytes = byteLength(text);
+  let s = `${fmtInt(Array.from(text).length)} characters, ${fmtInt(bytes)} bytes`;
+  if (state.model) {
+    try { s += `; this adapter takes up to ${fmtInt(state.model.maxTokens())} tokens in one pass with this model`; } catch (_) { /* busy */ }
+  }
+  if (state.adapter && state.adapter.software) s += ' (a software adapter: 100 KB take minutes here, a fraction of a second on a GPU)';
+  $('doc-stats').textContent = s;
+}
+
+setInterval(() => {
+  if (!state.engine) return;
+  const m = state.engine.memory();
+  $('memory-chip').textContent = `GPU memory: ${fmtBytes(m.live)} held, peak ${fmtBytes(m.peak)}`;
+}, 400);
+
+// ---------------------------------------------------------------- colours
+
+function ramp(stops) {
+  const lut = [];
+  for (let i = 0; i < 256; i++) {
+    const x = i / 255 * (stops.length - 1);
+    const k = Math.min(stops.length - 2, Math.floor(x));
+    const f = x - k;
+    const c = stops[k].map((v, j) => Math.round(v + (stops[k + 1][j] - v) * f));
+    lut.push(`rgb(${c[0]},${c[1]},${c[2]})`);
+  }
+  return lut;
+}
+const HEAT = ramp([[255, 255, 255], [255, 240, 170], [255, 190, 100], [240, 110, 60], [200, 30, 40]]);
+const COOL = ramp([[255, 255, 255], [214, 228, 250], [140, 180, 240], [60, 110, 220], [20, 50, 160]]);
+const lutIndex = (v, hi) => Math.max(0, Math.min(255, Math.round(v / hi * 255)));
+$('legend-ramp').style.background = `linear-gradient(to right, ${HEAT[0]}, ${HEAT[64]}, ${HEAT[128]}, ${HEAT[192]}, ${HEAT[255]})`;
+
+// ---------------------------------------------------------------- model
+
+async function fetchBytes(url) {
+  let r;
+  try { r = await fetch(url); } catch (e) { throw { kind: 'fetch', message: `could not fetch ${url}: ${e.message}` }; }
+  if (!r.ok) throw { kind: 'fetch', message: `could not fetch ${url}: HTTP ${r.status}` };
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+function useModel(m, name, random) {
+  if (m.kind !== 'causal_lm' || !m.tokenizer) {
+    const what = m.kind === 'causal_lm' ? 'a causal LM without a tokenizer' : 'an encoder';
+    m.free();
+    throw { kind: 'model', message: `${name} is ${what}; this demo needs a causal_lm with a byte tokenizer ("luna.tokenizer").` };
+  }
+  if (state.model) state.model.free();
+  state.model = m;
+  state.modelName = name;
+  state.random = random;
+  state.packRaw = null;
+  const c = JSON.parse(m.config);
+  $('model-chip').textContent = `model: ${name} (d=${c.embed_dim}, ${c.num_layers} layers, ${c.num_heads} heads, l=${c.projection_length}, ${fmtBytes(m.weightBytes)})`;
+  const banner = $('model-banner');
+  banner.hidden = !random;
+  banner.textContent = random
+    ? `Random weights: the trained model (${TRAINED_MODEL}) was not found, so this page made a byte-level causal LM with random weights in the browser. `
+      + 'The surprisal, the pack weights and the continuation are those of an untrained model: they show the machinery, not language. '
+      + 'Drop a trained .safetensors model on the page, or open the page with ?model=URL.'
+    : '';
+  fillSelect($('pack-layer'), [...Array(c.num_layers).keys()].map((i) => [i, `${i}`]));
+  fillSelect($('pack-head'), [['mean', 'mean of heads'], ...[...Array(c.num_heads).keys()].map((i) => [i, `${i}`])]);
+  fillSelect($('pack-slot'), [...Array(c.projection_length).keys()].map((i) => [i, `${i}`]));
+  updateDocStats();
+}
+
+function fillSelect(sel, items) {
+  sel.textContent = '';
+  for (const [v, label] of items) {
+    const o = document.createElement('option');
+    o.value = v;
+    o.textContent = label;
+    sel.append(o);
+  }
+}
+
+async function useRandom() {
+  const m = await state.engine.randomModel(JSON.stringify(randomConfig(state.adapter.software)), 1, true);
+  useModel(m, 'random weights', true);
+}
+
+async function loadModelFile(bytes, name) {
+  clearNotice();
+  const done = busy(`Loading ${name} (${fmtBytes(bytes.length)})`);
+  try {
+    useModel(await state.engine.loadModel(bytes), name, false);
+    done(`Loaded ${name}.`);
+  } catch (e) {
+    done(`Could not load ${name}; the previous model is still in use.`);
+    showError(e);
+  }
+}
+
+// ---------------------------------------------------------------- scoring and painting
+
+async function score(textOverride) {
+  const text = textOverride ?? $('text').value;
+  if (!text) {
+    showError({ kind: 'input', message: 'The document is empty: paste some text, drop a file, or pick the sample.' });
+    return;
+  }
+  clearNotice();
+  const bytes = byteLength(text);
+  let done = busy(`Scoring ${fmtInt(bytes)} bytes in one pass on the GPU`);
+  let r;
+  try {
+    state.engine.resetPeakMemory();
+    r = await state.model.score(text);
+  } catch (e) {
+    done('Scoring failed.');
+    const err = errorOf(e);
+    if (err.kind === 'too-large') {
+      const max = state.model.maxTokens();
+      err.message += `\nWith this model, one pass on this adapter takes at most about ${fmtInt(max)} tokens (one per byte).`;
+      showError(err, [`Score the first ${fmtInt(max - 1)} bytes`, () => score(prefixBytes(text, max - 1))]);
+    } else {
+      showError(err);
+    }
+    return;
+  }
+  done();
+  state.text = text;
+  state.packRaw = null;
+  state.packChars = null;
+  state.pack = null;
+  $('pack-stats').textContent = '';
+  $('color-by-pack').checked = false;
+  const sorted = Float32Array.from(r.chars.filter((v) => Number.isFinite(v))).sort();
+  const hi = Math.max(4, sorted.length ? sorted[Math.floor(sorted.length * 0.98)] : 4);
+  state.score = { bitsPerByte: r.bitsPerByte, tokens: r.tokens, ms: r.ms, tokensPerSecond: r.tokensPerSecond, peakBytes: r.peakBytes, hi, bytes };
+  state.charBits = r.chars;
+  $('legend-max').textContent = `${hi.toFixed(1)}+ bits`;
+  $('summary').innerHTML = `<b>${r.bitsPerByte.toFixed(3)} bits per byte</b> over ${fmtInt(bytes)} bytes · `
+    + `${fmtInt(r.tokens)} tokens in one pass: <b>${fmtMs(r.ms)}</b>, ${fmtInt(r.tokensPerSecond)} tokens/s · `
+    + `GPU memory peak ${fmtBytes(r.peakBytes)} · ${state.adapter.software ? 'software adapter' : 'GPU'}`;
+  $('result').hidden = false;
+  $('continue').hidden = false;
+  $('bench').hidden = false;
+  done = busy('Painting the document');
+  await paint(text, r.chars, hi);
+  done(`Scored ${fmtInt(bytes)} bytes in ${fmtMs(r.ms)} (${fmtInt(r.tokensPerSecond)} tokens/s). Hover a character for its surprisal.`);
+}
+
+function prefixBytes(text, maxBytes) {
+  let n = 0;
+  let out = '';
+  for (const ch of text) {
+    const b = utf8Len(ch.codePointAt(0));
+    if (n + b > maxBytes) break;
+    n += b;
+    out += ch;
+  }
+  return out;
+}
+
+/** Builds one span per character, in blocks of whole lines, a slice per frame. */
+async function paint(text, bits, hi) {
+  const doc = $('doc');
+  doc.textContent = '';
+  const chars = Array.from(text);
+  state.chars = chars;
+  const starts = new Uint32Array(chars.length);
+  let b = 0;
+  for (let i = 0; i < chars.length; i++) {
+    starts[i] = b;
+    b += utf8Len(chars[i].codePointAt(0));
+  }
+  state.byteStarts = starts;
+  spans = new Array(chars.length);
+  let blk = null;
+  let inBlock = 0;
+  let sliceStart = performance.now();
+  for (let i = 0; i < chars.length; i++) {
+    if (!blk) {
+      blk = document.createElement('div');
+      blk.className = 'blk';
+      inBlock = 0;
+    }
+    const s = document.createElement('span');
+    s.textContent = chars[i];
+    s._i = i;
+    const v = bits[i];
+    if (Number.isFinite(v)) s.style.backgroundColor = HEAT[lutIndex(v, hi)];
+    blk.append(s);
+    spans[i] = s;
+    inBlock++;
+    if ((inBlock >= 3000 && chars[i] === '\n') || i === chars.length - 1) {
+      doc.append(blk);
+      blk = null;
+    }
+    if (performance.now() - sliceStart > 30) {
+      setStatus(`Painting the document… ${Math.round(100 * i / chars.length)} %`);
+      await nextFrame();
+      sliceStart = performance.now();
+    }
+  }
+  if (blk) doc.append(blk);
+  drawMinimap();
+}
+
+function drawMinimap() {
+  const cv = $('minimap');
+  const h = cv.height;
+  const ctx = cv.getContext('2d');
+  ctx.clearRect(0, 0, cv.width, h);
+  const n = state.chars.length;
+  if (!n) return;
+  const cols = [[state.charBits, HEAT, state.score.hi, 1], [state.packChars, COOL, state.pack ? state.pack.max : 1, 23]];
+  for (const [vals, lut, hi, x] of cols) {
+    if (!vals) continue;
+    for (let y = 0; y < h; y++) {
+      const a = Math.floor(y * n / h);
+      const z = Math.max(a + 1, Math.floor((y + 1) * n / h));
+      let sum = 0;
+      let cnt = 0;
+      for (let i = a; i < z; i++) if (Number.isFinite(vals[i])) { sum += vals[i]; cnt++; }
+      if (!cnt) continue;
+      ctx.fillStyle = lut[lutIndex(sum / cnt, hi)];
+      ctx.fillRect(x, y, 20, 1);
+    }
+  }
+  // Where the text view is.
+  const doc = $('doc');
+  const top = doc.scrollTop / Math.max(1, doc.scrollHeight) * h;
+  const size = Math.max(3, doc.clientHeight / Math.max(1, doc.scrollHeight) * h);
+  ctx.strokeStyle = '#1d2430';
+  ctx.strokeRect(0.5, top + 0.5, cv.width - 1, size);
+}
+
+$('doc').addEventListener('scroll', () => { if (state.chars.length) requestAnimationFrame(drawMinimap); });
+$('minimap').addEventListener('click', (e) => {
+  const n = state.chars.length;
+  if (!n) return;
+  const r = e.currentTarget.getBoundingClientRect();
+  const i = Math.min(n - 1, Math.floor((e.clientY - r.top) / r.height * n));
+  spans[i]?.scrollIntoView({ block: 'center' });
+});
+
+const tip = $('tooltip');
+$('doc').addEventListener('mousemove', (e) => {
+  const i = e.target._i;
+  if (i === undefined) { tip.hidden = true; return; }
+  const ch = state.chars[i];
+  const shown = ch === '\n' ? '\\n' : ch === ' ' ? '␣' : ch === '\t' ? '\\t' : ch;
+  const v = state.charBits[i];
+  let s = `'${shown}'  ${Number.isFinite(v) ? `${v.toFixed(2)} bits` : 'no context (first byte)'}  · byte ${fmtInt(state.byteStarts[i])}`;
+  if (state.packChars) s += `\npack weight ${state.packChars[i].toFixed(3)} (layer ${state.pack.layer}, head ${state.pack.head}, slot ${state.pack.slot})`;
+  tip.textContent = s;
+  tip.hidden = false;
+  tip.style.left = `${Math.min(window.innerWidth - 280, e.clientX + 14)}px`;
+  tip.style.top = `${e.clientY + 16}px`;
+  tip.dataset.index = i;
+});
+$('doc').addEventListener('mouseleave', () => { tip.hidden = true; });
+
+// ---------------------------------------------------------------- pack weights
+
+async function showPack() {
+  const layer = Number($('pack-layer').value);
+  const headSel = $('pack-head').value;
+  const slot = Number($('pack-slot').value);
+  clearNotice();
+  if (!state.packRaw || state.packRaw.layer !== layer) {
+    const done = busy(`Reading the pack weights of layer ${layer} over ${fmtInt(state.score.tokens)} tokens on the GPU`);
+    try {
+      state.packRaw = await state.model.packWeights(state.text, layer);
+      done();
+    } catch (e) {
+      done('Could not compute the pack weights.');
+      showError(e);
+      return;
+    }
+  }
+  const { weights, heads, slots, offset, ms } = state.packRaw;
+  const n = state.chars.length;
+  const vals = new Float32Array(n);
+  const head = headSel === 'mean' ? -1 : Number(headSel);
+  let max = 0;
+  let min = Infinity;
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    const t = state.byteStarts[i] + offset;
+    let v = 0;
+    if (head < 0) {
+      for (let h = 0; h < heads; h++) v += weights[(t * heads + h) * slots + slot];
+      v /= heads;
+    } else {
+      v = weights[(t * heads + head) * slots + slot];
+    }
+    vals[i] = v;
+    max = Math.max(max, v);
+    min = Math.min(min, v);
+    sum += v;
+  }
+  state.packChars = vals;
+  state.pack = { layer, head: headSel === 'mean' ? 'mean' : head, slot, min, max, mean: sum / n, ms };
+  $('pack-stats').textContent = `slot ${slot}, ${headSel === 'mean' ? 'mean of the heads' : `head ${head}`}, layer ${layer}: `
+    + `weights ${min.toFixed(3)} to ${max.toFixed(3)} (mean ${(sum / n).toFixed(3)}), read in ${fmtMs(ms)}; `
+    + 'the blue bar under each character is the weight with which it is folded into the slot';
+  const done = busy('Painting the pack weights');
+  await repaintPack();
+  done(`Pack weights of layer ${layer}, slot ${slot} painted under the text.`);
+  updateControls();
+}
+
+async function repaintPack() {
+  const byPack = $('color-by-pack').checked;
+  const vals = state.packChars;
+  const hi = state.pack.max || 1;
+  let t0 = performance.now();
+  for (let i = 0; i < spans.length; i++) {
+    const s = spans[i];
+    const c = COOL[lutIndex(vals[i], hi)];
+    s.style.boxShadow = `inset 0 -4px 0 ${c}`;
+    if (byPack) s.style.backgroundColor = c;
+    else {
+      const v = state.charBits[i];
+      s.style.backgroundColor = Number.isFinite(v) ? HEAT[lutIndex(v, state.score.hi)] : '';
+    }
+    if (performance.now() - t0 > 30) {
+      await nextFrame();
+      t0 = performance.now();
+    }
+  }
+  drawMinimap();
+}
+
+// ---------------------------------------------------------------- continuation
+
+async function generate() {
+  clearNotice();
+  const maxTokens = Math.max(1, Math.floor(Number($('gen-tokens').value) || 1));
+  const temperature = Math.max(0, Number($('gen-temp').value) || 0);
+  const seed = Math.max(0, Math.floor(Number($('gen-seed').value) || 0));
+  const out = $('gen-out');
+  out.textContent = '';
+  const tail = document.createElement('span');
+  tail.className = 'doc-tail';
+  tail.textContent = (state.text.length > 400 ? '…' : '') + state.text.slice(-400);
+  const gen = document.createElement('span');
+  out.append(tail, gen);
+  const g = { tokens: 0, text: '', series: [], result: null };
+  state.generation = g;
+  stopRequested = false;
+  const done = busy(`Reading the ${fmtInt(state.score ? state.score.tokens : 0)} tokens of the document (prefill), then streaming`);
+  let lastDraw = 0;
+  try {
+    const r = await state.model.generate(state.text, { maxTokens, temperature, seed }, (piece, ev) => {
+      g.text += piece;
+      gen.textContent += piece;
+      if (ev) {
+        g.tokens = ev.index;
+        g.series.push([ev.index, ev.liveBytes, ev.stateBytes]);
+        $('gen-stats').textContent = `${fmtInt(ev.index)} tokens, ${(ev.index / Math.max(1e-3, ev.ms / 1000)).toFixed(1)} tokens/s · `
+          + `position ${fmtInt(ev.position)} · decoder state ${fmtBytes(ev.stateBytes)} · engine ${fmtBytes(ev.liveBytes)}`;
+        if (performance.now() - lastDraw > 100) {
+          drawMemChart(g.series);
+          out.scrollTop = out.scrollHeight;
+          lastDraw = performance.now();
+        }
+      }
+      return !stopRequested;
+    });
+    g.result = r;
+    drawMemChart(g.series);
+    out.scrollTop = out.scrollHeight;
+    done(`Generated ${fmtInt(r.tokens)} tokens after a ${fmtInt(r.promptTokens)}-token prefill (${fmtMs(r.prefillMs)}): `
+      + `${r.tokensPerSecond.toFixed(1)} tokens/s, stopped at ${r.stoppedAt}; decoder state ${fmtBytes(r.stateBytes)}, `
+      + `engine memory ${fmtBytes(r.liveBytesMin)} to ${fmtBytes(r.liveBytesMax)} while streaming.`);
+  } catch (e) {
+    g.result = { error: errorOf(e) };
+    done('The continuation failed.');
+    showError(e);
+  }
+  updateControls();
+}
+
+function svgEl(tag, attrs, text) {
+  const el = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  if (tag === 'text') attrs = { fill: '#445', ...attrs };
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function drawMemChart(series) {
+  const svg = $('mem-chart');
+  svg.textContent = '';
+  if (!series.length) return;
+  const [W, H, L, B, T, R] = [320, 150, 52, 22, 10, 48];
+  const xmax = Math.max(2, series[series.length - 1][0]);
+  const x = (v) => L + (v - 1) / (xmax - 1) * (W - L - R);
+  svg.append(svgEl('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: '#889' }));
+  svg.append(svgEl('text', { x: W - R, y: H - 6, 'text-anchor': 'end' }, `${fmtInt(xmax)} tokens`));
+  svg.append(svgEl('text', { x: L, y: H - 6 }, '1'));
+  // Engine memory on the left axis, decoder state on the right one, each from 0.
+  for (const [k, color, ax, anchor, dx] of [[1, '#2a5bd7', L, 'end', -4], [2, '#e07b1a', W - R, 'start', 4]]) {
+    const ymax = Math.max(...series.map((p) => p[k])) * 1.25 || 1;
+    const y = (v) => H - B - v / ymax * (H - B - T);
+    svg.append(svgEl('line', { x1: ax, y1: T, x2: ax, y2: H - B, stroke: color }));
+    for (const f of [0, 0.4, 0.8]) svg.append(svgEl('text', { x: ax + dx, y: y(ymax * f) + 3, 'text-anchor': anchor, fill: color }, fmtBytes(ymax * f)));
+    const pts = series.map((p) => `${x(p[0]).toFixed(1)},${y(p[k]).toFixed(1)}`).join(' ');
+    svg.append(svgEl('polyline', { points: pts, fill: 'none', stroke: color, 'stroke-width': 2 }));
+  }
+}
+
+// ---------------------------------------------------------------- benchmark
+
+async function runBench() {
+  clearNotice();
+  const ns = state.adapter.software ? [128, 256, 512] : [1024, 2048, 4096, 8192, 16384];
+  const methods = ['luna', 'softmax-flash', 'softmax-naive'];
+  state.bench = [];
+  drawBench();
+  for (const n of ns) {
+    for (const m of methods) {
+      const done = busy(`Timing ${m === 'luna' ? 'Luna (l = 16)' : m} at n = ${fmtInt(n)}`);
+      try {
+        state.bench.push(await state.engine.benchmark(m, n, { d: 64, heads: 4, l: 16, layers: 1, repeats: state.adapter.software ? 2 : 5 }));
+        done();
+      } catch (e) {
+        const err = errorOf(e);
+        done();
+        if (err.kind !== 'too-large' && err.kind !== 'out-of-memory') {
+          showError(err);
+          setStatus('The comparison stopped.');
+          return;
+        }
+        state.bench.push({ method: m, n, skipped: err.message });
+      }
+      drawBench();
+    }
+  }
+  const at = (m) => state.bench.filter((p) => p.method === m && p.ms).pop();
+  const l = at('luna');
+  const s = at('softmax-naive');
+  setStatus(l && s ? `At n = ${fmtInt(l.n)}: Luna ${fmtMs(l.ms)}, naive softmax ${fmtMs(s.ms)} (${(s.ms / l.ms).toFixed(1)}×).` : 'Comparison done.');
+}
+
+const METHOD_COLORS = { luna: '#2a5bd7', 'softmax-flash': '#e07b1a', 'softmax-naive': '#b3261e' };
+
+function drawBench() {
+  const svg = $('bench-chart');
+  svg.textContent = '';
+  const table = $('bench-table');
+  table.innerHTML = '<tr><th>method</th><th>n</th><th>time</th><th>tokens/s</th><th>GPU peak</th></tr>';
+  for (const p of state.bench) {
+    const tr = document.createElement('tr');
+    tr.innerHTML = p.skipped
+      ? `<td>${p.method}</td><td>${fmtInt(p.n)}</td><td colspan="3">does not fit</td>`
+      : `<td>${p.method === 'luna' ? 'luna-16' : p.method}</td><td>${fmtInt(p.n)}</td><td>${fmtMs(p.ms)}</td><td>${fmtInt(p.tokensPerSecond)}</td><td>${fmtBytes(p.peakBytes)}</td>`;
+    table.append(tr);
+  }
+  const pts = state.bench.filter((p) => p.ms > 0);
+  const [W, H, L, B, T, R] = [420, 240, 52, 30, 12, 90];
+  svg.append(svgEl('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: '#889' }));
+  svg.append(svgEl('line', { x1: L, y1: T, x2: L, y2: H - B, stroke: '#889' }));
+  if (!pts.length) return;
+  const lx = (v) => Math.log2(v);
+  const ns = pts.map((p) => p.n);
+  const ms = pts.map((p) => p.ms);
+  const [x0, x1] = [lx(Math.min(...ns)), lx(Math.max(...ns)) + 1e-9];
+  const [y0, y1] = [Math.log10(Math.min(...ms)) - 0.1, Math.log10(Math.max(...ms)) + 0.1];
+  const x = (n) => L + (lx(n) - x0) / Math.max(1e-9, x1 - x0) * (W - L - R);
+  const y = (t) => H - B - (Math.log10(t) - y0) / (y1 - y0) * (H - B - T);
+  for (const n of [...new Set(ns)]) svg.append(svgEl('text', { x: x(n), y: H - B + 13, 'text-anchor': 'middle' }, fmtInt(n)));
+  svg.append(svgEl('text', { x: (L + W - R) / 2, y: H - 4, 'text-anchor': 'middle' }, 'sequence length n (log scale)'));
+  for (let e = Math.ceil(y0); e <= Math.floor(y1); e++) {
+    svg.append(svgEl('text', { x: L - 4, y: y(10 ** e) + 3, 'text-anchor': 'end' }, fmtMs(10 ** e)));
+    svg.append(svgEl('line', { x1: L, y1: y(10 ** e), x2: W - R, y2: y(10 ** e), stroke: '#e3e6ec' }));
+  }
+  let row = 0;
+  for (const [m, color] of Object.entries(METHOD_COLORS)) {
+    const mp = pts.filter((p) => p.method === m);
+    if (!mp.length) continue;
+    svg.append(svgEl('polyline', { points: mp.map((p) => `${x(p.n).toFixed(1)},${y(p.ms).toFixed(1)}`).join(' '), fill: 'none', stroke: color, 'stroke-width': 2 }));
+    for (const p of mp) svg.append(svgEl('circle', { cx: x(p.n), cy: y(p.ms), r: 2.5, fill: color }));
+    svg.append(svgEl('text', { x: W - R + 8, y: T + 10 + 14 * row++, fill: color }, m === 'luna' ? 'luna (l=16)' : m));
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+async function loadSample() {
+  const done = busy('Fetching the sample');
+  try {
+    const r = await fetch(SAMPLE);
+    if (!r.ok) throw { kind: 'fetch', message: `could not fetch ${SAMPLE}: HTTP ${r.status}` };
+    $('text').value = await r.text();
+    done('The sample is in. Score it, or edit it first.');
+  } catch (e) {
+    done('');
+    showError(e);
+  }
+  updateDocStats();
+}
+
+async function openTextFile(file) {
+  $('text').value = await file.text();
+  setStatus(`Opened ${file.name}.`);
+  updateDocStats();
+}
+
+$('sample-btn').onclick = loadSample;
+$('score-btn').onclick = () => score();
+$('pack-btn').onclick = showPack;
+$('color-by-pack').onchange = async () => {
+  const done = busy('Repainting');
+  await repaintPack();
+  done('');
+};
+$('gen-btn').onclick = generate;
+$('stop-btn').onclick = () => { stopRequested = true; };
+$('bench-btn').onclick = runBench;
+$('random-btn').onclick = async () => {
+  clearNotice();
+  const done = busy('Making a model with random weights');
+  try { await useRandom(); done('Using random weights.'); } catch (e) { done(''); showError(e); }
+};
+$('text').addEventListener('input', updateDocStats);
+$('text-file').onchange = (e) => { if (e.target.files[0]) openTextFile(e.target.files[0]); e.target.value = ''; };
+$('model-file').onchange = async (e) => {
+  const f = e.target.files[0];
+  e.target.value = '';
+  if (f) await loadModelFile(new Uint8Array(await f.arrayBuffer()), f.name);
+};
+document.addEventListener('dragover', (e) => { e.preventDefault(); document.body.classList.add('dragging'); });
+document.addEventListener('dragleave', (e) => { if (!e.relatedTarget) document.body.classList.remove('dragging'); });
+document.addEventListener('drop', async (e) => {
+  e.preventDefault();
+  document.body.classList.remove('dragging');
+  const f = e.dataTransfer.files[0];
+  if (!f || state.phase !== 'ready' || state.busy) return;
+  if (f.name.endsWith('.safetensors')) await loadModelFile(new Uint8Array(await f.arrayBuffer()), f.name);
+  else await openTextFile(f);
+});
+
+async function start() {
+  setStatus('Loading the WebAssembly module…');
+  try {
+    await init();
+  } catch (e) {
+    showError({ kind: 'fetch', message: `The WebAssembly package did not load (${e.message}). Build it with web/build.sh.` });
+    state.phase = 'error';
+    return;
+  }
+  setStatus('Opening WebGPU…');
+  try {
+    state.engine = await LunaEngine.create();
+  } catch (e) {
+    showError(e);
+    state.phase = 'error';
+    setStatus('This page needs WebGPU.');
+    $('adapter-chip').textContent = 'adapter: none';
+    $('model-chip').textContent = 'model: none';
+    return;
+  }
+  const a = state.engine.adapter;
+  state.adapter = a;
+  $('adapter-chip').textContent = `adapter: ${[a.vendor, a.architecture, a.name].filter((s) => s && s !== '0').join(' ') || 'WebGPU'}`
+    + `${a.software ? ' (software)' : ''}, one binding up to ${fmtBytes(a.maxStorageBufferBindingSize)}`;
+  const url = params.get('model');
+  try {
+    if (url) {
+      setStatus(`Fetching the model ${url}…`);
+      useModel(await state.engine.loadModel(await fetchBytes(url)), url.split('/').pop(), false);
+    } else if (!params.has('random')) {
+      const r = await fetch(TRAINED_MODEL).catch(() => null);
+      if (r && r.ok) {
+        setStatus('Loading the trained model…');
+        useModel(await state.engine.loadModel(new Uint8Array(await r.arrayBuffer())), TRAINED_MODEL.split('/').pop(), false);
+      }
+    }
+  } catch (e) {
+    showError(e);
+  }
+  if (!state.model) await useRandom();
+  state.phase = 'ready';
+  updateControls();
+  if (!state.error) setStatus('Ready: pick the sample, paste a document or drop a file, then Score.');
+  else setStatus('Ready (with random weights, see above).');
+}
+
+start()
+  .catch((e) => { showError(e); state.phase = 'error'; })
+  .finally(() => { updateControls(); readyResolve(state.phase); });
