@@ -1,0 +1,272 @@
+//! The browser build end to end: builds the wasm package (web/build.sh),
+//! makes models and inputs here, runs native `luna forward` / `luna score` and
+//! the pack weights on them, then drives Debian's Chromium headless with
+//! WebGPU (SwiftShader) through playwright-core (web/tests/e2e.mjs) and checks
+//! that the engine in the browser gives the same outputs to 1e-3, that the
+//! demo page scores the sample, paints its heat map, shows the pack weights
+//! and streams a continuation, and that the error paths show their messages.
+//! Screenshots go to target/browser-e2e/screenshots/.
+//!
+//! Needs chromium, node with the repository's npm packages (`npm ci`), the
+//! wasm32-unknown-unknown target and the wasm-bindgen CLI of Cargo.lock's
+//! version (.ci/run installs all of them). Without them the test is skipped;
+//! `LUNA_REQUIRE_BROWSER=1` makes that a failure. `LUNA_CHROMIUM` names another
+//! Chromium binary.
+//!
+//! `luna serve` is checked here too (it needs no browser).
+
+use luna_wgpu::tokenizer::Tokenizer;
+use luna_wgpu::{tensors, AdapterChoice, Batch, Config, Engine, Model};
+use serde_json::json;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn luna(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_luna")).args(args).env_remove("RUST_LOG").output().expect("run luna");
+    assert!(out.status.success(), "luna {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn cmd_stdout(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The wasm-bindgen version pinned by Cargo.lock.
+fn locked_wasm_bindgen() -> Option<String> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).ok()?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l == "name = \"wasm-bindgen\"" {
+            return lines.next()?.strip_prefix("version = \"")?.strip_suffix('"').map(str::to_string);
+        }
+    }
+    None
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("LUNA_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// What is missing for the browser test, if anything.
+fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    if !chromium().is_file() {
+        missing.push(format!("chromium at {} (apt-get install chromium)", chromium().display()));
+    }
+    match cmd_stdout("node", &["--version"]) {
+        None => missing.push("node (apt-get install nodejs npm)".into()),
+        Some(v) => {
+            let major: u32 = v.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            if major < 20 {
+                missing.push(format!("node >= 20 (found {v})"));
+            }
+        }
+    }
+    if !root().join("node_modules/playwright-core/package.json").is_file() {
+        missing.push("the npm packages (npm ci at the repository root)".into());
+    }
+    let sysroot = cmd_stdout("rustc", &["--print", "sysroot"]).unwrap_or_default();
+    if !Path::new(&sysroot).join("lib/rustlib/wasm32-unknown-unknown").is_dir() {
+        missing.push("the wasm32-unknown-unknown target (rustup target add wasm32-unknown-unknown)".into());
+    }
+    let want = locked_wasm_bindgen().unwrap_or_default();
+    let have = cmd_stdout("wasm-bindgen", &["--version"]).unwrap_or_default();
+    if have.split_whitespace().nth(1) != Some(want.as_str()) {
+        missing.push(format!(
+            "wasm-bindgen {want} (found {:?}; cargo install wasm-bindgen-cli --version {want} --locked)",
+            if have.is_empty() { "none" } else { have.as_str() }
+        ));
+    }
+    missing
+}
+
+fn causal_config(overrides: serde_json::Value) -> Config {
+    let mut c = json!({
+        "model": "causal_lm", "vocab_size": 259, "embed_dim": 32, "ffn_embed_dim": 64, "num_layers": 2,
+        "num_heads": 2, "projection_length": 8, "max_positions": 4096, "padding_idx": 1,
+        "normalize_before": true, "tie_kv": true, "learned_pos": false, "tie_output_embedding": true,
+        "activation": "gelu", "embed_scale": 5.656854249492381, "layer_norm_eps": 1e-5
+    });
+    for (k, v) in overrides.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    Config::from_json(&c.to_string()).unwrap()
+}
+
+fn with_tokenizer(mut m: Model) -> Model {
+    let (t, _) = Tokenizer::bytes_for(&m.config).unwrap();
+    t.store(&mut m).unwrap();
+    m
+}
+
+/// Models, inputs and native outputs for the browser to match.
+fn make_fixtures(dir: &Path) {
+    let p = |name: &str| dir.join(name);
+    let s = |path: PathBuf| path.to_str().unwrap().to_string();
+
+    // An encoder, two right-padded sequences.
+    let enc = Config::from_json(
+        &json!({
+            "model": "encoder", "vocab_size": 50, "embed_dim": 32, "ffn_embed_dim": 48, "num_layers": 2,
+            "num_heads": 4, "num_pheads": 2, "projection_length": 6, "max_positions": 512, "padding_idx": 1,
+            "normalize_before": true, "tie_kv": false, "layernorm_embedding": true, "activation": "gelu",
+            "learned_pos": false, "embed_scale": 5.656854249492381, "layer_norm_eps": 1e-5
+        })
+        .to_string(),
+    )
+    .unwrap();
+    Model::random(&enc, 3).unwrap().save(&p("encoder.safetensors")).unwrap();
+    let (tokens, b, n) = luna_wgpu::init::random_tokens(&enc, &[70, 41], 4);
+    tensors::write_file(&p("encoder.tokens.safetensors"), &tensors::serialize_tokens(&tokens, [b, n]).unwrap()).unwrap();
+    luna(&["forward", "--model", &s(p("encoder.safetensors")), "--input", &s(p("encoder.tokens.safetensors")), "--output", &s(p("encoder.out.safetensors"))]);
+
+    // A causal LM with a byte tokenizer (post-norm, separate k/v), two texts.
+    let lm = causal_config(json!({"normalize_before": false, "tie_kv": false}));
+    let model = with_tokenizer(Model::random(&lm, 5).unwrap());
+    model.save(&p("causal.safetensors")).unwrap();
+    let tok = Tokenizer::from_model(&model).unwrap().unwrap();
+    let texts = ["Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.", "The evil that men do lives after them."];
+    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode_with_bos(t.as_bytes())).collect();
+    let n = seqs.iter().map(Vec::len).max().unwrap();
+    let mut ids = Vec::new();
+    for s in &seqs {
+        ids.extend(s.iter().map(|&t| t as i64));
+        ids.extend(std::iter::repeat_n(lm.padding_idx as i64, n - s.len()));
+    }
+    tensors::write_file(&p("causal.tokens.safetensors"), &tensors::serialize_tokens(&ids, [2, n]).unwrap()).unwrap();
+    luna(&["forward", "--model", &s(p("causal.safetensors")), "--input", &s(p("causal.tokens.safetensors")), "--output", &s(p("causal.out.safetensors"))]);
+    luna(&["score", "--model", &s(p("causal.safetensors")), "--tokens", &s(p("causal.tokens.safetensors")), "--surprisal", &s(p("causal.score.safetensors"))]);
+
+    // Pack weights of layer 1 over the first text, from the native engine.
+    match Engine::new_blocking(&AdapterChoice::from_arg_or_env(None)) {
+        Ok(mut engine) => {
+            let gm = engine.load(&model).unwrap();
+            let pw = engine.pack_weights_blocking(&gm, &model, &seqs[0], 1).unwrap();
+            let ids: Vec<i64> = seqs[0].iter().map(|&t| t as i64).collect();
+            let named = [tensors::Named { name: "weights", shape: vec![pw.len, pw.heads, pw.slots], data: &pw.values }];
+            tensors::write_file(&p("pack.safetensors"), &tensors::serialize_f32(&named, None).unwrap()).unwrap();
+            tensors::write_file(&p("pack.tokens.safetensors"), &tensors::serialize_tokens(&ids, [1, ids.len()]).unwrap()).unwrap();
+        }
+        Err(e) => {
+            assert!(std::env::var("LUNA_REQUIRE_GPU").as_deref() != Ok("1"), "LUNA_REQUIRE_GPU=1 but no GPU engine: {e}");
+            eprintln!("no native GPU engine ({e}): the pack weights are not compared");
+        }
+    }
+
+    // The demo page's model: tiny, so that the 114 KB sample scores in a minute or two on a
+    // software adapter (every layer walks the whole sequence; the real model wants a GPU).
+    let demo = causal_config(json!({"embed_dim": 16, "ffn_embed_dim": 32, "num_heads": 1, "num_layers": 1, "embed_scale": 4.0}));
+    with_tokenizer(Model::random(&demo, 7).unwrap()).save(&p("demo.safetensors")).unwrap();
+    // A file that is no model.
+    std::fs::write(p("bad.safetensors"), b"this is not a safetensors file, just some text").unwrap();
+    // Check the fixtures agree with the library (a cheap guard on the files themselves).
+    let back = Model::load(&p("causal.safetensors")).unwrap();
+    assert_eq!(back.config, lm);
+    let batch = Batch::from_safetensors(&lm, &tensors::read_file(&p("causal.tokens.safetensors")).unwrap()).unwrap();
+    assert_eq!(batch.lengths, seqs.iter().map(Vec::len).collect::<Vec<_>>());
+}
+
+/// Runs `cmd` to completion within `limit`, its output going to this test's output.
+fn run_with_limit(mut cmd: Command, what: &str, limit: Duration) {
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{what} failed ({status})");
+            return;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} took longer than {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn browser_end_to_end() {
+    let required = std::env::var("LUNA_REQUIRE_BROWSER").as_deref() == Ok("1");
+    let missing = missing_prerequisites();
+    if !missing.is_empty() {
+        let msg = format!("browser test: missing {}", missing.join("; "));
+        assert!(!required, "LUNA_REQUIRE_BROWSER=1 but {msg}");
+        eprintln!("skipping the {msg}");
+        return;
+    }
+    let root = root();
+    // The wasm build gets its own target folder: the outer `cargo test` holds target/'s lock.
+    let mut build = Command::new("bash");
+    build.arg(root.join("web/build.sh")).arg("--no-install").env("CARGO_TARGET_DIR", root.join("target/web-build"));
+    run_with_limit(build, "web/build.sh", Duration::from_secs(1800));
+
+    let out = root.join("target/browser-e2e");
+    let _ = std::fs::remove_dir_all(&out);
+    let fixtures = out.join("fixtures");
+    std::fs::create_dir_all(&fixtures).unwrap();
+    make_fixtures(&fixtures);
+
+    let mut node = Command::new("node");
+    node.arg(root.join("web/tests/e2e.mjs"))
+        .current_dir(&root)
+        .env("LUNA_E2E_FIXTURES", &fixtures)
+        .env("LUNA_E2E_OUT", &out)
+        .env("LUNA_CHROMIUM", chromium());
+    run_with_limit(node, "web/tests/e2e.mjs", Duration::from_secs(1500));
+    for shot in ["demo-scored.png", "demo-pack.png", "demo-continuation.png", "error-no-webgpu.png", "error-bad-model.png", "error-too-long.png"] {
+        let path = out.join("screenshots").join(shot);
+        assert!(std::fs::metadata(&path).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot {}", path.display());
+    }
+}
+
+/// `luna serve` on a free port: the web folder, models/ beside it, nothing outside them.
+#[test]
+fn serve_serves_the_web_folder_and_nothing_else() {
+    let dir = std::env::temp_dir().join(format!("luna-serve-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("web/pkg")).unwrap();
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("web/index.html"), "<p>demo</p>").unwrap();
+    std::fs::write(dir.join("web/pkg/luna_wgpu_bg.wasm"), b"\0asm").unwrap();
+    std::fs::write(dir.join("models/m.safetensors"), b"model bytes").unwrap();
+    std::fs::write(dir.join("secret.txt"), b"secret").unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_luna"))
+        .args(["serve", "--port", "0", "--dir"])
+        .arg(dir.join("web"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).map(|s| s.trim().trim_end_matches('/').to_string());
+    let get = |path: &str| -> String {
+        let mut s = std::net::TcpStream::connect(addr.as_deref().unwrap()).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    };
+    let result = std::panic::catch_unwind(|| {
+        assert!(addr.as_deref().is_some_and(|a| a.starts_with("127.0.0.1:")), "no address in {line:?}");
+        let index = get("/");
+        assert!(index.starts_with("HTTP/1.1 200") && index.ends_with("<p>demo</p>"), "{index}");
+        assert!(get("/pkg/luna_wgpu_bg.wasm").contains("Content-Type: application/wasm"));
+        assert!(get("/models/m.safetensors").ends_with("model bytes"));
+        for bad in ["/../secret.txt", "/%2e%2e/secret.txt", "/models/../../secret.txt", "/nothing.html", "/.git/config"] {
+            assert!(get(bad).starts_with("HTTP/1.1 404"), "{bad} was served");
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
