@@ -31,7 +31,9 @@ use crate::engine::{Engine, ErrorScopes};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
 use crate::gpu::pipelines::PipelineCache;
-use crate::gpu::recorder::{Recorder, Timestamps};
+use crate::gpu::recorder::Recorder;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::gpu::recorder::Timestamps;
 use crate::gpu::GpuContext;
 use crate::kernels::softmax::{self as kernel, Shape, View};
 use crate::kernels::gemm;

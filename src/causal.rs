@@ -151,7 +151,7 @@ impl Engine {
     }
 
     /// Pops the error scopes of a call; a failure clears the workspace so the engine stays usable.
-    async fn close<T>(&mut self, scope: ErrorScopes, result: Result<T>) -> Result<T> {
+    pub(crate) async fn close<T>(&mut self, scope: ErrorScopes, result: Result<T>) -> Result<T> {
         let scoped = scope.pop_async(&self.ctx).await;
         if result.is_err() || scoped.is_err() {
             self.workspace.clear();
@@ -161,7 +161,7 @@ impl Engine {
     }
 
     /// Checks a batch for the parallel form and sizes its buffers.
-    fn prepare_parallel(&self, model: &GpuModel, batch: &Batch, logit_rows: usize) -> Result<(Shape, wgpu::Buffer)> {
+    pub(crate) fn prepare_parallel(&self, model: &GpuModel, batch: &Batch, logit_rows: usize) -> Result<(Shape, wgpu::Buffer)> {
         self.ctx.check_alive()?;
         Self::causal_weights(model)?;
         batch.check_for(&model.config)?;
@@ -181,7 +181,7 @@ impl Engine {
             let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
             let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
             let run = Run::new(model, &pos_table, shape, None)?;
-            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), &mut |_, _, _| {})?;
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
             let logits = run.logits(&mut rec, workspace, &x, rows, "logits");
             rec.submit();
             let logits = buffers::read_f32(ctx, &[(&logits, rows * vocab)]).await?.remove(0);
@@ -196,25 +196,13 @@ impl Engine {
     pub async fn score(&mut self, model: &GpuModel, batch: &Batch) -> Result<Vec<f32>> {
         let rows = batch.batch * batch.len;
         let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
-        let n = batch.len;
-        let mut targets = vec![kernel::NO_TARGET; rows];
-        for b in 0..batch.batch {
-            for t in 0..batch.lengths[b].saturating_sub(1) {
-                targets[b * n + t] = batch.tokens[b * n + t + 1];
-            }
-        }
-        let vocab = model.config.vocab_size;
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
             let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
             let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
             let run = Run::new(model, &pos_table, shape, None)?;
-            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), &mut |_, _, _| {})?;
-            let logits = run.logits(&mut rec, workspace, &x, rows, "logits");
-            let target = workspace.get(ctx, "targets", rows as u64 * 4);
-            ctx.queue.write_buffer(&target, 0, bytemuck::cast_slice(&targets));
-            let bits = workspace.get(ctx, "surprisal", rows as u64 * 4);
-            kernel::logprob(&mut rec, &logits, &target, &bits, rows, vocab);
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
+            let bits = run.surprisal(&mut rec, workspace, &x, batch);
             rec.submit();
             Ok(buffers::read_f32(ctx, &[(&bits, rows)]).await?.remove(0))
         }
@@ -253,7 +241,7 @@ impl Engine {
             let mut keep = |rec: &mut Recorder, layer: usize, state: &wgpu::Buffer| {
                 rec.copy(state, last_chunk * block, &states[layer].buffer, 0, block);
             };
-            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(&batch), &mut keep)?;
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(&batch), Hooks { after_attention: Some(&mut keep), ..Hooks::default() })?;
             let last = workspace.get(ctx, "last_x", d as u64 * 4);
             rec.copy(&x, (n - 1) * d, &last, 0, d);
             let logits = run.logits(&mut rec, workspace, &last, 1, "last_logits");
@@ -302,7 +290,7 @@ impl Engine {
             let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
             let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
             let run = Run::new(model, &pos_table, shape, Some(&decoder.states))?;
-            let x = run.record(&mut rec, workspace, &[token], &[position], &[1], &mut |_, _, _| {})?;
+            let x = run.record(&mut rec, workspace, &[token], &[position], &[1], Hooks::default())?;
             let logits = run.logits(&mut rec, workspace, &x, 1, "last_logits");
             rec.submit();
             Ok(buffers::read_f32(ctx, &[(&logits, vocab)]).await?.remove(0))
@@ -314,37 +302,52 @@ impl Engine {
     }
 }
 
-fn lengths_u32(batch: &Batch) -> Vec<u32> {
+pub(crate) fn lengths_u32(batch: &Batch) -> Vec<u32> {
     batch.lengths.iter().map(|&l| l as u32).collect()
 }
 
+/// A hook of a run: `(recorder, layer, buffer)`.
+pub(crate) type Hook<'h> = &'h mut dyn FnMut(&mut Recorder, usize, &wgpu::Buffer);
+
+/// Work a caller records into a run as each layer goes by.
+#[derive(Default)]
+pub(crate) struct Hooks<'h> {
+    /// Called with layer `i`'s attention input `[rows, d]` (after its
+    /// LayerNorm when pre-norm), before the attention reads it.
+    pub attention_input: Option<Hook<'h>>,
+    /// Called after layer `i`'s attention, while the buffer holds its chunk
+    /// states (the parallel form only).
+    pub after_attention: Option<Hook<'h>>,
+}
+
 /// One recorded run of the causal LM over some token rows.
-struct Run<'a> {
+pub(crate) struct Run<'a> {
     model: &'a GpuModel,
     gc: &'a GpuCausal,
     pos_table: &'a wgpu::Buffer,
     shape: Shape,
     /// Persistent decoder states (the streaming form), or `None` for the parallel form.
     states: Option<&'a [Tracked]>,
+    /// Layers to run (all by default; fewer when only an early layer's hooks matter).
+    layers: usize,
 }
 
 impl<'a> Run<'a> {
-    fn new(model: &'a GpuModel, pos_table: &'a wgpu::Buffer, shape: Shape, states: Option<&'a [Tracked]>) -> Result<Run<'a>> {
-        Ok(Run { model, gc: Engine::causal_weights(model)?, pos_table, shape, states })
+    pub(crate) fn new(model: &'a GpuModel, pos_table: &'a wgpu::Buffer, shape: Shape, states: Option<&'a [Tracked]>) -> Result<Run<'a>> {
+        Ok(Run { model, gc: Engine::causal_weights(model)?, pos_table, shape, states, layers: model.config.num_layers })
+    }
+
+    /// Runs only layers `0..layers`; the output then is no model output.
+    pub(crate) fn first_layers(mut self, layers: usize) -> Run<'a> {
+        self.layers = layers.min(self.model.config.num_layers);
+        self
     }
 
     /// Records embedding and every layer; returns the buffer of the final
-    /// states `[rows, d]`. `after_layer(rec, i, state)` runs after layer `i`'s
-    /// attention, while `state` holds that layer's chunk states.
-    fn record(
-        &self,
-        rec: &mut Recorder,
-        ws: &mut Workspace,
-        ids: &[u32],
-        positions: &[u32],
-        lengths: &[u32],
-        after_layer: &mut dyn FnMut(&mut Recorder, usize, &wgpu::Buffer),
-    ) -> Result<wgpu::Buffer> {
+    /// states `[rows, d]`. `hooks` may record more work into the same
+    /// submission as each layer goes by (see [`Hooks`]).
+    pub(crate) fn record(&self, rec: &mut Recorder, ws: &mut Workspace, ids: &[u32], positions: &[u32], lengths: &[u32], hooks: Hooks) -> Result<wgpu::Buffer> {
+        let Hooks { mut attention_input, mut after_attention } = hooks;
         let model = self.model;
         let c = &model.config;
         let gc = self.gc;
@@ -371,26 +374,49 @@ impl<'a> Run<'a> {
             d,
             c.embed_scale as f32,
         );
-        for i in 0..c.num_layers {
+        for i in 0..self.layers {
             let l = &gc.layers[if c.tie_layer_weights { 0 } else { i }];
             let ax = s.attention_input(rec, &l.block);
+            if let Some(hook) = attention_input.as_mut() {
+                hook(rec, i, ax);
+            }
             gemm::encode(rec, ax, &l.wx.buffer, &l.bx.buffer, None, &s.proj, [rows, width, d], None);
             let inputs = Inputs { x: &s.proj, stride: width, q, k, v, pc };
             match self.states {
                 None => kernel::parallel(rec, inputs, &l.qp.buffer, &lens, &state, &s.o, self.shape),
                 Some(st) => kernel::step(rec, inputs, &l.qp.buffer, &lens, &st[i].buffer, &s.o, self.shape),
             }
-            after_layer(rec, i, &state);
+            if let Some(hook) = after_attention.as_mut() {
+                hook(rec, i, &state);
+            }
             s.record_tail(rec, &l.block);
         }
-        if let Some(g) = &gc.final_norm {
+        if let (Some(g), true) = (&gc.final_norm, self.layers == c.num_layers) {
             s.record_norm(rec, g);
         }
         Ok(s.x)
     }
 
+    /// Records the surprisal in bits of each next token of `batch` from its
+    /// final states `x` (the layout of [`Engine::score`]) into a workspace buffer.
+    pub(crate) fn surprisal(&self, rec: &mut Recorder, ws: &mut Workspace, x: &wgpu::Buffer, batch: &Batch) -> wgpu::Buffer {
+        let (rows, n) = (batch.batch * batch.len, batch.len);
+        let mut targets = vec![kernel::NO_TARGET; rows];
+        for b in 0..batch.batch {
+            for t in 0..batch.lengths[b].saturating_sub(1) {
+                targets[b * n + t] = batch.tokens[b * n + t + 1];
+            }
+        }
+        let logits = self.logits(rec, ws, x, rows, "logits");
+        let target = ws.get(rec.ctx, "targets", rows as u64 * 4);
+        rec.ctx.queue.write_buffer(&target, 0, bytemuck::cast_slice(&targets));
+        let bits = ws.get(rec.ctx, "surprisal", rows as u64 * 4);
+        kernel::logprob(rec, &logits, &target, &bits, rows, self.model.config.vocab_size);
+        bits
+    }
+
     /// Records `logits [rows, vocab] = x · W_out^T` into workspace buffer `name`.
-    fn logits(&self, rec: &mut Recorder, ws: &mut Workspace, x: &wgpu::Buffer, rows: usize, name: &'static str) -> wgpu::Buffer {
+    pub(crate) fn logits(&self, rec: &mut Recorder, ws: &mut Workspace, x: &wgpu::Buffer, rows: usize, name: &'static str) -> wgpu::Buffer {
         let model = self.model;
         let gc = self.gc;
         let c = &model.config;

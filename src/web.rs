@@ -831,7 +831,7 @@ impl LunaModel {
         self.check_positions(ids.len())?;
         let mut e = borrow(&self.engine)?;
         let t = now_ms();
-        let w = e.pack_weights(&self.gpu, &self.model, &ids, layer).await.map_err(js)?;
+        let w = e.pack_weights(&self.gpu, &self.model, &ids, &[layer]).await.map_err(js)?.remove(0);
         let ms = now_ms() - t;
         Ok(obj(&[
             ("weights", f32s(&w.values)),

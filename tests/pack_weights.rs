@@ -1,5 +1,6 @@
-//! The pack weights of the causal LM (`Engine::pack_weights`, what the demo
-//! page paints for a chosen layer and slot) against a float64 reference
+//! The pack weights of the causal LM (`Engine::pack_weights` and
+//! `Engine::score_with_pack_weights`, what the demos paint for a layer and
+//! slot) against a float64 reference
 //! written here from LUNA_SPEC.md: the layers before the chosen one run token
 //! by token, then `A = softplus_ln2(pc_proj(X)_h · Q_P,h^T)` with
 //! `Q_P = pq_proj(P) · dh^-0.5`.
@@ -93,8 +94,20 @@ fn check(c: &Config, n: usize) {
     let model = Model::random(c, 11).unwrap();
     let gm = engine.load(&model).unwrap();
     let ids = tokens(c, n, 5);
+    // Every layer from one pass that also scores the sequence; its surprisal is `score`'s.
+    let all: Vec<usize> = (0..c.num_layers).rev().collect();
+    let (bits, weights) = engine.score_with_pack_weights_blocking(&gm, &model, &ids, &all).unwrap();
+    let batch = luna_wgpu::input::Batch::new(c, &ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), 1, n).unwrap();
+    let want_bits = engine.score_blocking(&gm, &batch).unwrap();
+    assert_eq!(bits.len(), n);
+    let bits_err = bits.iter().zip(&want_bits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(bits_err <= 1e-5, "surprisal of the pack pass differs from score by {bits_err}");
+    assert_eq!(weights.iter().map(|w| w.layer).collect::<Vec<_>>(), all);
     for layer in 0..c.num_layers {
-        let got = engine.pack_weights_blocking(&gm, &model, &ids, layer).unwrap();
+        // One layer alone (the run stops after it) and the same layer from the pass over all.
+        let got = engine.pack_weights_blocking(&gm, &model, &ids, &[layer]).unwrap().remove(0);
+        let joint = weights.iter().find(|w| w.layer == layer).unwrap();
+        assert!(got.values.iter().zip(&joint.values).all(|(a, b)| (a - b).abs() <= 1e-5 * a.abs().max(1.0)));
         assert_eq!((got.len, got.heads, got.slots, got.layer), (n, c.num_heads, c.projection_length, layer));
         let want = reference_pack_weights(&model, &ids, layer);
         assert_eq!(got.values.len(), want.len());
@@ -127,18 +140,20 @@ fn pack_weights_refuse_bad_input() {
     let gm = engine.load(&model).unwrap();
     let bad = |r: luna_wgpu::Result<_>| match r {
         Err(LunaError::Input(m)) => m,
-        other => panic!("expected an input error, got {:?}", other.map(|_: luna_wgpu::pack::PackWeights| ())),
+        other => panic!("expected an input error, got {:?}", other.map(|_: Vec<luna_wgpu::pack::PackWeights>| ())),
     };
-    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 4], 3)).contains("layer 3"));
-    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[], 0)).contains("no tokens"));
-    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 1, 4], 0)).contains("padding"));
-    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 99], 0)).contains("outside the vocabulary"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 4], &[3])).contains("layer 3"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 4], &[1, 1])).contains("twice"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 4], &[])).contains("no layers"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[], &[0])).contains("no tokens"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 1, 4], &[0])).contains("padding"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 99], &[0])).contains("outside the vocabulary"));
     let other = Model::random(&causal_config(json!({"num_layers": 2})), 1).unwrap();
-    assert!(bad(engine.pack_weights_blocking(&gm, &other, &[3, 4], 0)).contains("differ"));
+    assert!(bad(engine.pack_weights_blocking(&gm, &other, &[3, 4], &[0])).contains("differ"));
     // The engine is still usable after the refusals.
-    assert_eq!(engine.pack_weights_blocking(&gm, &model, &[3, 4, 5], 1).unwrap().len, 3);
+    assert_eq!(engine.pack_weights_blocking(&gm, &model, &[3, 4, 5], &[1]).unwrap()[0].len, 3);
     // An encoder has no pack weights of this kind.
     let enc = Model::random(&config(json!({})), 1).unwrap();
     let genc = engine.load(&enc).unwrap();
-    assert!(matches!(engine.pack_weights_blocking(&genc, &enc, &[3, 4], 0), Err(LunaError::Unsupported(_))));
+    assert!(matches!(engine.pack_weights_blocking(&genc, &enc, &[3, 4], &[0]), Err(LunaError::Unsupported(_))));
 }

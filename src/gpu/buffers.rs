@@ -71,6 +71,19 @@ pub fn upload<T: bytemuck::Pod>(ctx: &GpuContext, stats: &Arc<MemoryStats>, labe
     Ok(Tracked { buffer, stats: stats.clone() })
 }
 
+/// An uninitialised storage buffer of `size` bytes (a multiple of 16).
+fn storage(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage: STORAGE, mapped_at_creation: false })
+}
+
+/// A storage buffer of `bytes` for a kernel to write, checking it fits one binding.
+pub fn create(ctx: &GpuContext, stats: &Arc<MemoryStats>, label: &str, bytes: u64) -> Result<Tracked> {
+    check_binding(ctx, label, bytes)?;
+    let buffer = storage(ctx, label, padded(bytes));
+    stats.add(buffer.size());
+    Ok(Tracked { buffer, stats: stats.clone() })
+}
+
 /// Refuses, before any GPU work, a buffer that would not fit one storage binding.
 pub fn check_binding(ctx: &GpuContext, what: &str, bytes: u64) -> Result<()> {
     let limit = ctx.max_binding();
@@ -101,12 +114,7 @@ impl Workspace {
             }
         }
         self.buffers.remove(name);
-        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(name),
-            size: need,
-            usage: STORAGE,
-            mapped_at_creation: false,
-        });
+        let buffer = storage(ctx, name, need);
         self.stats.add(need);
         self.buffers.insert(name, Tracked { buffer: buffer.clone(), stats: self.stats.clone() });
         buffer
