@@ -22,6 +22,8 @@ pub mod reference;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod report;
 pub mod sample;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod shipped;
 pub mod tensors;
 pub mod tokenizer;
 /// The JavaScript API of the browser build (wasm-bindgen; see web/README.md).

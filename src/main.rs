@@ -63,9 +63,10 @@ enum Command {
     },
     /// Continue a prompt with a causal LM that has a tokenizer, streaming the text to stdout
     Generate {
-        /// A causal LM file with a tokenizer (`luna.tokenizer` metadata)
+        /// A causal LM file with a tokenizer (`luna.tokenizer` metadata) [default: the shipped
+        /// demo model, models/luna-pydoc-bytes.safetensors]
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         /// The text to continue, encoded after the tokenizer's bos when it has one. It may be empty
         /// only then (generation starts from bos); without bos an empty prompt is an error
         #[arg(long)]
@@ -183,9 +184,9 @@ struct BenchArgs {
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("document").required(true).args(["text", "tokens"])))]
 struct ScoreArgs {
-    /// A causal LM file
+    /// A causal LM file [default: the shipped demo model, models/luna-pydoc-bytes.safetensors]
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// The document: a file whose bytes are scored (needs a model with a tokenizer)
     #[arg(long)]
     text: Option<PathBuf>,
@@ -218,6 +219,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => info(&choice),
         Command::Forward { model, input, output, device, repeat } => forward(&choice, model, input, output, device, repeat),
         Command::Generate { model, prompt, max_tokens, temperature, top_k, seed, device } => {
+            let model = model.map_or_else(luna_wgpu::shipped::model_path, Ok)?;
             generate(&choice, &model, &prompt, max_tokens, temperature, top_k, seed, device)
         }
         Command::Score(args) => score(&choice, args),
@@ -612,8 +614,9 @@ fn score(choice: &AdapterChoice, a: ScoreArgs) -> Result<()> {
     if let Some(path) = &a.surprisal {
         surprisal_format(path)?;
     }
-    let model = Model::load(&a.model)?;
-    require_causal(&model, &a.model, "score")?;
+    let model_path = a.model.clone().map_or_else(luna_wgpu::shipped::model_path, Ok)?;
+    let model = Model::load(&model_path)?;
+    require_causal(&model, &model_path, "score")?;
     let c = &model.config;
     let tok = Tokenizer::from_model(&model)?;
     // The batch, and whether the scored tokens are bytes of a text.
@@ -622,7 +625,7 @@ fn score(choice: &AdapterChoice, a: ScoreArgs) -> Result<()> {
             let tok = tok.as_ref().ok_or_else(|| {
                 LunaError::Input(format!(
                     "{} has no tokenizer (no \"luna.tokenizer\" metadata), so --text cannot be read; give token ids with --tokens",
-                    a.model.display()
+                    model_path.display()
                 ))
             })?;
             let text = tensors::read_file(path)?;

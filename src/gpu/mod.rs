@@ -5,4 +5,4 @@ pub mod context;
 pub mod pipelines;
 pub mod recorder;
 
-pub use context::{AdapterChoice, GpuContext};
+pub use context::{describe, AdapterChoice, GpuContext};

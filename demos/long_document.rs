@@ -1,0 +1,356 @@
+//! Scores a whole document in one pass on the GPU with the shipped byte-level
+//! Luna LM, the native twin of the browser demo (web/index.html).
+//!
+//!     cargo run --release --example long_document                 # the bundled sample, Julius Caesar (114 KB)
+//!     cargo run --release --example long_document -- FILE [--out REPORT.html] [--model MODEL.safetensors]
+//!
+//! It prints the document's length, the time and tokens/s of the pass, the GPU
+//! memory, the bits per byte and the most and least surprising passages, and
+//! writes a self-contained HTML report (default target/demos/long_document.html):
+//! the text painted by surprisal, and heat strips of what the packed slots
+//! read, aligned with the document. The pass that scores the document also
+//! captures the pack weights of every layer, so the document is read once.
+
+use luna_wgpu::pack::PackWeights;
+use luna_wgpu::tokenizer::Tokenizer;
+use luna_wgpu::{shipped, AdapterChoice, Engine, LunaError, Model};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct Options {
+    pub file: Option<PathBuf>,
+    pub out: PathBuf,
+    pub model: Option<PathBuf>,
+}
+
+/// A stretch of the document: bytes `start..end`, its mean bits per byte.
+pub struct Passage {
+    pub start: usize,
+    pub end: usize,
+    pub bits_per_byte: f64,
+    pub text: String,
+}
+
+pub struct Scored {
+    pub bytes: usize,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    /// Peak bytes of GPU buffers during the pass, the model's weights included.
+    pub peak_bytes: u64,
+    /// Of those, the pack weights captured for the report.
+    pub pack_bytes: u64,
+    pub bits_per_byte: f64,
+    /// Surprisal of each byte (NaN for a first byte without context).
+    pub byte_bits: Vec<f64>,
+    pub most: Vec<Passage>,
+    pub least: Vec<Passage>,
+    pub adapter: String,
+    pub report: PathBuf,
+}
+
+/// Bytes per passage in the lists of most and least surprising ones.
+const PASSAGE: usize = 96;
+/// Strips shown per layer: the (head, slot) pairs whose weights vary most along the document.
+const STRIPS_PER_LAYER: usize = 6;
+/// Most columns of a heat strip.
+const MAX_BINS: usize = 1000;
+
+fn parse(args: &[String]) -> luna_wgpu::Result<Options> {
+    let mut o = Options { file: None, out: PathBuf::from("target/demos/long_document.html"), model: None };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().map(PathBuf::from).ok_or_else(|| LunaError::Input(format!("{a} needs a value")));
+        match a.as_str() {
+            "--out" => o.out = value()?,
+            "--model" => o.model = Some(value()?),
+            flag if flag.starts_with("--") => return Err(LunaError::Input(format!("unknown option {flag}; see the top of demos/long_document.rs"))),
+            _ if o.file.is_none() => o.file = Some(PathBuf::from(a)),
+            _ => return Err(LunaError::Input(format!("one document at a time: {a:?} is a second one"))),
+        }
+    }
+    Ok(o)
+}
+
+pub fn run(o: &Options) -> luna_wgpu::Result<Scored> {
+    let path = o.file.clone().map_or_else(shipped::sample_path, Ok)?;
+    let bytes = std::fs::read(&path).map_err(|source| LunaError::Io { path: path.display().to_string(), source })?;
+    let model = Model::load(&o.model.clone().map_or_else(shipped::model_path, Ok)?)?;
+    let tok = Tokenizer::from_model(&model)?.ok_or_else(|| LunaError::Input("this model has no tokenizer".into()))?;
+    if bytes.is_empty() || (bytes.len() < 2 && tok.bos.is_none()) {
+        return Err(LunaError::Input(format!("{} has nothing to score: give a document of a few bytes at least", path.display())));
+    }
+    let mut engine = Engine::new_blocking(&AdapterChoice::from_arg_or_env(None))?;
+    let adapter = luna_wgpu::gpu::describe(&engine.ctx.info);
+    let gpu = engine.load(&model)?;
+    let layers: Vec<usize> = (0..model.config.num_layers).collect();
+    let ids = tok.encode_with_bos(&bytes);
+    // The first byte's token: 1 after bos, else 0 (and the first byte is not scored).
+    let offset = ids.len() - bytes.len();
+
+    // Pipelines are built on first use: a short warm-up keeps that out of the timing.
+    engine.score_with_pack_weights_blocking(&gpu, &model, &ids[..ids.len().min(256)], &layers)?;
+    engine.release_workspace();
+    engine.reset_peak_memory();
+    let t = Instant::now();
+    let (bits, pack) = engine.score_with_pack_weights_blocking(&gpu, &model, &ids, &layers)?;
+    let seconds = t.elapsed().as_secs_f64();
+    let (_, peak_bytes) = engine.memory();
+    let pack_bytes = pack.iter().map(|p| p.values.len() as u64 * 4).sum();
+
+    // bits[t] is the surprisal of token t + 1, which is byte t + 1 - offset.
+    let mut byte_bits = vec![f64::NAN; bytes.len()];
+    for (t, &b) in bits.iter().enumerate().take(ids.len() - 1) {
+        byte_bits[t + 1 - offset] = b as f64;
+    }
+    let scored: Vec<f64> = byte_bits.iter().copied().filter(|v| !v.is_nan()).collect();
+    let bits_per_byte = scored.iter().sum::<f64>() / scored.len() as f64;
+    let (most, least) = passages(&bytes, &byte_bits);
+    let report = o.out.clone();
+    write_report(&report, &path, &bytes, &byte_bits, &pack, offset, bits_per_byte, &adapter)?;
+    Ok(Scored {
+        bytes: bytes.len(),
+        tokens: ids.len(),
+        seconds,
+        tokens_per_second: ids.len() as f64 / seconds,
+        peak_bytes,
+        pack_bytes,
+        bits_per_byte,
+        byte_bits,
+        most,
+        least,
+        adapter,
+        report,
+    })
+}
+
+/// The text of bytes `start..end`, widened to whole UTF-8 characters, on one line.
+fn excerpt(bytes: &[u8], mut start: usize, mut end: usize) -> String {
+    while start > 0 && (bytes[start] & 0xC0) == 0x80 {
+        start -= 1;
+    }
+    while end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
+        end += 1;
+    }
+    String::from_utf8_lossy(&bytes[start..end]).replace('\n', " ⏎ ")
+}
+
+/// The three most and three least surprising non-overlapping passages of `PASSAGE` bytes.
+fn passages(bytes: &[u8], bits: &[f64]) -> (Vec<Passage>, Vec<Passage>) {
+    let w = PASSAGE.min(bytes.len());
+    let step = (w / 4).max(1);
+    let mut windows: Vec<(f64, usize)> = (0..=bytes.len() - w)
+        .step_by(step)
+        .filter_map(|s| {
+            let v: Vec<f64> = bits[s..s + w].iter().copied().filter(|b| !b.is_nan()).collect();
+            (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64, s))
+        })
+        .collect();
+    windows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let pick = |order: &mut dyn Iterator<Item = &(f64, usize)>| {
+        let mut chosen: Vec<Passage> = Vec::new();
+        for &(mean, s) in order {
+            if chosen.len() == 3 {
+                break;
+            }
+            if chosen.iter().all(|p| s + w <= p.start || s >= p.end) {
+                chosen.push(Passage { start: s, end: s + w, bits_per_byte: mean, text: excerpt(bytes, s, s + w) });
+            }
+        }
+        chosen
+    };
+    (pick(&mut windows.iter()), pick(&mut windows.iter().rev()))
+}
+
+/// The characters of the document with their byte ranges (bytes that are not
+/// UTF-8 stand for themselves as Latin-1).
+fn characters(bytes: &[u8]) -> Vec<(char, usize, usize)> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.char_indices().map(|(i, c)| (c, i, i + c.len_utf8())).collect(),
+        Err(_) => bytes.iter().enumerate().map(|(i, &b)| (b as char, i, i + 1)).collect(),
+    }
+}
+
+fn escape(c: char, out: &mut String) {
+    match c {
+        '<' => out.push_str("&lt;"),
+        '>' => out.push_str("&gt;"),
+        '&' => out.push_str("&amp;"),
+        '"' => out.push_str("&quot;"),
+        c => out.push(c),
+    }
+}
+
+/// Colour bucket of a surprisal: 0 (expected) to 11 (8 bits and more).
+fn bucket(bits: f64) -> usize {
+    if bits.is_nan() {
+        0
+    } else {
+        ((bits / 8.0 * 11.0).round() as usize).min(11)
+    }
+}
+
+/// Per column of a strip over `bins` columns: the mean of `value(byte)` over its bytes.
+fn binned(len: usize, bins: usize, value: impl Fn(usize) -> f64) -> Vec<f64> {
+    (0..bins)
+        .map(|k| {
+            let (a, b) = (k * len / bins, ((k + 1) * len / bins).max(k * len / bins + 1));
+            let v: Vec<f64> = (a..b).map(&value).filter(|v| !v.is_nan()).collect();
+            if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
+        })
+        .collect()
+}
+
+/// A strip scaled to integers 0..=99 between its own minimum and maximum.
+fn scaled(v: &[f64]) -> String {
+    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    v.iter().map(|x| (((x - lo) / span) * 99.0).round().to_string()).collect::<Vec<_>>().join(",")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_report(
+    out: &Path,
+    source: &Path,
+    bytes: &[u8],
+    byte_bits: &[f64],
+    pack: &[PackWeights],
+    offset: usize,
+    bits_per_byte: f64,
+    adapter: &str,
+) -> luna_wgpu::Result<()> {
+    let io = |e| LunaError::Io { path: out.display().to_string(), source: e };
+    let bins = bytes.len().min(MAX_BINS);
+    // Strips: surprisal, then per layer the (head, slot) pairs whose binned
+    // weights vary most (largest standard deviation over mean) along the text.
+    let mut strips = vec![(format!("surprisal (bits per byte, {bits_per_byte:.2} on average)"), scaled(&binned(bytes.len(), bins, |i| byte_bits[i])))];
+    for p in pack {
+        let mut ranked: Vec<(f64, usize, usize, Vec<f64>)> = Vec::new();
+        for h in 0..p.heads {
+            for j in 0..p.slots {
+                let v = binned(bytes.len(), bins, |i| p.get(i + offset, h, j) as f64);
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+                ranked.push((sd / mean.max(1e-12), h, j, v));
+            }
+        }
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (cv, h, j, v) in ranked.into_iter().take(STRIPS_PER_LAYER) {
+            strips.push((format!("layer {} · head {h} · slot {j} (pack weight, spread {cv:.2})", p.layer), scaled(&v)));
+        }
+    }
+
+    let mut html = String::with_capacity(bytes.len() * 12);
+    let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let _ = write!(
+        html,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Luna surprisal: {name}</title><style>
+body{{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:70em;padding:1em 2em;color:#222}}
+h1{{font-size:1.3em}} .note{{color:#555}} canvas{{display:block;width:100%;height:14px;cursor:pointer;image-rendering:pixelated}}
+.strip{{margin:.3em 0}} .strip div{{font-size:12px;color:#444}}
+#text{{white-space:pre-wrap;font:13px/1.5 ui-monospace,monospace;border-top:1px solid #ccc;padding-top:1em}}
+.legend span{{display:inline-block;width:2.2em;text-align:center;font-size:11px}}
+{buckets}
+</style></head><body>
+<h1>Surprisal of <code>{name}</code> under a byte-level Luna LM</h1>
+<p class="note">{len} bytes scored in one pass on {adapter}: {bits_per_byte:.3} bits per byte. Each character is painted by its
+surprisal, -log2 p(byte | everything before it), summed over its bytes; hover for the value. The strips run along the whole
+document, left to right: first the surprisal, then, for each layer, the packed slots whose pack weights vary most along the text
+(the weight with which each byte is folded into that slot's running sums). Each strip is scaled between its own minimum and maximum.
+Click a strip to jump to that place in the text.</p>
+<p class="legend">bits: {legend}</p>
+<div id="strips"></div>
+<div id="text">"#,
+        len = bytes.len(),
+        adapter = adapter.replace('<', "&lt;"),
+        buckets = (0..12).map(|b| format!(".b{b}{{background:{}}}", colour(b))).collect::<String>(),
+        legend = (0..12).map(|b| format!("<span class=b{b}>{:.1}</span>", b as f64 * 8.0 / 11.0)).collect::<String>(),
+    );
+    // The text: runs of characters of one colour, each with its surprisal in the title.
+    let chars = characters(bytes);
+    let bits_of = |k: usize| {
+        let (_, a, b) = chars[k];
+        let v: Vec<f64> = byte_bits[a..b].iter().copied().filter(|v| !v.is_nan()).collect();
+        if v.is_empty() { f64::NAN } else { v.iter().sum() }
+    };
+    // Anchor k (where a click on column k of a strip jumps) sits before the character holding byte k·len/bins.
+    let mut marker = 0;
+    let marker_due = |marker: usize, k: usize| marker < bins && marker * bytes.len() / bins <= chars[k].1;
+    let mut i = 0;
+    while i < chars.len() {
+        while marker_due(marker, i) {
+            let _ = write!(html, "<a id=\"k{marker}\"></a>");
+            marker += 1;
+        }
+        let b = bucket(bits_of(i));
+        let (mut title, mut body) = (String::new(), String::new());
+        let mut j = i;
+        while j < chars.len() && (j == i || (bucket(bits_of(j)) == b && !marker_due(marker, j))) {
+            let v = bits_of(j);
+            let _ = write!(title, "{}{}", if j > i { " " } else { "" }, if v.is_nan() { "–".into() } else { format!("{v:.1}") });
+            escape(chars[j].0, &mut body);
+            j += 1;
+        }
+        let _ = write!(html, "<span class=b{b} title=\"{title} bits\">{body}</span>");
+        i = j;
+    }
+    let _ = write!(html, "</div>\n<script>\nconst STRIPS = [");
+    for (label, values) in &strips {
+        let _ = write!(html, "[{},[{values}]],\n", serde_json::to_string(label).unwrap_or_default());
+    }
+    let _ = write!(
+        html,
+        r#"];
+const box = document.getElementById('strips');
+for (const [label, v] of STRIPS) {{
+  const d = document.createElement('div'); d.className = 'strip';
+  const t = document.createElement('div'); t.textContent = label; d.appendChild(t);
+  const c = document.createElement('canvas'); c.width = v.length; c.height = 1; d.appendChild(c); box.appendChild(d);
+  const g = c.getContext('2d'); const img = g.createImageData(v.length, 1);
+  v.forEach((x, i) => {{ const s = x / 99; img.data.set([255 - 40 * s, 255 - 170 * s, 255 - 230 * s, 255], 4 * i); }});
+  g.putImageData(img, 0, 0);
+  const at = e => Math.min(v.length - 1, Math.floor(e.offsetX / c.clientWidth * v.length));
+  c.onmousemove = e => {{ c.title = `${{Math.round(100 * at(e) / v.length)}}% into the document: ${{v[at(e)]}} on this strip's 0-99 scale`; }};
+  c.onclick = e => {{ const a = document.getElementById('k' + at(e)); if (a) a.scrollIntoView({{block: 'center'}}); }};
+}}
+</script></body></html>
+"#
+    );
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(out, html).map_err(io)
+}
+
+/// Background of bucket `b`: white through yellow to red.
+fn colour(b: usize) -> String {
+    let s = b as f64 / 11.0;
+    format!("rgb({},{},{})", 255, (255.0 - 180.0 * s) as u8, (255.0 - 235.0 * s.sqrt()) as u8)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let s = match parse(&args).and_then(|o| run(&o)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("adapter:       {}", s.adapter);
+    println!("document:      {} bytes, {} tokens", s.bytes, s.tokens);
+    println!("one pass:      {:.2} s, {:.0} tokens/s (surprisal of every byte and the pack weights of every layer)", s.seconds, s.tokens_per_second);
+    println!("GPU memory:    peak {:.1} MiB, of which {:.1} MiB are the captured pack weights", mib(s.peak_bytes), mib(s.pack_bytes));
+    println!("bits per byte: {:.4}", s.bits_per_byte);
+    println!("most surprising passages:");
+    for p in &s.most {
+        println!("  {:6.2} bits/byte at byte {:>7}: {}", p.bits_per_byte, p.start, p.text);
+    }
+    println!("least surprising passages:");
+    for p in &s.least {
+        println!("  {:6.2} bits/byte at byte {:>7}: {}", p.bits_per_byte, p.start, p.text);
+    }
+    println!("report:        {}", s.report.display());
+}
