@@ -159,6 +159,16 @@ fn make_fixtures(dir: &Path) {
         }
     }
 
+    // The authors' fixtures (tests/fixtures/README.md), with native `luna forward` outputs.
+    for case in ["public_encoder", "public_causal"] {
+        for part in ["model", "input", "expected"] {
+            let name = format!("{case}.{part}.safetensors");
+            std::fs::copy(root().join("tests/fixtures").join(&name), p(&name)).unwrap();
+        }
+        let (model, input, out) = (p(&format!("{case}.model.safetensors")), p(&format!("{case}.input.safetensors")), p(&format!("{case}.native.safetensors")));
+        luna(&["forward", "--model", &s(model), "--input", &s(input), "--output", &s(out)]);
+    }
+
     // The demo page's model: tiny, so that the 114 KB sample scores in a minute or two on a
     // software adapter (every layer walks the whole sequence; the real model wants a GPU).
     let demo = causal_config(json!({"embed_dim": 16, "ffn_embed_dim": 32, "num_heads": 1, "num_layers": 1, "embed_scale": 4.0}));

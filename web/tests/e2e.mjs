@@ -6,7 +6,8 @@
 // It serves web/ (and the fixtures under /fixtures/) on 127.0.0.1, drives
 // Chromium headless with WebGPU (SwiftShader) through playwright-core, and
 // checks:
-//   - the JavaScript API against native `luna forward` / `luna score` and the
+//   - the JavaScript API against native `luna forward` / `luna score` (also on
+//     the authors' fixtures, tests/fixtures/public_*) and the
 //     native pack weights, to 1e-3; a streamed greedy continuation against
 //     the parallel form; its errors (bad model, bad token, busy, too long,
 //     wrong model kind) and that the engine still works after them;
@@ -70,6 +71,7 @@ function readSafetensors(file) {
     const bytes = new Uint8Array(buf.subarray(8 + n + a, 8 + n + b));
     let data;
     if (t.dtype === 'F32') data = Array.from(new Float32Array(bytes.buffer));
+    else if (t.dtype === 'F64') data = Array.from(new Float64Array(bytes.buffer));
     else if (t.dtype === 'I64') data = Array.from(new BigInt64Array(bytes.buffer), Number);
     else if (t.dtype === 'I32') data = Array.from(new Int32Array(bytes.buffer));
     else throw new Error(`${file}: dtype ${t.dtype}`);
@@ -194,6 +196,39 @@ async function apiChecks() {
       `max |diff| ${ew.toExponential(2)} over [${lm.pack.len}, ${lm.pack.heads}, ${lm.pack.slots}]`);
   } else {
     console.log('       (no native pack weights: no GPU engine natively)');
+  }
+
+  // The authors' fixtures: the browser against native `luna forward`, and against the
+  // authors' own float64 outputs, on the rows that carry meaning.
+  for (const name of ['public_encoder', 'public_causal']) {
+    const input = readSafetensors(path.join(FIXTURES, `${name}.input.safetensors`)).tokens;
+    const native = readSafetensors(path.join(FIXTURES, `${name}.native.safetensors`));
+    const expected = readSafetensors(path.join(FIXTURES, `${name}.expected.safetensors`));
+    const r = await page.evaluate(async ([name, tokens, shape]) => {
+      const bytes = new Uint8Array(await (await fetch(`/fixtures/${name}.model.safetensors`)).arrayBuffer());
+      const m = await window.engine.loadModel(bytes);
+      const f = await m.forward(Int32Array.from(tokens), shape[0], shape[1]);
+      const out = f.kind === 'encoder' ? { kind: f.kind, x: Array.from(f.x), p: Array.from(f.p) } : { kind: f.kind, logits: Array.from(f.logits) };
+      m.free();
+      return out;
+    }, [name, input.data, input.shape]);
+    const n = input.shape[1];
+    const lengths = expected.lengths.data;
+    const tokenRow = (row) => (row % n) < lengths[Math.floor(row / n)];
+    const parts = r.kind === 'encoder' ? [['x', tokenRow], ['p', null]] : [['logits', tokenRow]];
+    for (const [key, keep] of parts) {
+      const shape = native[key].shape;
+      const width = shape[2];
+      let rowKeep = keep;
+      if (key === 'p') {
+        const rows = shape[1];
+        rowKeep = (row) => (row % rows) < expected.p_valid.data[Math.floor(row / rows)];
+      }
+      const vsNative = maxDiff(r[key], native[key].data, width, rowKeep);
+      const vsAuthors = maxDiff(r[key], expected[key].data, width, rowKeep);
+      check(`authors' fixture ${name}: ${key} matches native luna forward to ${TOL}, and the authors' outputs`,
+        vsNative <= TOL && vsAuthors <= TOL, `max |diff| ${vsNative.toExponential(2)} vs native, ${vsAuthors.toExponential(2)} vs the authors' float64, shape ${JSON.stringify(shape)}`);
+    }
   }
 
   // A greedy continuation streams token by token, with flat memory, and agrees with the parallel form.
