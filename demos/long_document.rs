@@ -247,9 +247,10 @@ fn write_report(
         html,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Luna surprisal: {name}</title><style>
 body{{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:70em;padding:1em 2em;color:#222}}
-h1{{font-size:1.3em}} .note{{color:#555}} canvas{{display:block;width:100%;height:14px;cursor:pointer;image-rendering:pixelated}}
-.strip{{margin:.3em 0}} .strip div{{font-size:12px;color:#444}}
-#text{{white-space:pre-wrap;font:13px/1.5 ui-monospace,monospace;border-top:1px solid #ccc;padding-top:1em}}
+h1{{font-size:1.3em}} .note{{color:#555}} canvas{{flex:1;min-width:0;height:12px;cursor:pointer;image-rendering:pixelated;border:1px solid #eee}}
+.strip{{display:flex;align-items:center;gap:.6em;margin:2px 0}} .strip div{{flex:0 0 26em;min-width:0;overflow:hidden;text-overflow:ellipsis;font-size:11px;color:#444;white-space:nowrap}}
+#strips{{position:sticky;top:0;background:#fff;padding:.3em 0;border-bottom:1px solid #ccc;max-height:45vh;overflow:auto}}
+#text{{white-space:pre-wrap;font:13px/1.5 ui-monospace,monospace;padding-top:1em}}
 .legend span{{display:inline-block;width:2.2em;text-align:center;font-size:11px}}
 {buckets}
 </style></head><body>
@@ -297,7 +298,7 @@ Click a strip to jump to that place in the text.</p>
     }
     let _ = write!(html, "</div>\n<script>\nconst STRIPS = [");
     for (label, values) in &strips {
-        let _ = write!(html, "[{},[{values}]],\n", serde_json::to_string(label).unwrap_or_default());
+        let _ = writeln!(html, "[{},[{values}]],", serde_json::to_string(label).unwrap_or_default());
     }
     let _ = write!(
         html,
@@ -312,7 +313,7 @@ for (const [label, v] of STRIPS) {{
   g.putImageData(img, 0, 0);
   const at = e => Math.min(v.length - 1, Math.floor(e.offsetX / c.clientWidth * v.length));
   c.onmousemove = e => {{ c.title = `${{Math.round(100 * at(e) / v.length)}}% into the document: ${{v[at(e)]}} on this strip's 0-99 scale`; }};
-  c.onclick = e => {{ const a = document.getElementById('k' + at(e)); if (a) a.scrollIntoView({{block: 'center'}}); }};
+  c.onclick = e => {{ const a = document.getElementById('k' + at(e)); if (a) a.scrollIntoView({{block: 'end'}}); }};
 }}
 </script></body></html>
 "#

@@ -9,8 +9,15 @@ struct Params {
     total: u32,   // batch * heads * block
 }
 
+// With CARRY, the scan starts from the state a previous segment of the same
+// sequence left in `carry` ([batch][heads][block]) and leaves there the state
+// after this segment's last chunk, so a long sequence can run segment by
+// segment with memory that does not grow with its length.
+override CARRY: bool = false;
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> state: array<f32>;
+@group(0) @binding(2) var<storage, read_write> carry: array<f32>;
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -23,10 +30,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let h = bh % p.heads;
     let b = bh / p.heads;
     var running = 0.0;
+    if (CARRY) {
+        running = carry[bh * p.block + e];
+    }
     for (var c = 0u; c < p.chunks; c++) {
         let i = ((b * p.chunks + c) * p.heads + h) * p.block + e;
         let s = state[i];
         state[i] = running;
         running += s;
+    }
+    if (CARRY) {
+        carry[bh * p.block + e] = running;
     }
 }

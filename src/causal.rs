@@ -194,6 +194,15 @@ impl Engine {
     /// Surprisal in bits of each next token, `[B, n]`: entry `t` is
     /// `-log2 p(tokens[t+1] | tokens[..=t])` for `t + 1 < length`, else 0.
     pub async fn score(&mut self, model: &GpuModel, batch: &Batch) -> Result<Vec<f32>> {
+        if batch.batch == 1 && batch.lengths[0] == batch.len && batch.len > self.segment_rows(&model.config, 0) {
+            // One long document: segment by segment, in memory that does not grow with it.
+            batch.check_for(&model.config)?;
+            let mut bits = self.sequence_pass(model, &batch.tokens, &[], true).await?.unwrap_or_default();
+            if let Some(last) = bits.last_mut() {
+                *last = 0.0;
+            }
+            return Ok(bits);
+        }
         let rows = batch.batch * batch.len;
         let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
         let scope = ErrorScopes::push(&self.ctx);
@@ -202,7 +211,7 @@ impl Engine {
             let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
             let run = Run::new(model, &pos_table, shape, None)?;
             let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
-            let bits = run.surprisal(&mut rec, workspace, &x, batch);
+            let bits = run.surprisal(&mut rec, workspace, &x, &next_tokens(batch));
             rec.submit();
             Ok(buffers::read_f32(ctx, &[(&bits, rows)]).await?.remove(0))
         }
@@ -302,8 +311,144 @@ impl Engine {
     }
 }
 
+/// The next token of every row of a batch (the targets of [`Engine::score`]),
+/// [`kernel::NO_TARGET`] for the last token of a sequence and for padding.
+fn next_tokens(batch: &Batch) -> Vec<u32> {
+    let n = batch.len;
+    let mut targets = vec![kernel::NO_TARGET; batch.batch * n];
+    for b in 0..batch.batch {
+        for t in 0..batch.lengths[b].saturating_sub(1) {
+            targets[b * n + t] = batch.tokens[b * n + t + 1];
+        }
+    }
+    targets
+}
+
 pub(crate) fn lengths_u32(batch: &Batch) -> Vec<u32> {
     batch.lengths.iter().map(|&l| l as u32).collect()
+}
+
+/// Tokens per segment when one long sequence runs segment by segment.
+pub(crate) const SEGMENT: usize = 16384;
+
+/// A GEMM recorded on a layer's attention input during a [`Engine::sequence_pass`]:
+/// `out[t, :] = ax[t, :] · w^T + b` for every token `t`, `w` `[width, d]`, `out` `[n, width]`.
+pub(crate) struct Capture<'c> {
+    pub layer: usize,
+    pub w: &'c wgpu::Buffer,
+    pub b: &'c wgpu::Buffer,
+    pub width: usize,
+    pub out: &'c wgpu::Buffer,
+}
+
+impl Engine {
+    /// Rows per segment of a long sequence: [`Engine::set_segment_rows`], or fewer when a
+    /// segment's largest buffer (`extra` floats per row included) would not
+    /// fit one binding; a multiple of the chunk.
+    pub(crate) fn segment_rows(&self, c: &Config, extra: usize) -> usize {
+        let (_, _, _, _, width) = columns(c);
+        let per_row = [width, c.ffn_embed_dim, c.vocab_size, extra, c.embed_dim].into_iter().max().unwrap_or(1) as u64 * 4;
+        let fit = (self.ctx.max_binding() / per_row) as usize;
+        let chunk = self.causal_chunk;
+        (fit.min(self.segment) / chunk * chunk).max(chunk)
+    }
+
+    /// Sets the most tokens per segment when one long document is scored
+    /// segment by segment (16,384 by default; rounded down to a multiple of
+    /// the chunk). Results do not depend on it beyond rounding.
+    pub fn set_segment_rows(&mut self, rows: usize) -> Result<()> {
+        if rows == 0 {
+            return Err(LunaError::Input("a segment holds at least one token".into()));
+        }
+        self.segment = rows;
+        Ok(())
+    }
+
+    /// Runs one sequence of real tokens through the causal LM segment by
+    /// segment: each segment is a parallel pass (one submission) that starts
+    /// from the per-layer states the previous one left. Memory is that of one
+    /// segment, whatever the length. Records `captures` on the way; with
+    /// `score`, returns the surprisal of each next token (`[n]`, entry `t` for
+    /// token `t + 1`, the last entry 0).
+    pub(crate) async fn sequence_pass(&mut self, model: &GpuModel, tokens: &[u32], captures: &[Capture<'_>], score: bool) -> Result<Option<Vec<f32>>> {
+        self.ctx.check_alive()?;
+        Self::causal_weights(model)?;
+        let c = &model.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(LunaError::Input("no tokens: give at least one".into()));
+        }
+        let extra = captures.iter().map(|k| k.width).max().unwrap_or(0);
+        let seg = self.segment_rows(c, extra);
+        let (d, heads, pad) = (c.embed_dim, c.num_heads, c.padding_idx);
+        let block = heads * 2 * c.projection_length * c.head_dim();
+        let carry = (0..c.num_layers)
+            .map(|_| buffers::upload(&self.ctx, &self.stats, "carried state", &vec![0f32; block]))
+            .collect::<Result<Vec<_>>>()?;
+        let bits_all = if score { Some(buffers::create(&self.ctx, &self.stats, "the surprisal", n as u64 * 4)?) } else { None };
+        let last = if score { c.num_layers } else { captures.iter().map(|k| k.layer + 1).max().unwrap_or(0) };
+        for start in (0..n).step_by(seg) {
+            let end = (start + seg).min(n);
+            let rows = end - start;
+            let shape = Shape {
+                batch: 1,
+                rows,
+                heads,
+                head_dim: c.head_dim(),
+                proj_len: c.projection_length,
+                chunk: self.causal_chunk.min(rows.next_power_of_two()),
+                t_base: start,
+            };
+            self.check_causal_sizes(c, rows, &shape, if score { rows } else { 0 })?;
+            // Positions: learned ones by index; sinusoids as this segment's own rows.
+            let (table, positions): (Option<Tracked>, Vec<u32>) = match &model.embed_positions {
+                Some(_) => (None, (start..end).map(|t| (pad + 1 + t) as u32).collect()),
+                None => {
+                    let mut rows_table = Vec::with_capacity(rows * d);
+                    for t in start..end {
+                        rows_table.extend(reference::ops::token_sinusoid_row(pad + 1 + t, pad, d).iter().map(|&v| v as f32));
+                    }
+                    (Some(self.up("segment positions", &rows_table)?), (0..rows as u32).collect())
+                }
+            };
+            let pos_table = match (&table, &model.embed_positions) {
+                (Some(t), _) => t.buffer.clone(),
+                (None, Some(p)) => p.buffer.clone(),
+                (None, None) => unreachable!("one of the two position sources exists"),
+            };
+            let targets: Vec<u32> = (start..end).map(|t| if t + 1 < n { tokens[t + 1] } else { kernel::NO_TARGET }).collect();
+            let scope = ErrorScopes::push(&self.ctx);
+            let result = async {
+                let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+                let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+                let run = Run::new(model, &pos_table, shape, None)?.continuing(&carry).first_layers(last);
+                let scratch = (!captures.is_empty()).then(|| workspace.get(ctx, "captured", (rows * extra) as u64 * 4));
+                let mut capture = |rec: &mut Recorder, i: usize, ax: &wgpu::Buffer| {
+                    if let Some(scratch) = &scratch {
+                        for k in captures.iter().filter(|k| k.layer == i) {
+                            gemm::encode(rec, ax, k.w, k.b, None, scratch, [rows, k.width, d], None);
+                            rec.copy(scratch, 0, k.out, start * k.width, rows * k.width);
+                        }
+                    }
+                };
+                let hooks = Hooks { attention_input: Some(&mut capture), ..Hooks::default() };
+                let x = run.record(&mut rec, workspace, &tokens[start..end], &positions, &[rows as u32], hooks)?;
+                if let Some(all) = &bits_all {
+                    let bits = run.surprisal(&mut rec, workspace, &x, &targets);
+                    rec.copy(&bits, 0, &all.buffer, start, rows);
+                }
+                rec.submit();
+                Ok(())
+            }
+            .await;
+            self.close(scope, result).await?;
+            drop(table);
+        }
+        match &bits_all {
+            Some(all) => Ok(Some(buffers::read_f32(&self.ctx, &[(&all.buffer, n)]).await?.remove(0))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// A hook of a run: `(recorder, layer, buffer)`.
@@ -328,13 +473,22 @@ pub(crate) struct Run<'a> {
     shape: Shape,
     /// Persistent decoder states (the streaming form), or `None` for the parallel form.
     states: Option<&'a [Tracked]>,
+    /// Per-layer states a parallel run continues from and leaves updated (a segment of a long sequence).
+    carry: Option<&'a [Tracked]>,
     /// Layers to run (all by default; fewer when only an early layer's hooks matter).
     layers: usize,
 }
 
 impl<'a> Run<'a> {
     pub(crate) fn new(model: &'a GpuModel, pos_table: &'a wgpu::Buffer, shape: Shape, states: Option<&'a [Tracked]>) -> Result<Run<'a>> {
-        Ok(Run { model, gc: Engine::causal_weights(model)?, pos_table, shape, states, layers: model.config.num_layers })
+        Ok(Run { model, gc: Engine::causal_weights(model)?, pos_table, shape, states, carry: None, layers: model.config.num_layers })
+    }
+
+    /// A parallel run that continues a sequence from the per-layer states in
+    /// `carry` (after `shape.t_base` tokens) and leaves them updated.
+    pub(crate) fn continuing(mut self, carry: &'a [Tracked]) -> Run<'a> {
+        self.carry = Some(carry);
+        self
     }
 
     /// Runs only layers `0..layers`; the output then is no model output.
@@ -383,7 +537,10 @@ impl<'a> Run<'a> {
             gemm::encode(rec, ax, &l.wx.buffer, &l.bx.buffer, None, &s.proj, [rows, width, d], None);
             let inputs = Inputs { x: &s.proj, stride: width, q, k, v, pc };
             match self.states {
-                None => kernel::parallel(rec, inputs, &l.qp.buffer, &lens, &state, &s.o, self.shape),
+                None => {
+                    let carry = self.carry.map(|c| &c[i].buffer);
+                    kernel::parallel(rec, inputs, &l.qp.buffer, &lens, &state, carry, &s.o, self.shape)
+                }
                 Some(st) => kernel::step(rec, inputs, &l.qp.buffer, &lens, &st[i].buffer, &s.o, self.shape),
             }
             if let Some(hook) = after_attention.as_mut() {
@@ -397,19 +554,14 @@ impl<'a> Run<'a> {
         Ok(s.x)
     }
 
-    /// Records the surprisal in bits of each next token of `batch` from its
-    /// final states `x` (the layout of [`Engine::score`]) into a workspace buffer.
-    pub(crate) fn surprisal(&self, rec: &mut Recorder, ws: &mut Workspace, x: &wgpu::Buffer, batch: &Batch) -> wgpu::Buffer {
-        let (rows, n) = (batch.batch * batch.len, batch.len);
-        let mut targets = vec![kernel::NO_TARGET; rows];
-        for b in 0..batch.batch {
-            for t in 0..batch.lengths[b].saturating_sub(1) {
-                targets[b * n + t] = batch.tokens[b * n + t + 1];
-            }
-        }
+    /// Records the surprisal in bits of `targets[r]` (or 0 for
+    /// [`kernel::NO_TARGET`]) after each row `r` of the final states `x`, into a
+    /// workspace buffer.
+    pub(crate) fn surprisal(&self, rec: &mut Recorder, ws: &mut Workspace, x: &wgpu::Buffer, targets: &[u32]) -> wgpu::Buffer {
+        let rows = targets.len();
         let logits = self.logits(rec, ws, x, rows, "logits");
         let target = ws.get(rec.ctx, "targets", rows as u64 * 4);
-        rec.ctx.queue.write_buffer(&target, 0, bytemuck::cast_slice(&targets));
+        rec.ctx.queue.write_buffer(&target, 0, bytemuck::cast_slice(targets));
         let bits = ws.get(rec.ctx, "surprisal", rows as u64 * 4);
         kernel::logprob(rec, &logits, &target, &bits, rows, self.model.config.vocab_size);
         bits

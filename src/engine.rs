@@ -25,6 +25,8 @@ pub struct Engine {
     pub(crate) dummy: Tracked,
     /// Tokens per chunk of the causal parallel form.
     pub(crate) causal_chunk: usize,
+    /// Most tokens per segment when one long sequence runs segment by segment.
+    pub(crate) segment: usize,
 }
 
 pub(crate) struct GpuNorm {
@@ -54,7 +56,7 @@ pub struct GpuModel {
     pub(crate) id: u64,
     pub(crate) embed_tokens: Tracked,
     /// Learned table, or `None` for sinusoids (built on demand in `token_pos`).
-    embed_positions: Option<Tracked>,
+    pub(crate) embed_positions: Option<Tracked>,
     projected_embeddings: Tracked,
     /// Sinusoid rows 0..l for P, when positions are not learned.
     proj_positions: Option<Tracked>,
@@ -104,7 +106,7 @@ impl Engine {
     pub fn with_context(ctx: GpuContext) -> Engine {
         let stats = Arc::new(MemoryStats::default());
         let dummy = buffers::upload(&ctx, &stats, "dummy", &[0u32; 4]).expect("16 bytes fit any device");
-        Engine { workspace: Workspace::new(stats.clone()), cache: PipelineCache::default(), stats, dummy, ctx, causal_chunk: 64 }
+        Engine { workspace: Workspace::new(stats.clone()), cache: PipelineCache::default(), stats, dummy, ctx, causal_chunk: 64, segment: crate::causal::SEGMENT }
     }
 
     /// Bytes of GPU buffers the engine holds now, and the most it has held.

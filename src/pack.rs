@@ -10,20 +10,19 @@
 //! `normalize_before`) (LUNA_SPEC.md, "Causal Luna attention").
 //!
 //! The causal kernels never write `A` out. This runs the causal LM's own
-//! parallel pass ([`crate::causal`]) and, as each chosen layer's attention
-//! input goes by, records one extra GEMM whose weight folds `pc_proj` and the
-//! head-blocked `Q_P` together (`[H·l, d]`): its output is the `[n, H·l]`
-//! scores, turned into weights on the host. The same pass can score the
-//! sequence too, so a document is read once for both.
+//! pass over the sequence (segment by segment, [`Engine::sequence_pass`]) and,
+//! as each chosen layer's attention input goes by, records one extra GEMM
+//! whose weight folds `pc_proj` and the head-blocked `Q_P` together
+//! (`[H·l, d]`): its output is the `[n, H·l]` scores, turned into weights on
+//! the host. The same pass can score the sequence too, so a document is read
+//! once for both.
 
-use crate::causal::{lengths_u32, Hooks, Run};
+use crate::causal::Capture;
 use crate::config::ModelKind;
-use crate::engine::{Engine, ErrorScopes, GpuModel};
+use crate::engine::{Engine, GpuModel};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
-use crate::gpu::recorder::Recorder;
 use crate::input::Batch;
-use crate::kernels::gemm;
 use crate::model::Model;
 use crate::reference;
 use crate::reference::causal::softplus_ln2;
@@ -137,8 +136,7 @@ impl Engine {
         if batch.lengths[0] != tokens.len() {
             return Err(LunaError::Input(format!("the tokens hold the padding token {}; give real tokens only", c.padding_idx)));
         }
-        let (d, heads, l, n) = (c.embed_dim, c.num_heads, c.projection_length, tokens.len());
-        let (shape, pos_table) = self.prepare_parallel(gpu, &batch, if score { n } else { 0 })?;
+        let (heads, l, n) = (c.num_heads, c.projection_length, tokens.len());
         let floats = n * heads * l;
         let mut folded: Vec<(usize, Tracked, Tracked, Tracked)> = Vec::new();
         for &layer in layers {
@@ -146,34 +144,14 @@ impl Engine {
             let out = buffers::create(&self.ctx, &self.stats, "the pack weights", floats as u64 * 4)?;
             folded.push((layer, self.up("pack scores w", &w)?, self.up("pack scores b", &b)?, out));
         }
-        let last = if score { c.num_layers } else { layers.iter().max().map_or(0, |&m| m + 1) };
-
-        let scope = ErrorScopes::push(&self.ctx);
-        let result = async {
-            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
-            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-            let run = Run::new(gpu, &pos_table, shape, None)?.first_layers(last);
-            let mut capture = |rec: &mut Recorder, i: usize, ax: &wgpu::Buffer| {
-                for (layer, w, b, out) in &folded {
-                    if *layer == i {
-                        gemm::encode(rec, ax, &w.buffer, &b.buffer, None, &out.buffer, [n, heads * l, d], None);
-                    }
-                }
-            };
-            let hooks = Hooks { attention_input: Some(&mut capture), ..Hooks::default() };
-            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(&batch), hooks)?;
-            let bits = score.then(|| run.surprisal(&mut rec, workspace, &x, &batch));
-            rec.submit();
-            let mut reads: Vec<(&wgpu::Buffer, usize)> = folded.iter().map(|f| (&f.3.buffer, floats)).collect();
-            if let Some(b) = &bits {
-                reads.push((b, n));
-            }
-            let mut raw = buffers::read_f32(ctx, &reads).await?;
-            let bits = if score { raw.pop() } else { None };
-            Ok((bits, raw))
-        }
-        .await;
-        let (bits, raw) = self.close(scope, result).await?;
+        let captures: Vec<Capture> = folded
+            .iter()
+            .map(|(layer, w, b, out)| Capture { layer: *layer, w: &w.buffer, b: &b.buffer, width: heads * l, out: &out.buffer })
+            .collect();
+        let bits = self.sequence_pass(gpu, tokens, &captures, score).await?;
+        let reads: Vec<(&wgpu::Buffer, usize)> = folded.iter().map(|f| (&f.3.buffer, floats)).collect();
+        let raw = if reads.is_empty() { Vec::new() } else { buffers::read_f32(&self.ctx, &reads).await? };
+        drop(captures);
         drop(folded);
         let weights = layers
             .iter()

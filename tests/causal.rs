@@ -154,17 +154,28 @@ fn prefill_then_stream_equals_stream_from_start() {
 
 #[test]
 fn long_document_scored_against_reference() {
-    check_long_document(4500);
+    check_long_document(4500, None);
+}
+
+#[test]
+fn long_document_scored_segment_by_segment() {
+    // 4500 tokens in segments of 1000 (the last one partial, chunk 64 not
+    // dividing 1000): the state carried between segments, and t counted on.
+    check_long_document(4500, Some(1000));
 }
 
 #[test]
 fn document_of_64k_tokens_keeps_its_accuracy() {
-    // The 1/t factors and the sums of 65536 terms must neither overflow nor drift.
-    check_long_document(65536);
+    // The 1/t factors and the sums of 65536 terms must neither overflow nor
+    // drift (scored in segments of 16,384 tokens, the default).
+    check_long_document(65536, None);
 }
 
-fn check_long_document(n: usize) {
+fn check_long_document(n: usize, segment: Option<usize>) {
     let Some(mut engine) = common::engine() else { return };
+    if let Some(s) = segment {
+        engine.set_segment_rows(s).unwrap();
+    }
     let c = causal_config(json!({"embed_dim": 16, "ffn_embed_dim": 16, "num_heads": 2, "projection_length": 8,
                                  "num_layers": 1, "embed_scale": 4.0, "vocab_size": 20, "max_positions": 70000}));
     let model = Model::random(&c, 11).unwrap();
@@ -187,6 +198,7 @@ fn check_long_document(n: usize) {
     assert_eq!(bits[batch.len - 1], 0.0, "the last position has no next token");
     let n = (batch.len - 1) as f64;
     eprintln!("long document: worst {worst:.2e} bits, mean {:.4} vs {:.4}", total.0 / n, total.1 / n);
+    engine.set_segment_rows(16384).unwrap();
     assert!(worst < 1e-3, "surprisal off by {worst} bits");
     assert!((total.0 - total.1).abs() / n < 1e-5);
 }

@@ -60,7 +60,11 @@ fn reference_pack_weights(model: &Model, tokens: &[u32], target: usize) -> Vec<f
     scale(&mut qp, (dh as f64).powf(-0.5));
     let mut out = Vec::new();
     for (i, &tok) in tokens.iter().enumerate() {
-        let pos = token_sinusoid_row(c.padding_idx + 1 + i, c.padding_idx, d);
+        let r = c.padding_idx + 1 + i;
+        let pos: Vec<f64> = match &model.embed_positions {
+            Some(table) => table[r * d..(r + 1) * d].iter().map(|&v| v as f64).collect(),
+            None => token_sinusoid_row(r, c.padding_idx, d),
+        };
         let mut x: Vec<f64> = (0..d).map(|k| c.embed_scale * model.embed_tokens[tok as usize * d + k] as f64 + pos[k]).collect();
         for (li, state) in states.iter_mut().enumerate() {
             layer_step(c, model.causal_layer(li), &p, &mut x, state);
@@ -103,6 +107,15 @@ fn check(c: &Config, n: usize) {
     let bits_err = bits.iter().zip(&want_bits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(bits_err <= 1e-5, "surprisal of the pack pass differs from score by {bits_err}");
     assert_eq!(weights.iter().map(|w| w.layer).collect::<Vec<_>>(), all);
+    // The same pass segment by segment (64 tokens each: the state carried over) gives the same.
+    engine.set_segment_rows(64).unwrap();
+    let (seg_bits, seg_weights) = engine.score_with_pack_weights_blocking(&gm, &model, &ids, &all).unwrap();
+    engine.set_segment_rows(16384).unwrap();
+    let seg_err = seg_bits.iter().zip(&bits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(seg_err <= 1e-5, "segmented surprisal differs by {seg_err}");
+    for (a, b) in seg_weights.iter().zip(&weights) {
+        assert!(a.values.iter().zip(&b.values).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1.0)), "segmented pack weights differ");
+    }
     for layer in 0..c.num_layers {
         // One layer alone (the run stops after it) and the same layer from the pass over all.
         let got = engine.pack_weights_blocking(&gm, &model, &ids, &[layer]).unwrap().remove(0);
@@ -128,8 +141,8 @@ fn pack_weights_match_reference_post_norm() {
 }
 
 #[test]
-fn pack_weights_match_reference_pre_norm_tied() {
-    check(&causal_config(json!({"normalize_before": true, "tie_kv": true})), 70);
+fn pack_weights_match_reference_pre_norm_tied_learned_positions() {
+    check(&causal_config(json!({"normalize_before": true, "tie_kv": true, "learned_pos": true})), 70);
 }
 
 #[test]

@@ -66,8 +66,14 @@ pub fn spec(emit: bool) -> KernelSpec {
     }
 }
 
-pub fn scan_spec() -> KernelSpec {
-    KernelSpec { name: "causal_scan", source: SCAN_SOURCE, entry: "main", storage: &[Access::Write], constants: vec![] }
+pub fn scan_spec(carry: bool) -> KernelSpec {
+    KernelSpec {
+        name: "causal_scan",
+        source: SCAN_SOURCE,
+        entry: "main",
+        storage: &[Access::Write, Access::Write],
+        constants: vec![("CARRY", carry as u8 as f64)],
+    }
 }
 
 pub fn logprob_spec() -> KernelSpec {
@@ -81,7 +87,7 @@ pub fn logprob_spec() -> KernelSpec {
 }
 
 pub fn variants() -> Vec<KernelSpec> {
-    vec![spec(false), spec(true), scan_spec(), logprob_spec()]
+    vec![spec(false), spec(true), scan_spec(false), scan_spec(true), logprob_spec()]
 }
 
 /// Where the per-token inputs lie: one row per token of `stride` floats
@@ -156,15 +162,29 @@ fn pass(rec: &mut Recorder, emit: bool, inp: Inputs, qp: &wgpu::Buffer, lengths:
 /// `qp` is `Q_P · dh^-0.5`, `[l, d]`; `lengths [B]` (tokens past them are not
 /// folded into the state). Afterwards block `(b, c, h)` of `state` holds the
 /// state after the last valid token of chunk `c`.
+///
+/// With `carry` (`[B, H, block]`), the rows continue sequences whose state
+/// before row 0 is in `carry` (and `s.t_base` tokens came before them), and
+/// `carry` is left holding the state after the last row: a long sequence then
+/// runs segment by segment in memory that does not grow with its length.
 #[allow(clippy::too_many_arguments)]
-pub fn parallel(rec: &mut Recorder, inp: Inputs, qp: &wgpu::Buffer, lengths: &wgpu::Buffer, state: &wgpu::Buffer, out: &wgpu::Buffer, s: Shape) {
+pub fn parallel(
+    rec: &mut Recorder,
+    inp: Inputs,
+    qp: &wgpu::Buffer,
+    lengths: &wgpu::Buffer,
+    state: &wgpu::Buffer,
+    carry: Option<&wgpu::Buffer>,
+    out: &wgpu::Buffer,
+    s: Shape,
+) {
     // Chunk sums from a zero state (the kernel zeroes its block first when not emitting).
     pass(rec, false, inp, qp, lengths, state, out, s);
-    let kernel = rec.kernel(scan_spec());
+    let kernel = rec.kernel(scan_spec(carry.is_some()));
     let total = (s.batch * s.heads * s.block()) as u32;
     let params = ScanParams { chunks: s.chunks() as u32, heads: s.heads as u32, block: s.block() as u32, total };
     let groups = rec.grid(total.div_ceil(64));
-    rec.dispatch(&kernel, &params, &[state], groups);
+    rec.dispatch(&kernel, &params, &[state, carry.unwrap_or(rec.dummy)], groups);
     pass(rec, true, inp, qp, lengths, state, out, s);
 }
 
