@@ -499,6 +499,30 @@ impl LunaModel {
         Ok(self.tok()?.encode_with_bos(text.as_bytes()))
     }
 
+    /// Floats per token of the widest per-token buffer of one pass.
+    fn widest_row(&self) -> usize {
+        let c = &self.model.config;
+        let d = c.embed_dim;
+        match c.model {
+            ModelKind::CausalLm => (if c.tie_kv { 4 * d } else { 5 * d }).max(c.ffn_embed_dim).max(c.vocab_size),
+            ModelKind::Encoder => (if c.tie_kv { 2 * d } else { 3 * d }).max(c.ffn_embed_dim),
+        }
+    }
+
+    /// The page promises one pass over a document within [`LunaModel::max_tokens`].
+    /// (The native engine scores a longer document segment by segment; the
+    /// browser keeps the one-pass limit, which its demo explains.)
+    fn check_one_pass(&self, tokens: usize) -> Result<(), JsValue> {
+        if tokens as f64 > self.max_tokens() {
+            return Err(js(LunaError::TooLarge {
+                what: format!("a document of {tokens} tokens in one pass"),
+                needed: tokens as u64 * self.widest_row() as u64 * 4,
+                limit: self.max_binding,
+            }));
+        }
+        Ok(())
+    }
+
     fn check_positions(&self, tokens: usize) -> Result<(), JsValue> {
         let c = &self.model.config;
         if c.learned_pos && tokens > c.max_positions {
@@ -590,13 +614,7 @@ impl LunaModel {
     /// must fit one storage binding. (The device's total memory may bind first.)
     #[wasm_bindgen(js_name = maxTokens)]
     pub fn max_tokens(&self) -> f64 {
-        let c = &self.model.config;
-        let d = c.embed_dim;
-        let widest = match c.model {
-            ModelKind::CausalLm => (if c.tie_kv { 4 * d } else { 5 * d }).max(c.ffn_embed_dim).max(c.vocab_size),
-            ModelKind::Encoder => (if c.tie_kv { 2 * d } else { 3 * d }).max(c.ffn_embed_dim),
-        };
-        (self.max_binding / (widest as u64 * 4)) as f64
+        (self.max_binding / (self.widest_row() as u64 * 4)) as f64
     }
 
     /// Token ids of `text`; with `bos`, the tokenizer's bos first (the form `score` and `generate` use).
@@ -649,6 +667,7 @@ impl LunaModel {
             return Err(input("the text is one byte and the tokenizer has no bos: that byte has no context, so nothing can be scored"));
         }
         self.check_positions(ids.len())?;
+        self.check_one_pass(ids.len())?;
         let ids64: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
         let batch = Batch::new(&self.model.config, &ids64, 1, ids.len()).map_err(js)?;
         let (bits, ms, peak) = {
