@@ -10,8 +10,8 @@
 //! - Softmax layer: projections `2n·d·3d + 2n·d·d`, attention `4·n²·d`, FFN `4n·d·f`.
 //! - GEMM m×n×k: `2mnk`.
 
-use crate::baseline::{Kind, SoftmaxConfig, SoftmaxInput, SoftmaxLayer};
-use crate::config::{Activation, Config};
+use crate::baseline::{Kind, SoftmaxConfig, SoftmaxInput};
+use crate::config::Config;
 use crate::error::{LunaError, Result};
 use crate::gpu::recorder::Timestamps;
 use crate::init::random_tokens;
@@ -196,16 +196,7 @@ pub fn time_point(engine: &mut Engine, method: Method, n: usize, sweep: &Sweep, 
 /// Times the softmax baseline encoder (same GEMMs, LayerNorm and FFN as Luna's).
 #[allow(clippy::too_many_arguments)]
 fn time_softmax(engine: &mut Engine, naive: bool, batch: usize, n: usize, d: usize, heads: usize, layers: usize, repeats: usize) -> Result<(Vec<f64>, u64)> {
-    let config = SoftmaxConfig {
-        embed_dim: d,
-        ffn_embed_dim: 4 * d,
-        num_heads: heads,
-        num_layers: layers,
-        activation: Activation::Gelu,
-        normalize_before: false,
-        layer_norm_eps: 1e-5,
-    };
-    let weights: Vec<SoftmaxLayer> = (0..layers).map(|i| SoftmaxLayer::random(d, 4 * d, i as u64)).collect();
+    let (config, weights) = SoftmaxConfig::random_bench(d, heads, layers);
     let encoder = engine.load_softmax(&config, &weights)?;
     let x = crate::init::Rng::new(5).fill(batch * n * d, 1.0);
     let key_mask = vec![false; batch * n];

@@ -19,8 +19,8 @@
 
 #![allow(clippy::await_holding_refcell_ref)]
 
-use crate::baseline::{Kind, SoftmaxConfig, SoftmaxInput, SoftmaxLayer};
-use crate::config::{Activation, Config, ModelKind};
+use crate::baseline::{Kind, SoftmaxConfig, SoftmaxInput};
+use crate::config::{Config, ModelKind};
 use crate::engine::{Engine, GpuModel};
 use crate::error::LunaError;
 use crate::gpu::buffers::MemoryStats;
@@ -377,16 +377,7 @@ impl LunaEngine {
             }
             "softmax-flash" | "softmax-naive" => {
                 let kind = if method == "softmax-naive" { Kind::Naive } else { Kind::Flash };
-                let config = SoftmaxConfig {
-                    embed_dim: d,
-                    ffn_embed_dim: 4 * d,
-                    num_heads: heads,
-                    num_layers: layers,
-                    activation: Activation::Gelu,
-                    normalize_before: false,
-                    layer_norm_eps: 1e-5,
-                };
-                let weights: Vec<SoftmaxLayer> = (0..layers).map(|i| SoftmaxLayer::random(d, 4 * d, i as u64)).collect();
+                let (config, weights) = SoftmaxConfig::random_bench(d, heads, layers);
                 let enc = e.load_softmax_async(&config, &weights).await.map_err(js)?;
                 let x = crate::init::Rng::new(5).fill(n * d, 1.0);
                 let key_mask = vec![false; n];

@@ -8,9 +8,8 @@
 mod common;
 
 use common::config;
-use luna_wgpu::model::CausalLayer;
-use luna_wgpu::reference::causal::{causal_attention_step, causal_p, softplus_ln2, CausalState};
-use luna_wgpu::reference::ops::{activation, add, layer_norm, linear, scale, token_sinusoid_row};
+use luna_wgpu::reference::causal::{causal_layer_step, causal_p, softplus_ln2, CausalState};
+use luna_wgpu::reference::ops::{layer_norm, linear, scale, token_sinusoid_row};
 use luna_wgpu::{Config, LunaError, Model};
 use serde_json::json;
 
@@ -22,31 +21,6 @@ fn causal_config(overrides: serde_json::Value) -> Config {
         o[k] = v.clone();
     }
     config(o)
-}
-
-/// One layer on one token (LUNA_SPEC.md, "Causal LM"), updating its state.
-fn layer_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &mut Vec<f64>, state: &mut CausalState) {
-    let d = c.embed_dim;
-    let eps = c.layer_norm_eps;
-    let ffn = |h: &[f64]| {
-        let mut f = linear(h, 1, &layer.fc1);
-        f.iter_mut().for_each(|v| *v = activation(c.activation, *v));
-        linear(&f, 1, &layer.fc2)
-    };
-    if c.normalize_before {
-        let xn = layer_norm(x, d, &layer.self_attn_layer_norm, eps);
-        let y = causal_attention_step(c, layer, p, &xn, state);
-        add(x, &y);
-        let h = layer_norm(x, d, &layer.final_layer_norm, eps);
-        add(x, &ffn(&h));
-    } else {
-        let y = causal_attention_step(c, layer, p, x, state);
-        add(x, &y);
-        *x = layer_norm(x, d, &layer.self_attn_layer_norm, eps);
-        let f = ffn(x);
-        add(x, &f);
-        *x = layer_norm(x, d, &layer.final_layer_norm, eps);
-    }
 }
 
 /// `A [n, H, l]` of `target` for one sequence (positions 2, 3, ... for padding_idx 1).
@@ -67,7 +41,7 @@ fn reference_pack_weights(model: &Model, tokens: &[u32], target: usize) -> Vec<f
         };
         let mut x: Vec<f64> = (0..d).map(|k| c.embed_scale * model.embed_tokens[tok as usize * d + k] as f64 + pos[k]).collect();
         for (li, state) in states.iter_mut().enumerate() {
-            layer_step(c, model.causal_layer(li), &p, &mut x, state);
+            causal_layer_step(c, model.causal_layer(li), &p, &mut x, state);
         }
         let ax = if c.normalize_before { layer_norm(&x, d, &tl.self_attn_layer_norm, c.layer_norm_eps) } else { x.clone() };
         let pc = linear(&ax, 1, &tl.pc_proj);

@@ -84,7 +84,7 @@ pub fn causal_attention_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &[f6
 }
 
 /// One causal LM layer on one token, updating that layer's state.
-fn causal_layer_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &mut Vec<f64>, state: &mut CausalState) {
+pub fn causal_layer_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &mut Vec<f64>, state: &mut CausalState) {
     let d = c.embed_dim;
     let eps = c.layer_norm_eps;
     let ffn = |h: &[f64]| {

@@ -40,6 +40,21 @@ pub struct SoftmaxConfig {
 }
 
 impl SoftmaxConfig {
+    /// The benchmarks' random baseline (post-norm, gelu, FFN 4·d) of `layers`
+    /// layers, with its weights: the same for `luna bench` and the browser's chart.
+    pub fn random_bench(d: usize, heads: usize, layers: usize) -> (SoftmaxConfig, Vec<SoftmaxLayer>) {
+        let config = SoftmaxConfig {
+            embed_dim: d,
+            ffn_embed_dim: 4 * d,
+            num_heads: heads,
+            num_layers: layers,
+            activation: Activation::Gelu,
+            normalize_before: false,
+            layer_norm_eps: 1e-5,
+        };
+        (config, (0..layers).map(|i| SoftmaxLayer::random(d, 4 * d, i as u64)).collect())
+    }
+
     /// The baseline matching a Luna config: same width, FFN, heads, layers, activation, norms.
     pub fn from_luna(c: &Config) -> SoftmaxConfig {
         SoftmaxConfig {
