@@ -108,7 +108,7 @@ impl Engine {
         })
     }
 
-    fn causal_weights<'m>(model: &'m GpuModel) -> Result<&'m GpuCausal> {
+    fn causal_weights(model: &GpuModel) -> Result<&GpuCausal> {
         model.causal.as_ref().ok_or_else(|| {
             LunaError::Unsupported("this model is an encoder; logits, scores and generation need a causal_lm".into())
         })

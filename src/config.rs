@@ -146,13 +146,13 @@ impl Config {
                 return err(format!("{name} must be at least 1"));
             }
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return err(format!(
                 "embed_dim {} is not divisible by num_heads {}",
                 self.embed_dim, self.num_heads
             ));
         }
-        if self.embed_dim % self.num_pheads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_pheads) {
             return err(format!(
                 "embed_dim {} is not divisible by num_pheads {}",
                 self.embed_dim, self.num_pheads

@@ -756,7 +756,7 @@ fn write_surprisal(path: &Path, batch: &Batch, bits: &[f64], tok: Option<&Tokeni
 fn bench(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
     use luna_wgpu::bench::{self, Method, Sweep};
     use luna_wgpu::report;
-    if a.d == 0 || a.heads == 0 || a.d % a.heads != 0 || a.batch == 0 || a.layers == 0 || a.l.contains(&0) {
+    if a.d == 0 || a.heads == 0 || !a.d.is_multiple_of(a.heads) || a.batch == 0 || a.layers == 0 || a.l.contains(&0) {
         return Err(LunaError::Input("--d must be a positive multiple of --heads; --batch, --layers and every --l at least 1".into()));
     }
     let mut engine = Engine::new_blocking(choice)?;

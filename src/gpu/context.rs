@@ -164,7 +164,7 @@ impl GpuContext {
 
     /// Largest single buffer binding the engine may use.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
     /// A human-readable summary for `luna info`.

@@ -108,6 +108,7 @@ pub fn token_sinusoid_row(r: usize, pad: usize, d: usize) -> Vec<f64> {
 /// Multi-head softmax attention: `q [m, d]` against `k`, `v` `[s, d]` with
 /// `heads` heads splitting the columns; keys under `key_mask` are excluded.
 /// Queries must already be scaled. Returns `[m, d]`.
+#[allow(clippy::too_many_arguments)]
 pub fn multihead_attention(
     q: &[f64],
     k: &[f64],
