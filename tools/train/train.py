@@ -5,8 +5,9 @@ r"""Train a byte-level causal Luna LM (LUNA_SPEC.md, "Causal LM") and export it 
         --embed-dim 192 --ffn-dim 768 --layers 4 --heads 4 --proj-len 32 \
         --seq-len 128 --batch 32 --lr 2e-3 --warmup 100 --steps 3600 --eval-every 200 --stop-at 2918
     python tools/train/train.py ...the same flags... --steps 4400 --long-len 4096 --resume
+    python tools/train/train.py ...the same flags... --steps 4600 --long-len 65536 --min-lr-ratio 0.25 --resume
 
-(the shipped model, in two phases; models/README.md). Data: tools/train/prepare_corpus.py.
+(the shipped model, in three phases; models/README.md). Data: tools/train/prepare_corpus.py.
 
 Training windows are `--seq-len` bytes drawn at random offsets of DATA/train.txt,
 each with bos in front (so positions and the 1/t factors are those of a
