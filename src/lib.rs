@@ -30,9 +30,11 @@ pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
+pub use causal::{CausalOutput, Decoder};
 pub use config::{Activation, Config, ModelKind};
 pub use engine::{Engine, GpuModel};
 pub use error::{LunaError, Result};
 pub use gpu::AdapterChoice;
 pub use input::{Batch, EncoderOutput};
 pub use model::Model;
+pub use pack::PackWeights;
