@@ -11,7 +11,7 @@
 //! read, aligned with the document. The pass that scores the document also
 //! captures the pack weights of every layer, so the document is read once.
 
-use luna_wgpu::pack::PackWeights;
+use luna_wgpu::PackWeights;
 use luna_wgpu::tokenizer::Tokenizer;
 use luna_wgpu::{shipped, AdapterChoice, Engine, LunaError, Model};
 use std::fmt::Write as _;
@@ -228,7 +228,7 @@ fn write_report(
     for p in pack {
         let mut ranked: Vec<(f64, usize, usize, Vec<f64>)> = Vec::new();
         for h in 0..p.heads {
-            for j in 0..p.slots {
+            for j in 0..p.proj_len {
                 let v = binned(bytes.len(), bins, |i| p.get(i + offset, h, j) as f64);
                 let mean = v.iter().sum::<f64>() / v.len() as f64;
                 let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();

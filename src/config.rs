@@ -49,7 +49,7 @@ struct RawConfig {
     layer_norm_eps: Option<f64>,
 }
 
-/// A validated model configuration (LUNA_SPEC.md, "Model file").
+/// A validated model configuration (docs/luna.md, "The model file").
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Config {
     pub model: ModelKind,

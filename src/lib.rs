@@ -2,13 +2,11 @@
 //! on WebGPU compute shaders, with a float64 CPU reference as its oracle.
 //!
 //! The numbers follow the authors' PyTorch implementation exactly; the
-//! contract is written down in LUNA_SPEC.md.
+//! math is written down in docs/luna.md and the design in
+//! docs/ARCHITECTURE.md.
 
-pub mod baseline;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
-pub(crate) mod block;
-pub mod causal;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -16,25 +14,24 @@ pub mod gpu;
 pub mod init;
 pub mod input;
 pub mod kernels;
+pub mod math;
 pub mod model;
-pub mod pack;
 pub mod reference;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod report;
 pub mod sample;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod shipped;
+pub mod softmax_model;
 pub mod tensors;
 pub mod tokenizer;
 /// The JavaScript API of the browser build (wasm-bindgen; see web/README.md).
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
-pub use causal::{CausalOutput, Decoder};
+/// The softmax-attention baselines (their code is in `engine/baseline.rs`).
+pub use engine::baseline;
 pub use config::{Activation, Config, ModelKind};
-pub use engine::{Engine, GpuModel};
+pub use engine::{CausalOutput, Decoder, Engine, GpuModel, PackWeights};
 pub use error::{LunaError, Result};
 pub use gpu::AdapterChoice;
 pub use input::{Batch, EncoderOutput};
 pub use model::Model;
-pub use pack::PackWeights;

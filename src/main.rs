@@ -1,7 +1,7 @@
 //! `luna`: the command-line front end of luna-wgpu.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use luna_wgpu::causal::Decoder;
+use luna_wgpu::Decoder;
 use luna_wgpu::config::Config;
 use luna_wgpu::gpu::context::{describe, list_adapters};
 use luna_wgpu::reference::causal::{causal_lm_logits, CausalState};
@@ -372,7 +372,7 @@ fn forward(choice: &AdapterChoice, model_path: PathBuf, input: PathBuf, output: 
     } else {
         let cpu = || -> Result<_> {
             let t = Instant::now();
-            let out = luna_wgpu::reference::encode(&model, &batch);
+            let out = luna_wgpu::reference::encoder_output(&model, &batch);
             Ok((out, cpu_note(t.elapsed().as_secs_f64())))
         };
         let (out, note) = match engine {
@@ -755,7 +755,7 @@ fn write_surprisal(path: &Path, batch: &Batch, bits: &[f64], tok: Option<&Tokeni
 
 fn bench(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
     use luna_wgpu::bench::{self, Method, Sweep};
-    use luna_wgpu::report;
+    use luna_wgpu::bench::report;
     if a.d == 0 || a.heads == 0 || !a.d.is_multiple_of(a.heads) || a.batch == 0 || a.layers == 0 || a.l.contains(&0) {
         return Err(LunaError::Input("--d must be a positive multiple of --heads; --batch, --layers and every --l at least 1".into()));
     }

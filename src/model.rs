@@ -1,5 +1,5 @@
 //! A Luna model: its config and weights, loaded from (and saved to) the
-//! safetensors model file of LUNA_SPEC.md, with the authors' tensor names.
+//! safetensors model file of docs/luna.md ("The model file"), with the authors' tensor names.
 
 use crate::config::{Config, ModelKind};
 use crate::error::{LunaError, Result};
@@ -63,7 +63,7 @@ pub struct Layer {
     pub final_layer_norm: Norm,
 }
 
-/// The weights of one causal LM layer (`layers.{i}.`, LUNA_SPEC.md "Causal LM").
+/// The weights of one causal LM layer (`layers.{i}.`, docs/luna.md, "The causal LM").
 #[derive(Clone, Debug)]
 pub struct CausalLayer {
     pub q_proj: Linear,

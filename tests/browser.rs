@@ -149,7 +149,7 @@ fn make_fixtures(dir: &Path) {
             let gm = engine.load(&model).unwrap();
             let pw = engine.pack_weights_blocking(&gm, &model, &seqs[0], &[1]).unwrap().remove(0);
             let ids: Vec<i64> = seqs[0].iter().map(|&t| t as i64).collect();
-            let named = [tensors::Named { name: "weights", shape: vec![pw.len, pw.heads, pw.slots], data: &pw.values }];
+            let named = [tensors::Named { name: "weights", shape: vec![pw.len, pw.heads, pw.proj_len], data: &pw.values }];
             tensors::write_file(&p("pack.safetensors"), &tensors::serialize_f32(&named, None).unwrap()).unwrap();
             tensors::write_file(&p("pack.tokens.safetensors"), &tensors::serialize_tokens(&ids, [1, ids.len()]).unwrap()).unwrap();
         }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use luna_wgpu::kernels::gemm::Gemm;
+use luna_wgpu::kernels::attention::Attention;
 use luna_wgpu::config::Activation;
 use luna_wgpu::init::Rng;
 use luna_wgpu::kernels::attention::{self, Shape, View};
@@ -57,7 +59,7 @@ fn gemm_matches_reference() {
                 let out = engine.upload("c", &vec![f32::NAN; m * n]).unwrap();
                 let mut rec = engine.recorder();
                 let res = residual.then_some(&rb.buffer);
-                gemm::encode(&mut rec, &ab.buffer, &wb.buffer, &bb.buffer, res, &out.buffer, [m, n, k], act);
+                gemm::record(&mut rec, &Gemm::new(&ab.buffer, &wb.buffer, &bb.buffer, &out.buffer, [m, n, k]).residual(res).act(act));
                 rec.submit();
                 let got = engine.read_blocking(&[(&out.buffer, m * n)]).unwrap().remove(0);
                 let e = rel_err(&got, &want);
@@ -106,17 +108,7 @@ fn check_attention(batch: usize, q_rows: usize, k_rows: usize, heads: usize, hea
     let shape = Shape { batch, q_rows, k_rows, heads, head_dim, scale: scale as f32 };
     let scratch = engine.upload("scratch", &vec![f32::NAN; shape.scratch_floats().max(1)]).unwrap();
     let mut rec = engine.recorder();
-    attention::encode(
-        &mut rec,
-        View { buffer: &qbuf.buffer, stride: q_stride, offset: q_off },
-        View { buffer: &kvbuf.buffer, stride: kv_stride, offset: k_off },
-        View { buffer: &kvbuf.buffer, stride: kv_stride, offset: v_off },
-        &mbuf.buffer,
-        &out.buffer,
-        d,
-        shape,
-        &scratch.buffer,
-    );
+    attention::record(&mut rec, &Attention { q: View { buffer: &qbuf.buffer, stride: q_stride, offset: q_off }, k: View { buffer: &kvbuf.buffer, stride: kv_stride, offset: k_off }, v: View { buffer: &kvbuf.buffer, stride: kv_stride, offset: v_off }, key_mask: &mbuf.buffer, out: &out.buffer, out_stride: d, shape: shape, scratch: &scratch.buffer });
     rec.submit();
     let got = engine.read_blocking(&[(&out.buffer, batch * q_rows * d)]).unwrap().remove(0);
     let e = rel_err(&got, &want);
@@ -169,7 +161,7 @@ fn layernorm_matches_reference() {
                     let mbuf = engine.upload("mask", &mask).unwrap();
                     let out = engine.upload("out", &vec![f32::NAN; rows * d]).unwrap();
                     let mut rec = engine.recorder();
-                    layernorm::encode(
+                    layernorm::record(
                         &mut rec,
                         layernorm::Step {
                             x: &bufs[0].buffer,
@@ -222,7 +214,7 @@ fn embed_matches_reference() {
             let (ib, pb, mb) = (engine.upload("ids", &ids).unwrap(), engine.upload("pos", &pos).unwrap(), engine.upload("m", &mask).unwrap());
             let out = engine.upload("out", &vec![f32::NAN; rows * d]).unwrap();
             let mut rec = engine.recorder();
-            embed::encode(
+            embed::record(
                 &mut rec,
                 embed::Gather {
                     ids: &ib.buffer,

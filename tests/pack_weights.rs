@@ -95,7 +95,7 @@ fn check(c: &Config, n: usize) {
         let got = engine.pack_weights_blocking(&gm, &model, &ids, &[layer]).unwrap().remove(0);
         let joint = weights.iter().find(|w| w.layer == layer).unwrap();
         assert!(got.values.iter().zip(&joint.values).all(|(a, b)| (a - b).abs() <= 1e-5 * a.abs().max(1.0)));
-        assert_eq!((got.len, got.heads, got.slots, got.layer), (n, c.num_heads, c.projection_length, layer));
+        assert_eq!((got.len, got.heads, got.proj_len, got.layer), (n, c.num_heads, c.projection_length, layer));
         let want = reference_pack_weights(&model, &ids, layer);
         assert_eq!(got.values.len(), want.len());
         let mag = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
@@ -127,7 +127,7 @@ fn pack_weights_refuse_bad_input() {
     let gm = engine.load(&model).unwrap();
     let bad = |r: luna_wgpu::Result<_>| match r {
         Err(LunaError::Input(m)) => m,
-        other => panic!("expected an input error, got {:?}", other.map(|_: Vec<luna_wgpu::pack::PackWeights>| ())),
+        other => panic!("expected an input error, got {:?}", other.map(|_: Vec<luna_wgpu::PackWeights>| ())),
     };
     assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 4], &[3])).contains("layer 3"));
     assert!(bad(engine.pack_weights_blocking(&gm, &model, &[3, 4], &[1, 1])).contains("twice"));

@@ -6,6 +6,7 @@
 
 mod common;
 
+use luna_wgpu::kernels::attention::Attention;
 use luna_wgpu::baseline::{Kind, SoftmaxConfig, SoftmaxInput, SoftmaxLayer};
 use luna_wgpu::init::Rng;
 use luna_wgpu::kernels::softmax::{self, Shape, View};
@@ -88,18 +89,7 @@ fn run_kernel(engine: &Engine, kind: Kind, c: &Case) -> Result<f64, LunaError> {
     let out = engine.upload("o", &vec![f32::NAN; batch * q_rows * d]).unwrap();
     let scratch = engine.upload("scratch", &vec![f32::NAN; softmax::scratch_floats(kind, &shape).max(1) as usize]).unwrap();
     let mut rec = engine.recorder();
-    softmax::encode(
-        &mut rec,
-        kind,
-        View { buffer: &qbuf.buffer, stride: q_stride, offset: q_off },
-        View { buffer: &kvbuf.buffer, stride: kv_stride, offset: k_off },
-        View { buffer: &kvbuf.buffer, stride: kv_stride, offset: v_off },
-        &mbuf.buffer,
-        &out.buffer,
-        d,
-        shape,
-        &scratch.buffer,
-    )?;
+    softmax::record(&mut rec, kind, &Attention { q: View { buffer: &qbuf.buffer, stride: q_stride, offset: q_off }, k: View { buffer: &kvbuf.buffer, stride: kv_stride, offset: k_off }, v: View { buffer: &kvbuf.buffer, stride: kv_stride, offset: v_off }, key_mask: &mbuf.buffer, out: &out.buffer, out_stride: d, shape: shape, scratch: &scratch.buffer })?;
     rec.submit();
     let got = engine.read_blocking(&[(&out.buffer, batch * q_rows * d)]).unwrap().remove(0);
     Ok(rel_err(&got, &want, d, |_| true))
@@ -210,7 +200,7 @@ fn kernels_refuse_what_they_cannot_run() {
     let mask = engine.upload("mask", &vec![0u32; n]).unwrap();
     let mut rec = engine.recorder();
     let view = |offset| View { buffer: &buf.buffer, stride: 12, offset };
-    let r = softmax::encode_naive(&mut rec, view(0), view(4), view(8), &mask.buffer, &buf.buffer, 12, shape, &buf.buffer);
+    let r = softmax::record_naive(&mut rec, &Attention { q: view(0), k: view(4), v: view(8), key_mask: &mask.buffer, out: &buf.buffer, out_stride: 12, shape: shape, scratch: &buf.buffer });
     match r {
         Err(LunaError::TooLarge { needed, limit: l, .. }) => assert!(needed > l && l == limit),
         other => panic!("expected TooLarge, got {other:?}"),

@@ -36,7 +36,8 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    pub(crate) fn new(q: &View, k: &View, v: &View, out_stride: usize, s: &Shape) -> Layout {
+    pub(crate) fn new(a: &Attention) -> Layout {
+        let (q, k, v, out_stride, s) = (&a.q, &a.k, &a.v, a.out_stride, &a.shape);
         Layout {
             q_rows: s.q_rows as u32,
             k_rows: s.k_rows as u32,
@@ -127,7 +128,7 @@ impl Shape {
         (self.k_rows.div_ceil(per).max(1), per)
     }
 
-    /// Floats of scratch `encode` needs for partial states (0 with a single split).
+    /// Floats of scratch [`record`] needs for partial states (0 with a single split).
     pub fn scratch_floats(&self) -> usize {
         match self.splits() {
             (1, _) => 0,
@@ -136,27 +137,35 @@ impl Shape {
     }
 }
 
-/// `out[b, i, head cols] = softmax(scale · q_i · K^T, masked) · V` for every
-/// batch, head and query row; `key_mask` is `[batch, k_rows]`, nonzero = masked.
-/// `scratch` must hold [`Shape::scratch_floats`] floats (any buffer when that is 0).
-#[allow(clippy::too_many_arguments)]
-pub fn encode(
-    rec: &mut Recorder,
-    q: View,
-    k: View,
-    v: View,
-    key_mask: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    out_stride: usize,
-    s: Shape,
-    scratch: &wgpu::Buffer,
-) {
+/// The operands of one attention call: the pack and unpack of Luna here,
+/// and the softmax baselines (`kernels::softmax`) with the same layout.
+#[derive(Clone, Copy)]
+pub struct Attention<'a> {
+    pub q: View<'a>,
+    pub k: View<'a>,
+    pub v: View<'a>,
+    /// `[batch, k_rows]` u32, nonzero = a masked key.
+    pub key_mask: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+    /// Floats per row of `out` (heads write their columns of it).
+    pub out_stride: usize,
+    pub shape: Shape,
+    /// Partial softmax states when the keys are split ([`Shape::scratch_floats`]
+    /// floats here; any buffer when that is 0), or the kernel's own scratch in
+    /// `kernels::softmax`.
+    pub scratch: &'a wgpu::Buffer,
+}
+
+/// Records `out[b, i, head cols] = softmax(scale · q_i · K^T, masked) · V` for
+/// every batch, head and query row.
+pub fn record(rec: &mut Recorder, a: &Attention) {
+    let (s, scratch, out_stride) = (a.shape, a.scratch, a.out_stride);
     let kernel = rec.kernel(spec());
     let (splits, keys_per_split) = s.splits();
     let rows = (s.batch * s.heads * s.q_rows) as u32;
     let total = rows * splits as u32;
     let params = Params {
-        layout: Layout::new(&q, &k, &v, out_stride, &s),
+        layout: Layout::new(a),
         total,
         scale: s.scale,
         splits: splits as u32,
@@ -165,7 +174,7 @@ pub fn encode(
     };
     let groups = rec.grid(total);
     let partial = if splits > 1 { scratch } else { rec.dummy };
-    rec.dispatch(&kernel, &params, &[q.buffer, k.buffer, v.buffer, key_mask, out, partial], groups);
+    rec.dispatch(&kernel, &params, &[a.q.buffer, a.k.buffer, a.v.buffer, a.key_mask, a.out, partial], groups);
     if splits > 1 {
         let combine = rec.kernel(combine_spec());
         let params = CombineParams {
@@ -178,6 +187,6 @@ pub fn encode(
             _pad: [0; 2],
         };
         let groups = rec.grid(rows);
-        rec.dispatch(&combine, &params, &[scratch, out], groups);
+        rec.dispatch(&combine, &params, &[scratch, a.out], groups);
     }
 }

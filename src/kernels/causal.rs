@@ -131,8 +131,26 @@ impl Shape {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn pass(rec: &mut Recorder, emit: bool, inp: Inputs, qp: &wgpu::Buffer, lengths: &wgpu::Buffer, state: &wgpu::Buffer, out: &wgpu::Buffer, s: Shape) {
+/// The operands of one causal attention call.
+#[derive(Clone, Copy)]
+pub struct Causal<'a> {
+    pub inputs: Inputs<'a>,
+    /// `Q_P · dh^-0.5`, `[l, d]`.
+    pub qp: &'a wgpu::Buffer,
+    /// `[B]` u32: tokens past a sequence's length are not folded into the state.
+    pub lengths: &'a wgpu::Buffer,
+    /// The chunk states (parallel form, [`Shape::state_floats`] floats) or the
+    /// decoder's persistent state (streaming form, `[B, H, 2, l, dh]`).
+    pub state: &'a wgpu::Buffer,
+    /// The state a parallel pass continues from and leaves updated (`[B, H, block]`), if any.
+    pub carry: Option<&'a wgpu::Buffer>,
+    /// `[B·rows, d]`.
+    pub out: &'a wgpu::Buffer,
+    pub shape: Shape,
+}
+
+fn pass(rec: &mut Recorder, emit: bool, c: &Causal) {
+    let (inp, s) = (c.inputs, c.shape);
     let kernel = rec.kernel(spec(emit));
     let total = (s.batch * s.chunks() * s.heads) as u32;
     let params = Params {
@@ -154,45 +172,36 @@ fn pass(rec: &mut Recorder, emit: bool, inp: Inputs, qp: &wgpu::Buffer, lengths:
         _pad: 0,
     };
     let groups = rec.grid(total);
-    let out = if emit { out } else { rec.dummy };
-    rec.dispatch(&kernel, &params, &[inp.x, qp, lengths, state, out], groups);
+    let out = if emit { c.out } else { rec.dummy };
+    rec.dispatch(&kernel, &params, &[inp.x, c.qp, c.lengths, c.state, out], groups);
 }
 
-/// The parallel form over whole sequences: `out [B·rows, d]` from the inputs;
-/// `qp` is `Q_P · dh^-0.5`, `[l, d]`; `lengths [B]` (tokens past them are not
-/// folded into the state). Afterwards block `(b, c, h)` of `state` holds the
-/// state after the last valid token of chunk `c`.
+/// Records the parallel form over whole sequences: `out [B·rows, d]` from
+/// the inputs. Afterwards block `(b, c, h)` of `state` holds the state after
+/// the last valid token of chunk `c`.
 ///
 /// With `carry` (`[B, H, block]`), the rows continue sequences whose state
-/// before row 0 is in `carry` (and `s.t_base` tokens came before them), and
+/// before row 0 is in `carry` (and `shape.t_base` tokens came before them), and
 /// `carry` is left holding the state after the last row: a long sequence then
 /// runs segment by segment in memory that does not grow with its length.
-#[allow(clippy::too_many_arguments)]
-pub fn parallel(
-    rec: &mut Recorder,
-    inp: Inputs,
-    qp: &wgpu::Buffer,
-    lengths: &wgpu::Buffer,
-    state: &wgpu::Buffer,
-    carry: Option<&wgpu::Buffer>,
-    out: &wgpu::Buffer,
-    s: Shape,
-) {
+pub fn parallel(rec: &mut Recorder, c: &Causal) {
     // Chunk sums from a zero state (the kernel zeroes its block first when not emitting).
-    pass(rec, false, inp, qp, lengths, state, out, s);
-    let kernel = rec.kernel(scan_spec(carry.is_some()));
+    pass(rec, false, c);
+    let s = c.shape;
+    let kernel = rec.kernel(scan_spec(c.carry.is_some()));
     let total = (s.batch * s.heads * s.block()) as u32;
     let params = ScanParams { chunks: s.chunks() as u32, heads: s.heads as u32, block: s.block() as u32, total };
     let groups = rec.grid(total.div_ceil(64));
-    rec.dispatch(&kernel, &params, &[state, carry.unwrap_or(rec.dummy)], groups);
-    pass(rec, true, inp, qp, lengths, state, out, s);
+    rec.dispatch(&kernel, &params, &[c.state, c.carry.unwrap_or(rec.dummy)], groups);
+    pass(rec, true, c);
 }
 
-/// The streaming form: one token per sequence (`s.rows == 1`, `s.chunk == 1`)
-/// folded into `state` (`[B, H, 2, l, dh]`), its output written to `out`.
-pub fn step(rec: &mut Recorder, inp: Inputs, qp: &wgpu::Buffer, lengths: &wgpu::Buffer, state: &wgpu::Buffer, out: &wgpu::Buffer, s: Shape) {
-    debug_assert!(s.rows == 1 && s.chunk == 1);
-    pass(rec, true, inp, qp, lengths, state, out, s);
+/// Records the streaming form: one token per sequence (`shape.rows == 1`,
+/// `shape.chunk == 1`, no `carry`) folded into the persistent `state`, its
+/// output written to `out`.
+pub fn step(rec: &mut Recorder, c: &Causal) {
+    debug_assert!(c.shape.rows == 1 && c.shape.chunk == 1 && c.carry.is_none());
+    pass(rec, true, c);
 }
 
 /// `out[r] = -log2 softmax(logits[r])[target[r]]`, 0 where `target[r] == NO_TARGET`.

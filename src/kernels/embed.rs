@@ -46,7 +46,7 @@ pub struct Gather<'a> {
     pub out: &'a wgpu::Buffer,
 }
 
-pub fn encode(rec: &mut Recorder, g: Gather, rows: usize, dim: usize, scale: f32) {
+pub fn record(rec: &mut Recorder, g: Gather, rows: usize, dim: usize, scale: f32) {
     let kernel = rec.kernel(spec(g.positions.is_some(), g.mask.is_some()));
     let params = Params { rows: rows as u32, dim: dim as u32, scale, _pad: 0 };
     let d = rec.dummy;

@@ -52,18 +52,39 @@ pub fn variants() -> Vec<KernelSpec> {
     v
 }
 
-/// `out[m, n] = act(a[m, k] · w[n, k]^T + bias[n]) (+ residual[m, n])`.
-#[allow(clippy::too_many_arguments)]
-pub fn encode(
-    rec: &mut Recorder,
-    a: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    bias: &wgpu::Buffer,
-    residual: Option<&wgpu::Buffer>,
-    out: &wgpu::Buffer,
-    [m, n, k]: [usize; 3],
-    act: Option<Activation>,
-) {
+/// One GEMM: `out[m, n] = act(a[m, k] · w[n, k]^T + bias[n]) (+ residual[m, n])`.
+#[derive(Clone, Copy)]
+pub struct Gemm<'a> {
+    pub a: &'a wgpu::Buffer,
+    pub w: &'a wgpu::Buffer,
+    pub bias: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+    /// `[m, n, k]`.
+    pub mnk: [usize; 3],
+    pub residual: Option<&'a wgpu::Buffer>,
+    pub act: Option<Activation>,
+}
+
+impl<'a> Gemm<'a> {
+    /// `out[m, n] = a[m, k] · w[n, k]^T + bias[n]`, no activation, no residual.
+    pub fn new(a: &'a wgpu::Buffer, w: &'a wgpu::Buffer, bias: &'a wgpu::Buffer, out: &'a wgpu::Buffer, mnk: [usize; 3]) -> Gemm<'a> {
+        Gemm { a, w, bias, out, mnk, residual: None, act: None }
+    }
+
+    /// Adds `residual[m, n]` to the output (after the activation).
+    pub fn residual(self, residual: Option<&'a wgpu::Buffer>) -> Gemm<'a> {
+        Gemm { residual, ..self }
+    }
+
+    /// Applies `act` to `a · w^T + bias`.
+    pub fn act(self, act: Option<Activation>) -> Gemm<'a> {
+        Gemm { act, ..self }
+    }
+}
+
+/// Records one [`Gemm`].
+pub fn record(rec: &mut Recorder, g: &Gemm) {
+    let ([m, n, k], act, residual) = (g.mnk, g.act, g.residual);
     let entry = if m <= GEMV_ROWS { "gemv" } else { "main" };
     let kernel = rec.kernel(spec_entry(entry, act, residual.is_some()));
     let params = Params { m: m as u32, n: n as u32, k: k as u32, _pad: 0 };
@@ -73,5 +94,5 @@ pub fn encode(
         [(n as u32).div_ceil(TILE), (m as u32).div_ceil(TILE), 1]
     };
     let res = residual.unwrap_or(rec.dummy);
-    rec.dispatch(&kernel, &params, &[a, w, bias, res, out], groups);
+    rec.dispatch(&kernel, &params, &[g.a, g.w, g.bias, res, g.out], groups);
 }

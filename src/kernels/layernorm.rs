@@ -50,7 +50,7 @@ pub struct Step<'a> {
     pub out: &'a wgpu::Buffer,
 }
 
-pub fn encode(rec: &mut Recorder, step: Step, rows: usize, dim: usize, eps: f32) {
+pub fn record(rec: &mut Recorder, step: Step, rows: usize, dim: usize, eps: f32) {
     let kernel = rec.kernel(spec(step.residual.is_some(), step.norm.is_some(), step.mask.is_some()));
     let params = Params { rows: rows as u32, dim: dim as u32, eps, _pad: 0 };
     let d = rec.dummy;

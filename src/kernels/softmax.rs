@@ -19,7 +19,7 @@ use crate::gpu::GpuContext;
 use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
 /// The same views and shapes as Luna's attention kernels.
-pub use crate::kernels::attention::{Shape, View};
+pub use crate::kernels::attention::{Attention, Shape, View};
 use crate::kernels::attention::Layout;
 
 pub const FLASH_SOURCE: &str = include_str!("../../shaders/softmax_flash.wgsl");
@@ -68,7 +68,7 @@ impl std::str::FromStr for Kind {
 }
 
 impl Shape {
-    /// Floats of the state buffer [`encode_flash`] needs: 0 when one pass covers the keys.
+    /// Floats of the state buffer [`record_flash`] needs: 0 when one pass covers the keys.
     pub fn flash_state_floats(&self) -> usize {
         if self.k_rows <= FLASH_KEYS_PER_PASS {
             0
@@ -77,7 +77,7 @@ impl Shape {
         }
     }
 
-    /// Floats of the score matrix [`encode_naive`] needs: `B·H·q_rows·k_rows`.
+    /// Floats of the score matrix [`record_naive`] needs: `B·H·q_rows·k_rows`.
     pub fn naive_scores_floats(&self) -> u64 {
         (self.batch * self.heads) as u64 * self.q_rows as u64 * self.k_rows as u64
     }
@@ -193,20 +193,10 @@ pub fn check_naive(ctx: &GpuContext, s: &Shape) -> Result<()> {
 
 /// `out[b, i, head cols] = softmax(scale · q_i · K^T, masked) · V` for every
 /// batch, head and query row, fused (FlashAttention-style).
-/// `key_mask` is `[batch, k_rows]` u32, nonzero = masked. `state` must hold
+/// `a.key_mask` is `[batch, k_rows]` u32, nonzero = masked. `a.scratch` (the state) must hold
 /// [`Shape::flash_state_floats`] floats (any buffer when that is 0).
-#[allow(clippy::too_many_arguments)]
-pub fn encode_flash(
-    rec: &mut Recorder,
-    q: View,
-    k: View,
-    v: View,
-    key_mask: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    out_stride: usize,
-    s: Shape,
-    state: &wgpu::Buffer,
-) -> Result<()> {
+pub fn record_flash(rec: &mut Recorder, a: &Attention) -> Result<()> {
+    let (s, state) = (a.shape, a.scratch);
     check_flash(&s)?;
     let (t, sv) = s.flash_split();
     let kernel = rec.kernel(flash_spec(t, sv));
@@ -221,7 +211,7 @@ pub fn encode_flash(
         let key_begin = pass * FLASH_KEYS_PER_PASS;
         let key_end = (key_begin + FLASH_KEYS_PER_PASS).min(s.k_rows);
         let params = FlashParams {
-            layout: Layout::new(&q, &k, &v, out_stride, &s),
+            layout: Layout::new(a),
             q_tiles: q_tiles as u32,
             total,
             scale: s.scale,
@@ -231,30 +221,20 @@ pub fn encode_flash(
             last: (pass + 1 == passes) as u32,
             _pad: [0; 2],
         };
-        rec.dispatch(&kernel, &params, &[q.buffer, k.buffer, v.buffer, key_mask, out, state], groups);
+        rec.dispatch(&kernel, &params, &[a.q.buffer, a.k.buffer, a.v.buffer, a.key_mask, a.out, state], groups);
     }
     Ok(())
 }
 
-/// The same attention as [`encode_flash`], through a materialised score
-/// matrix in `scores` (at least [`Shape::naive_scores_floats`] floats).
+/// The same attention as [`record_flash`], through a materialised score
+/// matrix in `a.scratch` (at least [`Shape::naive_scores_floats`] floats).
 /// Refused with [`LunaError::TooLarge`] (before anything is recorded) when
 /// that matrix exceeds one buffer binding.
-#[allow(clippy::too_many_arguments)]
-pub fn encode_naive(
-    rec: &mut Recorder,
-    q: View,
-    k: View,
-    v: View,
-    key_mask: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    out_stride: usize,
-    s: Shape,
-    scores: &wgpu::Buffer,
-) -> Result<()> {
+pub fn record_naive(rec: &mut Recorder, a: &Attention) -> Result<()> {
+    let (s, scores) = (a.shape, a.scratch);
     check_naive(rec.ctx, &s)?;
     let base = NaiveParams {
-        layout: Layout::new(&q, &k, &v, out_stride, &s),
+        layout: Layout::new(a),
         rows: (s.batch * s.heads * s.q_rows) as u32,
         scale: s.scale,
         key_begin: 0,
@@ -263,7 +243,7 @@ pub fn encode_naive(
     };
     let bh = (s.batch * s.heads) as u32;
     let q_tiles = s.q_rows.div_ceil(NAIVE_TILE) as u32;
-    let buffers = [q.buffer, k.buffer, v.buffer, key_mask, scores, out];
+    let buffers = [a.q.buffer, a.k.buffer, a.v.buffer, a.key_mask, scores, a.out];
     let kernel = rec.kernel(naive_spec("scores_main"));
     rec.dispatch(&kernel, &base, &buffers, [s.k_rows.div_ceil(NAIVE_TILE) as u32, q_tiles, bh]);
     let kernel = rec.kernel(naive_spec("softmax_main"));
@@ -284,28 +264,16 @@ pub fn encode_naive(
     Ok(())
 }
 
-/// Runs `kind` (see [`encode_flash`] and [`encode_naive`]); `scratch` is the
-/// state buffer (flash) or the score matrix (naive), sized by [`scratch_floats`].
-#[allow(clippy::too_many_arguments)]
-pub fn encode(
-    rec: &mut Recorder,
-    kind: Kind,
-    q: View,
-    k: View,
-    v: View,
-    key_mask: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    out_stride: usize,
-    s: Shape,
-    scratch: &wgpu::Buffer,
-) -> Result<()> {
+/// Records `kind` (see [`record_flash`] and [`record_naive`]); `a.scratch` is
+/// the state buffer (flash) or the score matrix (naive), sized by [`scratch_floats`].
+pub fn record(rec: &mut Recorder, kind: Kind, a: &Attention) -> Result<()> {
     match kind {
-        Kind::Flash => encode_flash(rec, q, k, v, key_mask, out, out_stride, s, scratch),
-        Kind::Naive => encode_naive(rec, q, k, v, key_mask, out, out_stride, s, scratch),
+        Kind::Flash => record_flash(rec, a),
+        Kind::Naive => record_naive(rec, a),
     }
 }
 
-/// Floats of scratch [`encode`] needs for `kind`.
+/// Floats of scratch [`record`] needs for `kind`.
 pub fn scratch_floats(kind: Kind, s: &Shape) -> u64 {
     match kind {
         Kind::Flash => s.flash_state_floats() as u64,

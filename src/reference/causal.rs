@@ -1,30 +1,11 @@
-//! The causal LM in float64 (LUNA_SPEC.md, "Causal Luna attention" and
-//! "Causal LM"), written as the step-by-step recurrence: for each token the
+//! The causal LM in float64 (docs/luna.md, "Causal attention" and
+//! "The causal LM"), written as the step-by-step recurrence: for each token the
 //! state `(Sk, Sv, t)` of every head grows by one outer product.
 
 use super::ops::*;
 use crate::config::Config;
+pub use crate::math::{causal_p, softplus_ln2};
 use crate::model::{CausalLayer, KvProj, Model};
-
-/// `softplus_ln2(z) = ln(1 + exp(z ln 2)) / ln 2`, computed without overflow.
-pub fn softplus_ln2(z: f64) -> f64 {
-    let x = z * std::f64::consts::LN_2;
-    (x.max(0.0) + (-x.abs()).exp().ln_1p()) / std::f64::consts::LN_2
-}
-
-/// P for a causal LM: `embed_scale * projected_embeddings (+ sinusoid rows 0..l-1)`, `[l, d]`.
-pub fn causal_p(model: &Model) -> Vec<f64> {
-    let c = &model.config;
-    let d = c.embed_dim;
-    let mut p = vec![0.0; c.projection_length * d];
-    for j in 0..c.projection_length {
-        let pos = if c.learned_pos { vec![0.0; d] } else { sinusoid_row(j, d) };
-        for k in 0..d {
-            p[j * d + k] = c.embed_scale * model.projected_embeddings[j * d + k] as f64 + pos[k];
-        }
-    }
-    p
-}
 
 /// The decoder state of one layer: per head, `Sk [dh, l]`, `Sv [l, dh]`, and the count `t`.
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
 //! The float64 CPU reference: plain loops written line by line from
-//! LUNA_SPEC.md. It is the oracle every GPU kernel is tested against, and the
+//! docs/luna.md. It is the oracle every GPU kernel is tested against, and the
 //! `--device cpu` path. No cleverness here on purpose.
 
 pub mod causal;
@@ -11,7 +11,7 @@ use crate::input::{Batch, EncoderOutput};
 use crate::model::{KvProj, Layer, Model};
 use ops::*;
 
-/// Bidirectional Luna attention for one sequence (LUNA_SPEC.md, "pack, then unpack").
+/// Bidirectional Luna attention for one sequence (docs/luna.md, "Pack and unpack").
 /// `x` is `[n, d]`, `p` is `[l', d]`; returns `(Y [n, d], Yp [l', d])`.
 pub fn luna_attention(
     c: &Config,
@@ -124,7 +124,7 @@ pub struct Output64 {
     pub p: Vec<f64>,
 }
 
-/// The whole encoder (LUNA_SPEC.md, "Encoder"), one sequence at a time.
+/// The whole encoder (docs/luna.md, "The encoder"), one sequence at a time.
 pub fn encoder_forward(model: &Model, batch: &Batch) -> Output64 {
     let c = &model.config;
     let d = c.embed_dim;
@@ -148,7 +148,7 @@ pub fn encoder_forward(model: &Model, batch: &Batch) -> Output64 {
 }
 
 /// The reference as an [`EncoderOutput`] (rounded to f32), for the `--device cpu` path.
-pub fn encode(model: &Model, batch: &Batch) -> EncoderOutput {
+pub fn encoder_output(model: &Model, batch: &Batch) -> EncoderOutput {
     let o = encoder_forward(model, batch);
     EncoderOutput {
         batch: batch.batch,

@@ -1,22 +1,10 @@
-//! Float64 building blocks of the reference, one per operation of LUNA_SPEC.md.
+//! Float64 building blocks of the reference, one per operation of docs/luna.md.
+//! `linear` and the sinusoid rows live in `crate::math` (the engine needs them
+//! too) and are re-exported here.
 
 use crate::config::Activation;
-use crate::model::{Linear, Norm};
-
-/// `x · W^T + b` for `rows` rows.
-pub fn linear(x: &[f64], rows: usize, lin: &Linear) -> Vec<f64> {
-    let mut y = vec![0.0; rows * lin.out];
-    for r in 0..rows {
-        for o in 0..lin.out {
-            let mut acc = lin.bias[o] as f64;
-            for i in 0..lin.inp {
-                acc += x[r * lin.inp + i] * lin.weight[o * lin.inp + i] as f64;
-            }
-            y[r * lin.out + o] = acc;
-        }
-    }
-    y
-}
+pub use crate::math::{linear, sinusoid_row, token_sinusoid_row};
+use crate::model::Norm;
 
 /// LayerNorm of every row of width `d`, biased variance.
 pub fn layer_norm(x: &[f64], d: usize, norm: &Norm, eps: f64) -> Vec<f64> {
@@ -86,23 +74,6 @@ pub fn erf(x: f64) -> f64 {
         1.0
     };
     if x < 0.0 { -r } else { r }
-}
-
-/// Row `r` of the sinusoid table without a zero row: `[sin(r f_0..), cos(r f_0..)]`, a zero column if `d` is odd.
-pub fn sinusoid_row(r: usize, d: usize) -> Vec<f64> {
-    let k = d / 2;
-    let mut row = vec![0.0; d];
-    for j in 0..k {
-        let f = if k > 1 { (-(j as f64) * 10000f64.ln() / (k as f64 - 1.0)).exp() } else { 1.0 };
-        row[j] = (r as f64 * f).sin();
-        row[k + j] = (r as f64 * f).cos();
-    }
-    row
-}
-
-/// Row `r` of the token position table: the sinusoid, with row `pad` all zero.
-pub fn token_sinusoid_row(r: usize, pad: usize, d: usize) -> Vec<f64> {
-    if r == pad { vec![0.0; d] } else { sinusoid_row(r, d) }
 }
 
 /// Multi-head softmax attention: `q [m, d]` against `k`, `v` `[s, d]` with

@@ -4,35 +4,12 @@
 //! scratch those layers share, allocated by liveness.
 
 use crate::config::Activation;
-use crate::engine::{norm, Engine, GpuNorm};
-use crate::error::Result;
-use crate::gpu::buffers::{Tracked, Workspace};
+use crate::engine::weights::{GpuBlock, GpuNorm};
+use crate::gpu::buffers::Workspace;
+use crate::gpu::context::GpuContext;
 use crate::gpu::recorder::Recorder;
-use crate::gpu::GpuContext;
-use crate::kernels::{gemm, layernorm};
-use crate::model::{Linear, Norm};
-
-/// The weights of a layer's tail on the GPU.
-pub(crate) struct GpuBlock {
-    wout: Tracked,
-    bout: Tracked,
-    w1: Tracked,
-    b1: Tracked,
-    w2: Tracked,
-    b2: Tracked,
-    /// `self_attn_layer_norm`: after the attention (post-norm) or before it (pre-norm).
-    pub(crate) ln_attn: GpuNorm,
-    ln_final: GpuNorm,
-}
-
-impl Engine {
-    pub(crate) fn load_block(&self, out_proj: &Linear, fc1: &Linear, fc2: &Linear, ln_attn: &Norm, ln_final: &Norm) -> Result<GpuBlock> {
-        let (wout, bout) = self.stacked("out_proj", &[out_proj])?;
-        let (w1, b1) = self.stacked("fc1", &[fc1])?;
-        let (w2, b2) = self.stacked("fc2", &[fc2])?;
-        Ok(GpuBlock { wout, bout, w1, b1, w2, b2, ln_attn: self.norm(ln_attn)?, ln_final: self.norm(ln_final)? })
-    }
-}
+use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::layernorm;
 
 /// Shapes and options of a stack of layers over `rows` token rows.
 #[derive(Clone, Copy)]
@@ -82,7 +59,7 @@ impl Scratch {
 
     fn ln(&self, rec: &mut Recorder, x: &wgpu::Buffer, residual: Option<&wgpu::Buffer>, g: &GpuNorm, out: &wgpu::Buffer) {
         let d = &self.dims;
-        layernorm::encode(rec, layernorm::Step { x, residual, norm: norm(g), mask: None, out }, d.rows, d.d, d.eps);
+        layernorm::record(rec, layernorm::Step { x, residual, norm: g.pair(), mask: None, out }, d.rows, d.d, d.eps);
     }
 
     /// Records the attention's input: `LN(x)` into `xn` (pre-norm), or `x` itself.
@@ -102,17 +79,17 @@ impl Scratch {
         let Dims { rows, d, ffn, pre_norm, act, .. } = self.dims;
         let act = Some(act);
         if pre_norm {
-            gemm::encode(rec, &self.o, &b.wout.buffer, &b.bout.buffer, Some(&self.x), &self.x_alt, [rows, d, d], None);
+            gemm::record(rec, &Gemm::new(&self.o, &b.wout.buffer, &b.bout.buffer, &self.x_alt, [rows, d, d]).residual(Some(&self.x)));
             std::mem::swap(&mut self.x, &mut self.x_alt);
             self.ln(rec, &self.x, None, &b.ln_final, &self.xn);
-            gemm::encode(rec, &self.xn, &b.w1.buffer, &b.b1.buffer, None, &self.proj, [rows, ffn, d], act);
-            gemm::encode(rec, &self.proj, &b.w2.buffer, &b.b2.buffer, Some(&self.x), &self.x_alt, [rows, d, ffn], None);
+            gemm::record(rec, &Gemm::new(&self.xn, &b.w1.buffer, &b.b1.buffer, &self.proj, [rows, ffn, d]).act(act));
+            gemm::record(rec, &Gemm::new(&self.proj, &b.w2.buffer, &b.b2.buffer, &self.x_alt, [rows, d, ffn]).residual(Some(&self.x)));
         } else {
-            gemm::encode(rec, &self.o, &b.wout.buffer, &b.bout.buffer, None, &self.y, [rows, d, d], None);
+            gemm::record(rec, &Gemm::new(&self.o, &b.wout.buffer, &b.bout.buffer, &self.y, [rows, d, d]));
             self.ln(rec, &self.x, Some(&self.y), &b.ln_attn, &self.x_alt);
             std::mem::swap(&mut self.x, &mut self.x_alt);
-            gemm::encode(rec, &self.x, &b.w1.buffer, &b.b1.buffer, None, &self.proj, [rows, ffn, d], act);
-            gemm::encode(rec, &self.proj, &b.w2.buffer, &b.b2.buffer, None, &self.y, [rows, d, ffn], None);
+            gemm::record(rec, &Gemm::new(&self.x, &b.w1.buffer, &b.b1.buffer, &self.proj, [rows, ffn, d]).act(act));
+            gemm::record(rec, &Gemm::new(&self.proj, &b.w2.buffer, &b.b2.buffer, &self.y, [rows, d, ffn]));
             self.ln(rec, &self.x, Some(&self.y), &b.ln_final, &self.x_alt);
         }
         std::mem::swap(&mut self.x, &mut self.x_alt);

@@ -10,13 +10,17 @@
 //! - Softmax layer: projections `2n·d·3d + 2n·d·d`, attention `4·n²·d`, FFN `4n·d·f`.
 //! - GEMM m×n×k: `2mnk`.
 
+pub mod report;
+
 use crate::baseline::{Kind, SoftmaxConfig, SoftmaxInput};
 use crate::config::Config;
 use crate::error::{LunaError, Result};
 use crate::gpu::recorder::Timestamps;
 use crate::init::random_tokens;
-use crate::kernels::gemm;
-use crate::{Batch, Engine, Model};
+use crate::kernels::gemm::{self, Gemm};
+use crate::engine::Engine;
+use crate::input::Batch;
+use crate::model::Model;
 use serde::Serialize;
 
 /// One measured (or skipped) point of a sweep.
@@ -271,7 +275,7 @@ pub fn run_matmul(engine: &mut Engine, shapes: &[[usize; 3]], repeats: usize, on
                     e.time_submission(
                         |e| {
                             let mut rec = e.recorder();
-                            gemm::encode(&mut rec, &a.buffer, &w.buffer, &b.buffer, None, &c.buffer, [m, n, k], None);
+                            gemm::record(&mut rec, &Gemm::new(&a.buffer, &w.buffer, &b.buffer, &c.buffer, [m, n, k]));
                             match &timestamps {
                                 Some(t) => rec.submit_timed(t),
                                 None => rec.submit(),

@@ -26,20 +26,22 @@
 //! # Ok(()) }
 //! ```
 
-use crate::block::{Dims, GpuBlock, Scratch};
-use crate::engine::{Engine, ErrorScopes};
+use crate::engine::context::Engine;
+use crate::engine::tail::{Dims, Scratch};
+use crate::engine::weights::GpuBlock;
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
+use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::PipelineCache;
 use crate::gpu::recorder::Recorder;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gpu::recorder::Timestamps;
-use crate::gpu::GpuContext;
-use crate::kernels::softmax::{self as kernel, Shape, View};
-use crate::kernels::gemm;
+use crate::gpu::scope::ErrorScopes;
+use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::softmax::{self as kernel, Attention, Shape, View};
 
 pub use crate::kernels::softmax::Kind;
-pub use crate::reference::softmax::{SoftmaxConfig, SoftmaxLayer};
+pub use crate::softmax_model::{SoftmaxConfig, SoftmaxLayer};
 
 struct GpuSoftmaxLayer {
     /// `[q_proj; k_proj; v_proj]` stacked: X is read once for all three.
@@ -137,9 +139,7 @@ impl Engine {
                 Ok(GpuSoftmaxLayer { wqkv, bqkv, block })
             })
             .collect();
-        let scoped = scope.pop_async(&self.ctx).await;
-        let layers = uploaded?;
-        scoped?;
+        let layers = scope.close(&self.ctx, uploaded).await?;
         Ok(SoftmaxEncoder { config: config.clone(), layers })
     }
 
@@ -178,20 +178,13 @@ impl Engine {
         self.softmax_check(enc, input, kind)?;
         let floats = input.batch * input.len * enc.config.embed_dim;
         let scope = ErrorScopes::push(&self.ctx);
-        let result = match self.softmax_record(enc, input, kind) {
-            Ok((rec, out)) => {
-                rec.submit();
-                buffers::read_f32(&self.ctx, &[(&out, floats)]).await.map(|mut v| v.pop().unwrap())
-            }
-            Err(e) => Err(e),
-        };
-        let scoped = scope.pop_async(&self.ctx).await;
-        if result.is_err() || scoped.is_err() {
-            // A failed call leaves no half-sized scratch behind.
-            self.workspace.clear();
+        let result = async {
+            let (rec, out) = self.softmax_record(enc, input, kind)?;
+            rec.submit();
+            Ok(buffers::read_f32(&self.ctx, &[(&out, floats)]).await?.remove(0))
         }
-        scoped?;
-        result
+        .await;
+        self.close(scope, result).await
     }
 
     /// Blocking form of [`Engine::softmax_forward`] for native callers.
@@ -275,19 +268,8 @@ fn record_layers(rec: &mut Recorder, enc: &SoftmaxEncoder, mut s: Scratch, mask:
     for i in 0..c.num_layers {
         let l = enc.layer(i);
         let input = s.attention_input(rec, &l.block);
-        gemm::encode(rec, input, &l.wqkv.buffer, &l.bqkv.buffer, None, &s.proj, [rows, w, d], None);
-        kernel::encode(
-            rec,
-            kind,
-            View { buffer: &s.proj, stride: w, offset: 0 },
-            View { buffer: &s.proj, stride: w, offset: d },
-            View { buffer: &s.proj, stride: w, offset: 2 * d },
-            mask,
-            &s.o,
-            d,
-            shape,
-            attn,
-        )?;
+        gemm::record(rec, &Gemm::new(input, &l.wqkv.buffer, &l.bqkv.buffer, &s.proj, [rows, w, d]));
+        kernel::record(rec, kind, &Attention { q: View { buffer: &s.proj, stride: w, offset: 0 }, k: View { buffer: &s.proj, stride: w, offset: d }, v: View { buffer: &s.proj, stride: w, offset: 2 * d }, key_mask: mask, out: &s.o, out_stride: d, shape: shape, scratch: attn })?;
         s.record_tail(rec, &l.block);
     }
     Ok(s.x)

@@ -7,42 +7,42 @@
 //! ```
 //!
 //! where `X_i` is the input of layer `i`'s attention (after its LayerNorm when
-//! `normalize_before`) (LUNA_SPEC.md, "Causal Luna attention").
+//! `normalize_before`) (docs/luna.md, "Causal attention").
 //!
 //! The causal kernels never write `A` out. This runs the causal LM's own
-//! pass over the sequence (segment by segment, [`Engine::sequence_pass`]) and,
+//! pass over the sequence (segment by segment, `engine::segments`) and,
 //! as each chosen layer's attention input goes by, records one extra GEMM
 //! whose weight folds `pc_proj` and the head-blocked `Q_P` together
 //! (`[H·l, d]`): its output is the `[n, H·l]` scores, turned into weights on
 //! the host. The same pass can score the sequence too, so a document is read
 //! once for both.
 
-use crate::causal::Capture;
 use crate::config::ModelKind;
-use crate::engine::{Engine, GpuModel};
+use crate::engine::context::Engine;
+use crate::engine::segments::Capture;
+use crate::engine::weights::GpuModel;
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
 use crate::input::Batch;
+use crate::math::{self, softplus_ln2};
 use crate::model::Model;
-use crate::reference;
-use crate::reference::causal::softplus_ln2;
 
-/// Pack weights of one layer over a sequence: `values[(t * heads + h) * slots + j]`.
+/// Pack weights of one layer over a sequence: `values[(t * heads + h) * proj_len + j]`.
 #[derive(Clone, Debug)]
 pub struct PackWeights {
     pub layer: usize,
     /// Tokens `n`.
     pub len: usize,
     pub heads: usize,
-    /// The projection length `l`.
-    pub slots: usize,
+    /// The projection length `l` (the causal LM has no dynamic projection).
+    pub proj_len: usize,
     pub values: Vec<f32>,
 }
 
 impl PackWeights {
     /// Weight of token `t` for head `h`, slot `j`.
     pub fn get(&self, t: usize, h: usize, j: usize) -> f32 {
-        self.values[(t * self.heads + h) * self.slots + j]
+        self.values[(t * self.heads + h) * self.proj_len + j]
     }
 }
 
@@ -50,17 +50,15 @@ impl PackWeights {
 /// `[H·l]`: `W[h·l + j, k] = sum_{c in head h} Q_P[j, c] · pc_w[c, k]`.
 fn folded_scores(model: &Model, layer: usize) -> (Vec<f32>, Vec<f32>) {
     let c = &model.config;
-    let (d, heads, l, dh) = (c.embed_dim, c.num_heads, c.projection_length, c.head_dim());
-    let p = reference::causal::causal_p(model);
-    let target = model.causal_layer(layer);
-    let mut qp = reference::ops::linear(&p, l, &target.pq_proj);
-    reference::ops::scale(&mut qp, (dh as f64).powf(-0.5));
-    let pc = &target.pc_proj;
-    let mut w = vec![0f32; heads * l * d];
-    let mut b = vec![0f32; heads * l];
+    let (d, heads, proj_len, dh) = (c.embed_dim, c.num_heads, c.projection_length, c.head_dim());
+    let p = math::causal_p(model);
+    let qp = math::causal_pack_queries(model, &p, layer);
+    let pc = &model.causal_layer(layer).pc_proj;
+    let mut w = vec![0f32; heads * proj_len * d];
+    let mut b = vec![0f32; heads * proj_len];
     for h in 0..heads {
-        for j in 0..l {
-            let row = h * l + j;
+        for j in 0..proj_len {
+            let row = h * proj_len + j;
             let mut acc = vec![0f64; d];
             let mut bias = 0f64;
             for cc in h * dh..(h + 1) * dh {
@@ -136,8 +134,8 @@ impl Engine {
         if batch.lengths[0] != tokens.len() {
             return Err(LunaError::Input(format!("the tokens hold the padding token {}; give real tokens only", c.padding_idx)));
         }
-        let (heads, l, n) = (c.num_heads, c.projection_length, tokens.len());
-        let floats = n * heads * l;
+        let (heads, proj_len, n) = (c.num_heads, c.projection_length, tokens.len());
+        let floats = n * heads * proj_len;
         let mut folded: Vec<(usize, Tracked, Tracked, Tracked)> = Vec::new();
         for &layer in layers {
             let (w, b) = folded_scores(model, layer);
@@ -146,7 +144,7 @@ impl Engine {
         }
         let captures: Vec<Capture> = folded
             .iter()
-            .map(|(layer, w, b, out)| Capture { layer: *layer, w: &w.buffer, b: &b.buffer, width: heads * l, out: &out.buffer })
+            .map(|(layer, w, b, out)| Capture { layer: *layer, w: &w.buffer, b: &b.buffer, width: heads * proj_len, out: &out.buffer })
             .collect();
         let bits = self.sequence_pass(gpu, tokens, &captures, score).await?;
         let reads: Vec<(&wgpu::Buffer, usize)> = folded.iter().map(|f| (&f.3.buffer, floats)).collect();
@@ -156,7 +154,7 @@ impl Engine {
         let weights = layers
             .iter()
             .zip(raw)
-            .map(|(&layer, z)| PackWeights { layer, len: n, heads, slots: l, values: z.iter().map(|&z| softplus_ln2(z as f64) as f32).collect() })
+            .map(|(&layer, z)| PackWeights { layer, len: n, heads, proj_len, values: z.iter().map(|&z| softplus_ln2(z as f64) as f32).collect() })
             .collect();
         Ok((bits, weights))
     }

@@ -1,0 +1,251 @@
+//! The causal LM's parallel (chunked) form on the GPU (docs/luna.md, "Causal
+//! attention" and "The causal LM"): [`Run`] records the embedding and every
+//! layer of a pass over some token rows into one submission, with hooks for
+//! callers that record more work as the layers go by; `causal_forward` gives
+//! the logits of a batch in one pass. The decoder (`engine::decoder`) and
+//! long sequences (`engine::segments`) build on it.
+
+use crate::config::Config;
+use crate::engine::context::Engine;
+use crate::engine::tail::{Dims, Scratch};
+use crate::engine::weights::{causal_columns, GpuCausal, GpuModel};
+use crate::error::{LunaError, Result};
+use crate::gpu::buffers::{self, Tracked, Workspace};
+use crate::gpu::recorder::Recorder;
+use crate::gpu::scope::ErrorScopes;
+use crate::input::Batch;
+use crate::kernels::causal::{self as kernel, Causal, Inputs, Shape};
+use crate::kernels::embed;
+use crate::kernels::gemm::{self, Gemm};
+
+/// Logits of a causal LM: `[B, n, vocab]`.
+#[derive(Clone, Debug)]
+pub struct CausalOutput {
+    pub batch: usize,
+    pub len: usize,
+    pub vocab: usize,
+    pub logits: Vec<f32>,
+}
+
+impl Engine {
+    /// Sets the tokens per chunk of the parallel form (a power of two from 1
+    /// to 4096; 64 by default). Results do not depend on it beyond rounding.
+    pub fn set_causal_chunk(&mut self, chunk: usize) -> Result<()> {
+        if !chunk.is_power_of_two() || chunk > 4096 {
+            return Err(LunaError::Input(format!("chunk {chunk} must be a power of two up to 4096")));
+        }
+        self.causal_chunk = chunk;
+        Ok(())
+    }
+
+    pub(crate) fn check_causal_sizes(&self, c: &Config, rows: usize, shape: &Shape, logit_rows: usize) -> Result<()> {
+        let (_, _, _, _, width) = causal_columns(c);
+        let f = 4u64;
+        for (what, floats) in [
+            ("the fused q/k/v/pc projections", rows * width),
+            ("the feed-forward hidden layer", rows * c.ffn_embed_dim),
+            ("the causal chunk states", shape.state_floats()),
+            ("the logits", logit_rows * c.vocab_size),
+        ] {
+            buffers::check_binding(&self.ctx, what, floats as u64 * f)?;
+        }
+        Ok(())
+    }
+
+    fn parallel_shape(&self, c: &Config, batch: &Batch) -> Shape {
+        Shape {
+            batch: batch.batch,
+            rows: batch.len,
+            heads: c.num_heads,
+            head_dim: c.head_dim(),
+            proj_len: c.projection_length,
+            chunk: self.causal_chunk.min(batch.len.next_power_of_two()),
+            t_base: 0,
+        }
+    }
+
+    /// Checks a batch for the parallel form and sizes its buffers.
+    pub(crate) fn prepare_parallel(&self, model: &GpuModel, batch: &Batch, logit_rows: usize) -> Result<(Shape, wgpu::Buffer)> {
+        self.ctx.check_alive()?;
+        model.causal()?;
+        batch.check_for(&model.config)?;
+        let shape = self.parallel_shape(&model.config, batch);
+        self.check_causal_sizes(&model.config, batch.batch * batch.len, &shape, logit_rows)?;
+        let pos_table = self.token_positions(model, batch.max_position() + 1)?;
+        Ok((shape, pos_table))
+    }
+
+    /// Logits of every position of a batch of causal sequences, in one parallel pass.
+    pub async fn causal_forward(&mut self, model: &GpuModel, batch: &Batch) -> Result<CausalOutput> {
+        let rows = batch.batch * batch.len;
+        let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
+        let vocab = model.config.vocab_size;
+        let scope = ErrorScopes::push(&self.ctx);
+        let result = async {
+            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+            let run = Run::new(model, &pos_table, shape, None)?;
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
+            let logits = run.logits(&mut rec, workspace, &x, rows, "logits");
+            rec.submit();
+            let logits = buffers::read_f32(ctx, &[(&logits, rows * vocab)]).await?.remove(0);
+            Ok(CausalOutput { batch: batch.batch, len: batch.len, vocab, logits })
+        }
+        .await;
+        self.close(scope, result).await
+    }
+
+}
+
+/// The next token of every row of a batch (the targets of [`Engine::score`]),
+/// [`kernel::NO_TARGET`] for the last token of a sequence and for padding.
+pub(crate) fn next_tokens(batch: &Batch) -> Vec<u32> {
+    let n = batch.len;
+    let mut targets = vec![kernel::NO_TARGET; batch.batch * n];
+    for b in 0..batch.batch {
+        for t in 0..batch.lengths[b].saturating_sub(1) {
+            targets[b * n + t] = batch.tokens[b * n + t + 1];
+        }
+    }
+    targets
+}
+
+pub(crate) fn lengths_u32(batch: &Batch) -> Vec<u32> {
+    batch.lengths.iter().map(|&l| l as u32).collect()
+}
+
+/// A hook of a run: `(recorder, layer, buffer)`.
+pub(crate) type Hook<'h> = &'h mut dyn FnMut(&mut Recorder, usize, &wgpu::Buffer);
+
+/// Work a caller records into a run as each layer goes by.
+#[derive(Default)]
+pub(crate) struct Hooks<'h> {
+    /// Called with layer `i`'s attention input `[rows, d]` (after its
+    /// LayerNorm when pre-norm), before the attention reads it.
+    pub attention_input: Option<Hook<'h>>,
+    /// Called after layer `i`'s attention, while the buffer holds its chunk
+    /// states (the parallel form only).
+    pub after_attention: Option<Hook<'h>>,
+}
+
+/// One recorded run of the causal LM over some token rows.
+pub(crate) struct Run<'a> {
+    model: &'a GpuModel,
+    gc: &'a GpuCausal,
+    pos_table: &'a wgpu::Buffer,
+    shape: Shape,
+    /// Persistent decoder states (the streaming form), or `None` for the parallel form.
+    states: Option<&'a [Tracked]>,
+    /// Per-layer states a parallel run continues from and leaves updated (a segment of a long sequence).
+    carry: Option<&'a [Tracked]>,
+    /// Layers to run (all by default; fewer when only an early layer's hooks matter).
+    layers: usize,
+}
+
+impl<'a> Run<'a> {
+    pub(crate) fn new(model: &'a GpuModel, pos_table: &'a wgpu::Buffer, shape: Shape, states: Option<&'a [Tracked]>) -> Result<Run<'a>> {
+        Ok(Run { model, gc: model.causal()?, pos_table, shape, states, carry: None, layers: model.config.num_layers })
+    }
+
+    /// A parallel run that continues a sequence from the per-layer states in
+    /// `carry` (after `shape.t_base` tokens) and leaves them updated.
+    pub(crate) fn continuing(mut self, carry: &'a [Tracked]) -> Run<'a> {
+        self.carry = Some(carry);
+        self
+    }
+
+    /// Runs only layers `0..layers`; the output then is no model output.
+    pub(crate) fn first_layers(mut self, layers: usize) -> Run<'a> {
+        self.layers = layers.min(self.model.config.num_layers);
+        self
+    }
+
+    /// Records embedding and every layer; returns the buffer of the final
+    /// states `[rows, d]`. `hooks` may record more work into the same
+    /// submission as each layer goes by (see [`Hooks`]).
+    pub(crate) fn record(&self, rec: &mut Recorder, ws: &mut Workspace, ids: &[u32], positions: &[u32], lengths: &[u32], hooks: Hooks) -> Result<wgpu::Buffer> {
+        let Hooks { mut attention_input, mut after_attention } = hooks;
+        let model = self.model;
+        let c = &model.config;
+        let gc = self.gc;
+        let d = c.embed_dim;
+        let rows = ids.len();
+        let (q, k, v, pc, width) = causal_columns(c);
+        let eps = c.layer_norm_eps as f32;
+        let ctx = rec.ctx;
+        let dims = Dims { rows, d, ffn: c.ffn_embed_dim, proj_width: width, pre_norm: c.normalize_before, act: c.activation, eps };
+        let mut s = Scratch::get(ws, ctx, rec.dummy, dims);
+        let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, floats as u64 * 4);
+        let tok = get("tokens", rows);
+        let pos = get("positions", rows);
+        let lens = get("lengths", lengths.len());
+        let state = if self.states.is_none() { get("causal_state", self.shape.state_floats()) } else { rec.dummy.clone() };
+        ctx.queue.write_buffer(&tok, 0, bytemuck::cast_slice(ids));
+        ctx.queue.write_buffer(&pos, 0, bytemuck::cast_slice(positions));
+        ctx.queue.write_buffer(&lens, 0, bytemuck::cast_slice(lengths));
+
+        embed::record(
+            rec,
+            embed::Gather { ids: &tok, table: &model.embed_tokens.buffer, positions: Some((&pos, self.pos_table)), mask: None, out: &s.x },
+            rows,
+            d,
+            c.embed_scale as f32,
+        );
+        for i in 0..self.layers {
+            let l = &gc.layers[if c.tie_layer_weights { 0 } else { i }];
+            let ax = s.attention_input(rec, &l.block);
+            if let Some(hook) = attention_input.as_mut() {
+                hook(rec, i, ax);
+            }
+            gemm::record(rec, &Gemm::new(ax, &l.wx.buffer, &l.bx.buffer, &s.proj, [rows, width, d]));
+            let inputs = Inputs { x: &s.proj, stride: width, q, k, v, pc };
+            match self.states {
+                None => {
+                    let carry = self.carry.map(|c| &c[i].buffer);
+                    kernel::parallel(rec, &Causal { inputs: inputs, qp: &l.qp.buffer, lengths: &lens, state: &state, carry: carry, out: &s.o, shape: self.shape })
+                }
+                Some(st) => kernel::step(rec, &Causal { inputs: inputs, qp: &l.qp.buffer, lengths: &lens, state: &st[i].buffer, carry: None, out: &s.o, shape: self.shape }),
+            }
+            if let Some(hook) = after_attention.as_mut() {
+                hook(rec, i, &state);
+            }
+            s.record_tail(rec, &l.block);
+        }
+        if let (Some(g), true) = (&gc.final_norm, self.layers == c.num_layers) {
+            s.record_norm(rec, g);
+        }
+        Ok(s.x)
+    }
+
+    /// Records the surprisal in bits of `targets[r]` (or 0 for
+    /// [`kernel::NO_TARGET`]) after each row `r` of the final states `x`, into a
+    /// workspace buffer.
+    pub(crate) fn surprisal(&self, rec: &mut Recorder, ws: &mut Workspace, x: &wgpu::Buffer, targets: &[u32]) -> wgpu::Buffer {
+        let rows = targets.len();
+        let logits = self.logits(rec, ws, x, rows, "logits");
+        let target = ws.get(rec.ctx, "targets", rows as u64 * 4);
+        rec.ctx.queue.write_buffer(&target, 0, bytemuck::cast_slice(targets));
+        let bits = ws.get(rec.ctx, "surprisal", rows as u64 * 4);
+        kernel::logprob(rec, &logits, &target, &bits, rows, self.model.config.vocab_size);
+        bits
+    }
+
+    /// Records `logits [rows, vocab] = x · W_out^T` into workspace buffer `name`.
+    pub(crate) fn logits(&self, rec: &mut Recorder, ws: &mut Workspace, x: &wgpu::Buffer, rows: usize, name: &'static str) -> wgpu::Buffer {
+        let model = self.model;
+        let gc = self.gc;
+        let c = &model.config;
+        let logits = ws.get(rec.ctx, name, (rows * c.vocab_size) as u64 * 4);
+        let w = gc.output.as_ref().unwrap_or(&model.embed_tokens);
+        gemm::record(rec, &Gemm::new(x, &w.buffer, &gc.zero_bias.buffer, &logits, [rows, c.vocab_size, c.embed_dim]));
+        logits
+    }
+}
+
+/// Blocking form of [`Engine::causal_forward`].
+#[cfg(not(target_arch = "wasm32"))]
+impl Engine {
+    pub fn causal_forward_blocking(&mut self, model: &GpuModel, batch: &Batch) -> Result<CausalOutput> {
+        pollster::block_on(self.causal_forward(model, batch))
+    }
+}

@@ -1,0 +1,134 @@
+//! Streaming generation (docs/luna.md, "Causal attention"): a prompt runs
+//! through the parallel form and leaves its final per-layer states in a
+//! [`Decoder`]; each further token is one step of the recurrence that folds
+//! it into those states. The state never grows with the position.
+
+use crate::engine::causal::{lengths_u32, Hooks, Run};
+use crate::engine::context::Engine;
+use crate::engine::weights::GpuModel;
+use crate::error::{LunaError, Result};
+use crate::gpu::buffers::{self, Tracked};
+use crate::gpu::recorder::Recorder;
+use crate::gpu::scope::ErrorScopes;
+use crate::input::Batch;
+use crate::kernels::causal::Shape;
+
+/// A streaming decoder: one state `(Sk, Sv)` per layer and head on the GPU,
+/// and the number of tokens consumed. Its size never depends on that number.
+pub struct Decoder {
+    /// Tokens consumed so far (prompt and generated).
+    pub position: usize,
+    model_id: u64,
+    states: Vec<Tracked>,
+}
+
+impl Decoder {
+    /// Bytes of GPU state this decoder holds (constant for a model).
+    pub fn state_bytes(&self) -> u64 {
+        self.states.iter().map(|s| s.buffer.size()).sum()
+    }
+}
+
+impl Engine {
+    /// state it leaves, with the logits after the prompt's last token.
+    pub async fn prefill(&mut self, model: &GpuModel, tokens: &[u32]) -> Result<(Decoder, Vec<f32>)> {
+        if tokens.is_empty() {
+            return Err(LunaError::Input("the prompt is empty; give at least one token".into()));
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let batch = Batch::new(&model.config, &ids, 1, tokens.len())?;
+        let (shape, pos_table) = self.prepare_parallel(model, &batch, 1)?;
+        if batch.lengths[0] != tokens.len() {
+            return Err(LunaError::Input(format!(
+                "the prompt holds the padding token {}; a prompt must be real tokens only",
+                model.config.padding_idx
+            )));
+        }
+        let c = &model.config;
+        let (d, vocab, n) = (c.embed_dim, c.vocab_size, tokens.len());
+        let block = c.num_heads * shape.block();
+        let states = (0..c.num_layers)
+            .map(|_| buffers::upload(&self.ctx, &self.stats, "decoder state", &vec![0f32; block]))
+            .collect::<Result<Vec<_>>>()?;
+        // The block of the chunk holding the last token ends as the final state.
+        let last_chunk = (n - 1) / shape.chunk;
+        let scope = ErrorScopes::push(&self.ctx);
+        let result = async {
+            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+            let run = Run::new(model, &pos_table, shape, None)?;
+            let mut keep = |rec: &mut Recorder, layer: usize, state: &wgpu::Buffer| {
+                rec.copy(state, last_chunk * block, &states[layer].buffer, 0, block);
+            };
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(&batch), Hooks { after_attention: Some(&mut keep), ..Hooks::default() })?;
+            let last = workspace.get(ctx, "last_x", d as u64 * 4);
+            rec.copy(&x, (n - 1) * d, &last, 0, d);
+            let logits = run.logits(&mut rec, workspace, &last, 1, "last_logits");
+            rec.submit();
+            Ok(buffers::read_f32(ctx, &[(&logits, vocab)]).await?.remove(0))
+        }
+        .await;
+        let logits = self.close(scope, result).await?;
+        Ok((Decoder { position: n, model_id: model.id, states }, logits))
+    }
+
+    /// Consumes one token with the streaming form; returns the logits after it.
+    pub async fn step(&mut self, model: &GpuModel, decoder: &mut Decoder, token: u32) -> Result<Vec<f32>> {
+        self.ctx.check_alive()?;
+        model.causal()?;
+        let c = &model.config;
+        if decoder.model_id != model.id {
+            return Err(LunaError::Input("this decoder was started with another model".into()));
+        }
+        if token as usize >= c.vocab_size || token as usize == c.padding_idx {
+            return Err(LunaError::Input(format!(
+                "token {token} is not a real token of this model (vocabulary [0, {}), padding {})",
+                c.vocab_size, c.padding_idx
+            )));
+        }
+        if c.learned_pos && decoder.position >= c.max_positions {
+            return Err(LunaError::Input(format!(
+                "the sequence is at max_positions = {} of this model's learned positions; it cannot grow further",
+                c.max_positions
+            )));
+        }
+        let position = (c.padding_idx + decoder.position + 1) as u32;
+        let pos_table = self.token_positions(model, position as usize + 1)?;
+        let shape = Shape {
+            batch: 1,
+            rows: 1,
+            heads: c.num_heads,
+            head_dim: c.head_dim(),
+            proj_len: c.projection_length,
+            chunk: 1,
+            t_base: decoder.position,
+        };
+        let vocab = c.vocab_size;
+        let scope = ErrorScopes::push(&self.ctx);
+        let result = async {
+            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+            let run = Run::new(model, &pos_table, shape, Some(&decoder.states))?;
+            let x = run.record(&mut rec, workspace, &[token], &[position], &[1], Hooks::default())?;
+            let logits = run.logits(&mut rec, workspace, &x, 1, "last_logits");
+            rec.submit();
+            Ok(buffers::read_f32(ctx, &[(&logits, vocab)]).await?.remove(0))
+        }
+        .await;
+        let logits = self.close(scope, result).await?;
+        decoder.position += 1;
+        Ok(logits)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Engine {
+    /// Blocking form of [`Engine::prefill`].
+    pub fn prefill_blocking(&mut self, model: &GpuModel, tokens: &[u32]) -> Result<(Decoder, Vec<f32>)> {
+        pollster::block_on(self.prefill(model, tokens))
+    }
+    /// Blocking form of [`Engine::step`].
+    pub fn step_blocking(&mut self, model: &GpuModel, decoder: &mut Decoder, token: u32) -> Result<Vec<f32>> {
+        pollster::block_on(self.step(model, decoder, token))
+    }
+}

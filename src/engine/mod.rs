@@ -1,0 +1,32 @@
+//! The engine: models on one GPU and the passes that run them. Each file has
+//! one job (docs/ARCHITECTURE.md walks through them):
+//!
+//! - `context`: the [`Engine`] (device, pipeline cache, workspace, memory,
+//!   uploads, readback, closing a call);
+//! - `weights`: a model's weights uploaded ([`GpuModel`]);
+//! - `tail`: what every layer does after its attention, and its scratch;
+//! - `encoder`: the Luna encoder pass;
+//! - `causal`: the causal LM's parallel form ([`CausalOutput`]);
+//! - `decoder`: streaming generation ([`Decoder`]);
+//! - `segments`: scoring, and one long sequence segment by segment;
+//! - `pack_weights`: what the packed slots read ([`PackWeights`]);
+//! - `baseline`: the softmax-attention baselines.
+//!
+//! Nothing here imports the float64 reference: host-side math the engine
+//! needs (position tables, the causal P) comes from `crate::math`.
+
+pub mod baseline;
+mod causal;
+mod context;
+mod decoder;
+mod encoder;
+mod pack_weights;
+mod segments;
+mod tail;
+mod weights;
+
+pub use causal::CausalOutput;
+pub use context::Engine;
+pub use decoder::Decoder;
+pub use pack_weights::PackWeights;
+pub use weights::GpuModel;

@@ -1,0 +1,169 @@
+//! Scoring, and one long sequence segment by segment. [`Engine::score`] gives
+//! the surprisal of every next token: a batch in one parallel pass, or one
+//! long document as a chain of parallel passes over segments, each starting
+//! from the per-layer states the previous one left (the `CARRY` form of
+//! `shaders/causal_scan.wgsl`), so memory is that of one segment whatever the
+//! length. The same chain carries the captures of `engine::pack_weights`.
+
+use crate::config::Config;
+use crate::engine::causal::{lengths_u32, next_tokens, Hooks, Run};
+use crate::engine::context::Engine;
+use crate::engine::weights::{causal_columns, GpuModel};
+use crate::error::{LunaError, Result};
+use crate::gpu::buffers::{self, Tracked};
+use crate::gpu::recorder::Recorder;
+use crate::gpu::scope::ErrorScopes;
+use crate::input::Batch;
+use crate::kernels::causal::{self as kernel, Shape};
+use crate::kernels::gemm::{self, Gemm};
+
+/// A GEMM recorded on a layer's attention input during a [`Engine::sequence_pass`]:
+/// `out[t, :] = ax[t, :] · w^T + b` for every token `t`, `w` `[width, d]`, `out` `[n, width]`.
+pub(crate) struct Capture<'c> {
+    pub layer: usize,
+    pub w: &'c wgpu::Buffer,
+    pub b: &'c wgpu::Buffer,
+    pub width: usize,
+    pub out: &'c wgpu::Buffer,
+}
+
+impl Engine {
+    /// Surprisal in bits of each next token, `[B, n]`: entry `t` is
+    /// `-log2 p(tokens[t+1] | tokens[..=t])` for `t + 1 < length`, else 0.
+    pub async fn score(&mut self, model: &GpuModel, batch: &Batch) -> Result<Vec<f32>> {
+        if batch.batch == 1 && batch.lengths[0] == batch.len && batch.len > self.segment_rows(&model.config, 0) {
+            // One long document: segment by segment, in memory that does not grow with it.
+            batch.check_for(&model.config)?;
+            let mut bits = self.sequence_pass(model, &batch.tokens, &[], true).await?.unwrap_or_default();
+            if let Some(last) = bits.last_mut() {
+                *last = 0.0;
+            }
+            return Ok(bits);
+        }
+        let rows = batch.batch * batch.len;
+        let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
+        let scope = ErrorScopes::push(&self.ctx);
+        let result = async {
+            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+            let run = Run::new(model, &pos_table, shape, None)?;
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
+            let bits = run.surprisal(&mut rec, workspace, &x, &next_tokens(batch));
+            rec.submit();
+            Ok(buffers::read_f32(ctx, &[(&bits, rows)]).await?.remove(0))
+        }
+        .await;
+        self.close(scope, result).await
+    }
+
+    /// Runs a prompt with the parallel form and returns a decoder holding the
+    /// Rows per segment of a long sequence: [`Engine::set_segment_rows`], or fewer when a
+    /// segment's largest buffer (`extra` floats per row included) would not
+    /// fit one binding; a multiple of the chunk.
+    pub(crate) fn segment_rows(&self, c: &Config, extra: usize) -> usize {
+        let (_, _, _, _, width) = causal_columns(c);
+        let per_row = [width, c.ffn_embed_dim, c.vocab_size, extra, c.embed_dim].into_iter().max().unwrap_or(1) as u64 * 4;
+        let fit = (self.ctx.max_binding() / per_row) as usize;
+        let chunk = self.causal_chunk;
+        (fit.min(self.segment) / chunk * chunk).max(chunk)
+    }
+
+    /// Sets the most tokens per segment when one long document is scored
+    /// segment by segment (16,384 by default; rounded down to a multiple of
+    /// the chunk). Results do not depend on it beyond rounding.
+    pub fn set_segment_rows(&mut self, rows: usize) -> Result<()> {
+        if rows == 0 {
+            return Err(LunaError::Input("a segment holds at least one token".into()));
+        }
+        self.segment = rows;
+        Ok(())
+    }
+
+    /// Runs one sequence of real tokens through the causal LM segment by
+    /// segment: each segment is a parallel pass (one submission) that starts
+    /// from the per-layer states the previous one left. Memory is that of one
+    /// segment, whatever the length. Records `captures` on the way; with
+    /// `score`, returns the surprisal of each next token (`[n]`, entry `t` for
+    /// token `t + 1`, the last entry 0).
+    pub(crate) async fn sequence_pass(&mut self, model: &GpuModel, tokens: &[u32], captures: &[Capture<'_>], score: bool) -> Result<Option<Vec<f32>>> {
+        self.ctx.check_alive()?;
+        model.causal()?;
+        let c = &model.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(LunaError::Input("no tokens: give at least one".into()));
+        }
+        let extra = captures.iter().map(|k| k.width).max().unwrap_or(0);
+        let seg = self.segment_rows(c, extra);
+        let (d, heads, pad) = (c.embed_dim, c.num_heads, c.padding_idx);
+        let block = heads * 2 * c.projection_length * c.head_dim();
+        let carry = (0..c.num_layers)
+            .map(|_| buffers::upload(&self.ctx, &self.stats, "carried state", &vec![0f32; block]))
+            .collect::<Result<Vec<_>>>()?;
+        let bits_all = if score { Some(buffers::create(&self.ctx, &self.stats, "the surprisal", n as u64 * 4)?) } else { None };
+        let last = if score { c.num_layers } else { captures.iter().map(|k| k.layer + 1).max().unwrap_or(0) };
+        for start in (0..n).step_by(seg) {
+            let end = (start + seg).min(n);
+            let rows = end - start;
+            let shape = Shape {
+                batch: 1,
+                rows,
+                heads,
+                head_dim: c.head_dim(),
+                proj_len: c.projection_length,
+                chunk: self.causal_chunk.min(rows.next_power_of_two()),
+                t_base: start,
+            };
+            self.check_causal_sizes(c, rows, &shape, if score { rows } else { 0 })?;
+            // Positions: learned ones by index; sinusoids as this segment's own rows.
+            let (table, positions): (Option<Tracked>, Vec<u32>) = match &model.embed_positions {
+                Some(_) => (None, (start..end).map(|t| (pad + 1 + t) as u32).collect()),
+                None => (Some(self.segment_positions(c, pad + 1 + start, rows)?), (0..rows as u32).collect()),
+            };
+            let pos_table = match (&table, &model.embed_positions) {
+                (Some(t), _) => t.buffer.clone(),
+                (None, Some(p)) => p.buffer.clone(),
+                (None, None) => unreachable!("one of the two position sources exists"),
+            };
+            let targets: Vec<u32> = (start..end).map(|t| if t + 1 < n { tokens[t + 1] } else { kernel::NO_TARGET }).collect();
+            let scope = ErrorScopes::push(&self.ctx);
+            let result = async {
+                let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
+                let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+                let run = Run::new(model, &pos_table, shape, None)?.continuing(&carry).first_layers(last);
+                let scratch = (!captures.is_empty()).then(|| workspace.get(ctx, "captured", (rows * extra) as u64 * 4));
+                let mut capture = |rec: &mut Recorder, i: usize, ax: &wgpu::Buffer| {
+                    if let Some(scratch) = &scratch {
+                        for k in captures.iter().filter(|k| k.layer == i) {
+                            gemm::record(rec, &Gemm::new(ax, k.w, k.b, scratch, [rows, k.width, d]));
+                            rec.copy(scratch, 0, k.out, start * k.width, rows * k.width);
+                        }
+                    }
+                };
+                let hooks = Hooks { attention_input: Some(&mut capture), ..Hooks::default() };
+                let x = run.record(&mut rec, workspace, &tokens[start..end], &positions, &[rows as u32], hooks)?;
+                if let Some(all) = &bits_all {
+                    let bits = run.surprisal(&mut rec, workspace, &x, &targets);
+                    rec.copy(&bits, 0, &all.buffer, start, rows);
+                }
+                rec.submit();
+                Ok(())
+            }
+            .await;
+            self.close(scope, result).await?;
+            drop(table);
+        }
+        match &bits_all {
+            Some(all) => Ok(Some(buffers::read_f32(&self.ctx, &[(&all.buffer, n)]).await?.remove(0))),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Engine {
+    /// Blocking form of [`Engine::score`].
+    pub fn score_blocking(&mut self, model: &GpuModel, batch: &Batch) -> Result<Vec<f32>> {
+        pollster::block_on(self.score(model, batch))
+    }
+}

@@ -1,0 +1,298 @@
+//! A model's weights on the GPU ([`GpuModel`]): uploading an encoder or a
+//! causal LM, with the projections that read the same input stacked into one
+//! matrix, the causal LM's fixed pack queries computed once on the host, and
+//! the token position table.
+
+use crate::config::{Config, ModelKind};
+use crate::engine::context::Engine;
+use crate::error::{LunaError, Result};
+use crate::gpu::buffers::Tracked;
+use crate::gpu::scope::ErrorScopes;
+use crate::kernels::{attention, causal};
+use crate::math;
+use crate::model::{KvProj, Linear, Model, Norm};
+use std::sync::Mutex;
+
+pub(crate) struct GpuNorm {
+    pub(crate) weight: Tracked,
+    pub(crate) bias: Tracked,
+}
+
+impl GpuNorm {
+    /// `(gamma, beta)` as the LayerNorm kernel takes them.
+    pub(crate) fn pair(&self) -> Option<(&wgpu::Buffer, &wgpu::Buffer)> {
+        Some((&self.weight.buffer, &self.bias.buffer))
+    }
+}
+
+/// The weights of a layer's tail: output projection, FFN and X's LayerNorms
+/// (recorded by `engine::tail`).
+pub(crate) struct GpuBlock {
+    pub(crate) wout: Tracked,
+    pub(crate) bout: Tracked,
+    pub(crate) w1: Tracked,
+    pub(crate) b1: Tracked,
+    pub(crate) w2: Tracked,
+    pub(crate) b2: Tracked,
+    /// `self_attn_layer_norm`: after the attention (post-norm) or before it (pre-norm).
+    pub(crate) ln_attn: GpuNorm,
+    pub(crate) ln_final: GpuNorm,
+}
+
+/// One encoder layer.
+pub(crate) struct GpuLayer {
+    /// `[q_proj; pack k; pack v]` stacked (pack k = v when tied): X is read once for all three.
+    pub(crate) wx: Tracked,
+    pub(crate) bx: Tracked,
+    pub(crate) wpq: Tracked,
+    pub(crate) bpq: Tracked,
+    /// `[k; v]` of the unpack (one block when tied).
+    pub(crate) wkv: Tracked,
+    pub(crate) bkv: Tracked,
+    /// `self_atten_proj_layer_norm`.
+    pub(crate) ln_proj: GpuNorm,
+    pub(crate) block: GpuBlock,
+}
+
+/// One causal LM layer.
+pub(crate) struct GpuCausalLayer {
+    /// `[q_proj · dh^-0.5; c (or k; v); pc_proj]` stacked: X is read once for all.
+    pub(crate) wx: Tracked,
+    pub(crate) bx: Tracked,
+    /// `Q_P · dh^-0.5`, `[l, d]`: P is fixed, so this is computed once at load.
+    pub(crate) qp: Tracked,
+    pub(crate) block: GpuBlock,
+}
+
+/// What a causal LM has beyond the shared parts of [`GpuModel`].
+pub(crate) struct GpuCausal {
+    pub(crate) layers: Vec<GpuCausalLayer>,
+    pub(crate) final_norm: Option<GpuNorm>,
+    /// `output_projection.weight` when not tied to the token embedding.
+    pub(crate) output: Option<Tracked>,
+    pub(crate) zero_bias: Tracked,
+}
+
+/// A model's weights on the GPU.
+pub struct GpuModel {
+    pub config: Config,
+    /// Tells decoders which model they belong to.
+    pub(crate) id: u64,
+    pub(crate) embed_tokens: Tracked,
+    /// Learned table, or `None` for sinusoids (built on demand in `token_pos`).
+    pub(crate) embed_positions: Option<Tracked>,
+    pub(crate) projected_embeddings: Tracked,
+    /// Sinusoid rows 0..l for P, when positions are not learned.
+    pub(crate) proj_positions: Option<Tracked>,
+    pub(crate) emb_norms: Option<(GpuNorm, GpuNorm)>,
+    pub(crate) final_norms: Option<(GpuNorm, GpuNorm)>,
+    /// The encoder's layers (empty for a causal LM).
+    pub(crate) layers: Vec<GpuLayer>,
+    /// Grow-only sinusoid table for token positions: (rows, buffer).
+    token_pos: Mutex<Option<(usize, Tracked)>>,
+    /// The causal LM's weights, for a `causal_lm` model.
+    pub(crate) causal: Option<GpuCausal>,
+}
+
+impl GpuModel {
+    pub(crate) fn layer(&self, i: usize) -> &GpuLayer {
+        &self.layers[if self.config.tie_layer_weights { 0 } else { i }]
+    }
+
+    /// The causal LM's weights, or an error for an encoder.
+    pub(crate) fn causal(&self) -> Result<&GpuCausal> {
+        self.causal.as_ref().ok_or_else(|| {
+            LunaError::Unsupported("this model is an encoder; logits, scores and generation need a causal_lm".into())
+        })
+    }
+}
+
+/// Column offsets of q, k, v, pc in a causal layer's stacked projection, and its width.
+pub(crate) fn causal_columns(c: &Config) -> (usize, usize, usize, usize, usize) {
+    let d = c.embed_dim;
+    if c.tie_kv {
+        (0, d, d, 2 * d, 3 * d)
+    } else {
+        (0, d, 2 * d, 3 * d, 4 * d)
+    }
+}
+
+/// `rows` sinusoid rows, float32; with `zero_row`, the token table whose row `pad` is zero.
+fn sinusoid_table(rows: usize, d: usize, zero_row: Option<usize>) -> Vec<f32> {
+    let mut t = Vec::with_capacity(rows * d);
+    for r in 0..rows {
+        let row = match zero_row {
+            Some(pad) => math::token_sinusoid_row(r, pad, d),
+            None => math::sinusoid_row(r, d),
+        };
+        t.extend(row.iter().map(|&v| v as f32));
+    }
+    t
+}
+
+fn kv_parts(kv: &KvProj) -> Vec<&Linear> {
+    match kv {
+        KvProj::Tied(c) => vec![c],
+        KvProj::Separate { k, v } => vec![k, v],
+    }
+}
+
+impl Engine {
+    pub(crate) fn norm(&self, n: &Norm) -> Result<GpuNorm> {
+        Ok(GpuNorm { weight: self.up("ln.weight", &n.weight)?, bias: self.up("ln.bias", &n.bias)? })
+    }
+
+    /// Stacks Linear layers that read the same input into one weight and bias.
+    pub(crate) fn stacked(&self, label: &str, parts: &[&Linear]) -> Result<(Tracked, Tracked)> {
+        let w: Vec<f32> = parts.iter().flat_map(|l| l.weight.iter().copied()).collect();
+        let b: Vec<f32> = parts.iter().flat_map(|l| l.bias.iter().copied()).collect();
+        Ok((self.up(label, &w)?, self.up(label, &b)?))
+    }
+
+    pub(crate) fn load_block(&self, out_proj: &Linear, fc1: &Linear, fc2: &Linear, ln_attn: &Norm, ln_final: &Norm) -> Result<GpuBlock> {
+        let (wout, bout) = self.stacked("out_proj", &[out_proj])?;
+        let (w1, b1) = self.stacked("fc1", &[fc1])?;
+        let (w2, b2) = self.stacked("fc2", &[fc2])?;
+        Ok(GpuBlock { wout, bout, w1, b1, w2, b2, ln_attn: self.norm(ln_attn)?, ln_final: self.norm(ln_final)? })
+    }
+
+    /// Uploads a model's weights (blocking form of [`Engine::load_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(&self, model: &Model) -> Result<GpuModel> {
+        pollster::block_on(self.load_async(model))
+    }
+
+    /// Uploads a model's weights; allocation failures come back as errors.
+    pub async fn load_async(&self, model: &Model) -> Result<GpuModel> {
+        self.ctx.check_alive()?;
+        let c = &model.config;
+        for (what, hd) in [("num_heads", c.head_dim()), ("num_pheads", c.pack_head_dim())] {
+            if hd > attention::MAX_HEAD_DIM {
+                return Err(LunaError::Unsupported(format!(
+                    "head dimension {hd} (embed_dim / {what}) is over the {} the attention kernel handles",
+                    attention::MAX_HEAD_DIM
+                )));
+            }
+        }
+        let scope = ErrorScopes::push(&self.ctx);
+        let uploaded = self.upload_model(model);
+        scope.close(&self.ctx, uploaded).await
+    }
+
+    fn upload_model(&self, model: &Model) -> Result<GpuModel> {
+        let c = &model.config;
+        let causal = if c.model == ModelKind::CausalLm { Some(self.upload_causal(model)?) } else { None };
+        let mut layers = Vec::new();
+        for l in &model.layers {
+            let mut xparts = vec![&l.q_proj];
+            xparts.extend(kv_parts(&l.pack_kv));
+            let (wx, bx) = self.stacked("wx", &xparts)?;
+            let (wpq, bpq) = self.stacked("wpq", &[&l.pq_proj])?;
+            let (wkv, bkv) = self.stacked("wkv", &kv_parts(&l.unpack_kv))?;
+            layers.push(GpuLayer {
+                wx,
+                bx,
+                wpq,
+                bpq,
+                wkv,
+                bkv,
+                ln_proj: self.norm(&l.self_atten_proj_layer_norm)?,
+                block: self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?,
+            });
+        }
+        let pair = |a: &Option<Norm>, b: &Option<Norm>| -> Result<Option<(GpuNorm, GpuNorm)>> {
+            Ok(match (a, b) {
+                (Some(a), Some(b)) => Some((self.norm(a)?, self.norm(b)?)),
+                _ => None,
+            })
+        };
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Ok(GpuModel {
+            config: c.clone(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            causal,
+            embed_tokens: self.up("embed_tokens", &model.embed_tokens)?,
+            embed_positions: model.embed_positions.as_ref().map(|p| self.up("embed_positions", p)).transpose()?,
+            projected_embeddings: self.up("projected_embeddings", &model.projected_embeddings)?,
+            proj_positions: if c.learned_pos {
+                None
+            } else {
+                Some(self.up("proj_positions", &sinusoid_table(c.projection_length, c.embed_dim, None))?)
+            },
+            emb_norms: pair(&model.emb_layer_norm, &model.proj_emb_layer_norm)?,
+            final_norms: pair(&model.layer_norm, &model.proj_layer_norm)?,
+            layers,
+            token_pos: Mutex::new(None),
+        })
+    }
+
+    fn upload_causal(&self, model: &Model) -> Result<GpuCausal> {
+        let c = &model.config;
+        if c.projection_length > causal::MAX_PROJECTION {
+            return Err(LunaError::Unsupported(format!(
+                "projection_length {} is over the {} the causal kernel handles",
+                c.projection_length,
+                causal::MAX_PROJECTION
+            )));
+        }
+        let s = (c.head_dim() as f64).powf(-0.5);
+        let p = math::causal_p(model);
+        let mut layers = Vec::new();
+        for (i, l) in model.causal_layers.iter().enumerate() {
+            let q_scaled = Linear {
+                out: l.q_proj.out,
+                inp: l.q_proj.inp,
+                weight: l.q_proj.weight.iter().map(|&w| (w as f64 * s) as f32).collect(),
+                bias: l.q_proj.bias.iter().map(|&b| (b as f64 * s) as f32).collect(),
+            };
+            let mut parts = vec![&q_scaled];
+            parts.extend(kv_parts(&l.kv));
+            parts.push(&l.pc_proj);
+            let (wx, bx) = self.stacked("causal wx", &parts)?;
+            let qp: Vec<f32> = math::causal_pack_queries(model, &p, i).iter().map(|&v| v as f32).collect();
+            layers.push(GpuCausalLayer {
+                wx,
+                bx,
+                qp: self.up("qp", &qp)?,
+                block: self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?,
+            });
+        }
+        Ok(GpuCausal {
+            layers,
+            final_norm: model.layer_norm.as_ref().map(|n| self.norm(n)).transpose()?,
+            output: model.output_projection.as_ref().map(|w| self.up("output_projection", w)).transpose()?,
+            zero_bias: self.up("zero bias", &vec![0.0; c.vocab_size])?,
+        })
+    }
+
+    /// The token position table covering `rows` rows (learned, or a cached sinusoid table).
+    pub(crate) fn token_positions(&self, model: &GpuModel, rows: usize) -> Result<wgpu::Buffer> {
+        if let Some(p) = &model.embed_positions {
+            return Ok(p.buffer.clone());
+        }
+        let mut cached = model.token_pos.lock().unwrap();
+        if let Some((have, buf)) = cached.as_ref() {
+            if *have >= rows {
+                return Ok(buf.buffer.clone());
+            }
+        }
+        let c = &model.config;
+        let rows = rows.max(c.position_rows()).next_power_of_two();
+        let table = sinusoid_table(rows, c.embed_dim, Some(c.padding_idx));
+        let t = self.up("token_positions", &table)?;
+        let buf = t.buffer.clone();
+        *cached = Some((rows, t));
+        Ok(buf)
+    }
+
+    /// Sinusoid rows for token positions `first..first + rows` (offset
+    /// positions, row `padding_idx` zero), as one segment of a long sequence needs.
+    pub(crate) fn segment_positions(&self, c: &Config, first: usize, rows: usize) -> Result<Tracked> {
+        let (d, pad) = (c.embed_dim, c.padding_idx);
+        let mut table = Vec::with_capacity(rows * d);
+        for r in first..first + rows {
+            table.extend(math::token_sinusoid_row(r, pad, d).iter().map(|&v| v as f32));
+        }
+        self.up("segment positions", &table)
+    }
+}
