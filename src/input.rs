@@ -78,8 +78,8 @@ impl Batch {
             lengths.push(count);
         }
         let longest = *lengths.iter().max().unwrap();
-        let l = config.projection_length;
-        let proj_len = if config.dynamic_projection { l.min(longest) } else { l };
+        let configured = config.projection_length;
+        let proj_len = if config.dynamic_projection { configured.min(longest) } else { configured };
         let mut p_mask = Vec::with_capacity(batch * proj_len);
         for &n_b in &lengths {
             for j in 0..proj_len {

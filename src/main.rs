@@ -772,7 +772,7 @@ fn bench(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
         ns.push(n);
         n *= 2;
     }
-    let mut methods: Vec<Method> = a.l.iter().map(|&l| Method::Luna { l }).collect();
+    let mut methods: Vec<Method> = a.l.iter().map(|&l| Method::Luna { projection_length: l }).collect();
     if !a.no_softmax {
         methods.extend([Method::SoftmaxFlash, Method::SoftmaxNaive]);
     }

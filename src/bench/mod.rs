@@ -31,7 +31,9 @@ pub struct Point {
     /// "luna-16", "softmax-flash", "softmax-naive", "gemm", "decode-step".
     pub method: String,
     pub n: usize,
-    pub l: usize,
+    /// Luna's projection length (0 for other methods); `l` in the CSV and JSON.
+    #[serde(rename = "l")]
+    pub projection_length: usize,
     pub d: usize,
     pub heads: usize,
     pub batch: usize,
@@ -54,7 +56,7 @@ impl Point {
             op: op.into(),
             method: method.into(),
             n: 0,
-            l: 0,
+            projection_length: 0,
             d: 0,
             heads: 0,
             batch: 0,
@@ -84,7 +86,7 @@ impl Point {
 /// The attention methods a sweep compares.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Method {
-    Luna { l: usize },
+    Luna { projection_length: usize },
     SoftmaxFlash,
     SoftmaxNaive,
 }
@@ -92,7 +94,7 @@ pub enum Method {
 impl Method {
     pub fn name(&self) -> String {
         match self {
-            Method::Luna { l } => format!("luna-{l}"),
+            Method::Luna { projection_length } => format!("luna-{projection_length}"),
             Method::SoftmaxFlash => "softmax-flash".into(),
             Method::SoftmaxNaive => "softmax-naive".into(),
         }
@@ -114,8 +116,8 @@ pub struct Sweep {
     pub max_seconds: f64,
 }
 
-pub fn luna_layer_flops(n: usize, l: usize, d: usize, ffn: usize) -> f64 {
-    let (n, l, d, f) = (n as f64, l as f64, d as f64, ffn as f64);
+pub fn luna_layer_flops(n: usize, projection_length: usize, d: usize, ffn: usize) -> f64 {
+    let (n, l, d, f) = (n as f64, projection_length as f64, d as f64, ffn as f64);
     let kv = 2.0 * d;
     2.0 * n * d * (d + kv) + 2.0 * l * d * d + 2.0 * l * d * kv + 2.0 * n * d * d + 8.0 * l * n * d + 4.0 * n * d * f
 }
@@ -126,11 +128,11 @@ pub fn softmax_layer_flops(n: usize, d: usize, ffn: usize) -> f64 {
 }
 
 /// The random-weight Luna encoder a sweep times.
-pub fn luna_config(d: usize, heads: usize, l: usize, layers: usize, max_n: usize) -> Result<Config> {
+pub fn luna_config(d: usize, heads: usize, projection_length: usize, layers: usize, max_n: usize) -> Result<Config> {
     Config::from_json(
         &serde_json::json!({
             "model": "encoder", "vocab_size": 1000, "embed_dim": d, "ffn_embed_dim": 4 * d, "num_layers": layers,
-            "num_heads": heads, "num_pheads": heads, "projection_length": l, "max_positions": max_n.max(16),
+            "num_heads": heads, "num_pheads": heads, "projection_length": projection_length, "max_positions": max_n.max(16),
             "learned_pos": false, "embed_scale": (d as f64).sqrt(), "activation": "gelu",
         })
         .to_string(),
@@ -167,16 +169,16 @@ pub fn time_point(engine: &mut Engine, method: Method, n: usize, sweep: &Sweep, 
     p.timer = timer_name(engine);
     let ffn = 4 * d;
     let outcome = match method {
-        Method::Luna { l } => {
-            p.l = l;
-            let config = luna_config(d, heads, l, layers, n)?;
+        Method::Luna { projection_length } => {
+            p.projection_length = projection_length;
+            let config = luna_config(d, heads, projection_length, layers, n)?;
             let model = Model::random(&config, 1)?;
             let gm = engine.load(&model)?;
             let (tokens, b, len) = random_tokens(&config, &vec![n; batch], 2);
             let input = Batch::new(&config, &tokens, b, len)?;
             let r = measure(engine, sweep.repeats, |e| e.time_encoder(&gm, &input));
             drop(gm);
-            r.map(|t| (t, luna_layer_flops(n, l, d, ffn)))
+            r.map(|t| (t, luna_layer_flops(n, projection_length, d, ffn)))
         }
         Method::SoftmaxFlash | Method::SoftmaxNaive => {
             let naive = method == Method::SoftmaxNaive;
@@ -239,8 +241,8 @@ pub fn run_sweep(engine: &mut Engine, sweep: &Sweep, layers: usize, on_point: &m
                     p.heads = sweep.heads;
                     p.batch = sweep.batch;
                     p.layers = layers;
-                    if let Method::Luna { l } = method {
-                        p.l = l;
+                    if let Method::Luna { projection_length } = method {
+                        p.projection_length = projection_length;
                     }
                     p.skipped = Some(format!("predicted {t:.0} s, over the --max-seconds limit of {:.0} s", sweep.max_seconds));
                     p
@@ -299,12 +301,12 @@ pub fn run_matmul(engine: &mut Engine, shapes: &[[usize; 3]], repeats: usize, on
 
 /// Causal decode: prefill to each position with the parallel form, then time
 /// single streaming steps there (wall clock per token, logits read back).
-pub fn run_decode(engine: &mut Engine, d: usize, heads: usize, l: usize, positions: &[usize], repeats: usize, on_point: &mut dyn FnMut(&Point)) -> Result<Vec<Point>> {
+pub fn run_decode(engine: &mut Engine, d: usize, heads: usize, projection_length: usize, positions: &[usize], repeats: usize, on_point: &mut dyn FnMut(&Point)) -> Result<Vec<Point>> {
     let max = positions.iter().copied().max().unwrap_or(1);
     let config = Config::from_json(
         &serde_json::json!({
             "model": "causal_lm", "vocab_size": 256, "embed_dim": d, "ffn_embed_dim": 4 * d, "num_layers": 2,
-            "num_heads": heads, "projection_length": l, "max_positions": max + repeats + 16, "learned_pos": false,
+            "num_heads": heads, "projection_length": projection_length, "max_positions": max + repeats + 16, "learned_pos": false,
             "embed_scale": (d as f64).sqrt(), "activation": "gelu", "normalize_before": true,
         })
         .to_string(),
@@ -315,7 +317,7 @@ pub fn run_decode(engine: &mut Engine, d: usize, heads: usize, l: usize, positio
     for &pos in positions {
         let mut p = Point::new("decode", "decode-step");
         p.n = pos;
-        p.l = l;
+        p.projection_length = projection_length;
         p.d = d;
         p.heads = heads;
         p.batch = 1;

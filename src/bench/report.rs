@@ -28,7 +28,7 @@ fn fmt_bytes(b: u64) -> String {
 pub fn table_row(p: &Point) -> String {
     let what = match p.shape {
         Some([m, n, k]) => format!("{m}x{n}x{k}"),
-        None => format!("n={} l={} d={} h={} B={} L={}", p.n, p.l, p.d, p.heads, p.batch, p.layers),
+        None => format!("n={} l={} d={} h={} B={} L={}", p.n, p.projection_length, p.d, p.heads, p.batch, p.layers),
     };
     match &p.skipped {
         Some(why) => format!("{:<8} {:<14} {:<38} skipped: {why}", p.op, p.method, what),
@@ -55,7 +55,7 @@ pub fn csv(points: &[Point]) -> String {
         let _ = writeln!(
             s,
             "{},{},{},{},{},{},{},{},{m},{gn},{k},{},{},{},{},{},{},{},\"{skipped}\"",
-            p.op, p.method, p.n, p.l, p.d, p.heads, p.batch, p.layers, p.median_s, p.min_s, p.max_s, p.tokens_per_s, p.gflops, p.peak_bytes, p.timer
+            p.op, p.method, p.n, p.projection_length, p.d, p.heads, p.batch, p.layers, p.median_s, p.min_s, p.max_s, p.tokens_per_s, p.gflops, p.peak_bytes, p.timer
         );
     }
     s

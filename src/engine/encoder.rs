@@ -60,22 +60,22 @@ impl Engine {
 
     /// Checks every buffer against the device before any GPU work is recorded.
     fn check_sizes(&self, c: &Config, batch: &Batch) -> Result<()> {
-        let (rows_x, rows_p) = ((batch.batch * batch.len) as u64, (batch.batch * batch.proj_len) as u64);
+        let (token_rows, packed_rows) = ((batch.batch * batch.len) as u64, (batch.batch * batch.proj_len) as u64);
         let d = c.embed_dim as u64;
         let kv = if c.tie_kv { d } else { 2 * d };
         for (what, bytes) in [
-            ("the fused q/k/v projections", rows_x * (d + kv) * 4),
-            ("the feed-forward hidden layer", rows_x * c.ffn_embed_dim as u64 * 4),
-            ("the sequence activations", rows_x * d * 4),
-            ("the packed activations", rows_p * kv * 4),
+            ("the fused q/k/v projections", token_rows * (d + kv) * 4),
+            ("the feed-forward hidden layer", token_rows * c.ffn_embed_dim as u64 * 4),
+            ("the sequence activations", token_rows * d * 4),
+            ("the packed activations", packed_rows * kv * 4),
             ("the position table", (batch.max_position() as u64 + 1).next_power_of_two() * d * 4),
         ] {
             buffers::check_binding(&self.ctx, what, bytes)?;
         }
         let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-        if rows_x.div_ceil(64) > max_groups {
+        if token_rows.div_ceil(64) > max_groups {
             return Err(LunaError::Input(format!(
-                "{rows_x} token rows in one batch exceed this adapter's dispatch limit of {} rows; split the batch",
+                "{token_rows} token rows in one batch exceed this adapter's dispatch limit of {} rows; split the batch",
                 max_groups * 64
             )));
         }
@@ -86,8 +86,8 @@ impl Engine {
     fn record_encoder(&mut self, model: &GpuModel, batch: &Batch, timestamps: Option<&Timestamps>) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
         let c = &model.config;
         self.check_sizes(c, batch)?;
-        let (bsz, n, lp, d) = (batch.batch, batch.len, batch.proj_len, c.embed_dim);
-        let (rows_x, rows_p) = (bsz * n, bsz * lp);
+        let (bsz, n, proj_len, d) = (batch.batch, batch.len, batch.proj_len, c.embed_dim);
+        let (token_rows, packed_rows) = (bsz * n, bsz * proj_len);
         let pack_kv = if c.tie_kv { d } else { 2 * d };
         let wx = d + pack_kv;
         let kvw = pack_kv;
@@ -97,23 +97,23 @@ impl Engine {
         let ctx = &self.ctx;
         let ws = &mut self.workspace;
         let pre = c.normalize_before;
-        let dims = Dims { rows: rows_x, d, ffn: c.ffn_embed_dim, proj_width: wx, pre_norm: pre, act: c.activation, eps };
+        let dims = Dims { rows: token_rows, d, ffn: c.ffn_embed_dim, proj_width: wx, pre_norm: pre, act: c.activation, eps };
         let mut s = Scratch::get(ws, ctx, &self.dummy.buffer, dims);
         let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, floats as u64 * 4);
-        let tok = get("tokens", rows_x);
-        let pos = get("positions", rows_x);
-        let xmask = get("x_mask", rows_x);
-        let pmask = get("p_mask", rows_p);
-        let pids = get("p_rows", rows_p);
-        let mut p = get("p0", rows_p * d);
-        let mut p_alt = get("p1", rows_p * d);
-        let pn = if pre { get("p_norm", rows_p * d) } else { self.dummy.buffer.clone() };
-        let qp = get("qp", rows_p * d);
-        let yp = get("yp", rows_p * d);
-        let kv = get("kv", rows_p * kvw);
+        let tok = get("tokens", token_rows);
+        let pos = get("positions", token_rows);
+        let xmask = get("x_mask", token_rows);
+        let pmask = get("p_mask", packed_rows);
+        let pids = get("p_ids", packed_rows);
+        let mut p = get("p0", packed_rows * d);
+        let mut p_alt = get("p1", packed_rows * d);
+        let pn = if pre { get("p_norm", packed_rows * d) } else { self.dummy.buffer.clone() };
+        let qp = get("qp", packed_rows * d);
+        let yp = get("yp", packed_rows * d);
+        let kv = get("kv", packed_rows * kvw);
         let (dp, dh) = (c.pack_head_dim(), c.head_dim());
-        let pack_shape = Shape { batch: bsz, q_rows: lp, k_rows: n, heads: c.num_pheads, head_dim: dp, scale: (dp as f32).powf(-0.5) };
-        let unpack_shape = Shape { batch: bsz, q_rows: n, k_rows: lp, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) };
+        let pack_shape = Shape { batch: bsz, q_rows: proj_len, k_rows: n, heads: c.num_pheads, head_dim: dp, scale: (dp as f32).powf(-0.5) };
+        let unpack_shape = Shape { batch: bsz, q_rows: n, k_rows: proj_len, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) };
         let unpack_flash = dh <= softmax::MAX_HEAD_DIM;
         let unpack_scratch = if unpack_flash { unpack_shape.flash_state_floats() } else { unpack_shape.scratch_floats() };
         let partial = get("attn_partial", pack_shape.scratch_floats().max(unpack_scratch));
@@ -124,8 +124,8 @@ impl Engine {
         q.write_buffer(&pos, 0, bytemuck::cast_slice(&batch.positions));
         q.write_buffer(&xmask, 0, bytemuck::cast_slice(&as_u32(&batch.x_mask)));
         q.write_buffer(&pmask, 0, bytemuck::cast_slice(&as_u32(&batch.p_mask)));
-        let p_rows: Vec<u32> = (0..bsz).flat_map(|_| 0..lp as u32).collect();
-        q.write_buffer(&pids, 0, bytemuck::cast_slice(&p_rows));
+        let p_ids: Vec<u32> = (0..bsz).flat_map(|_| 0..proj_len as u32).collect();
+        q.write_buffer(&pids, 0, bytemuck::cast_slice(&p_ids));
 
         let mut rec = Recorder::new(ctx, &self.cache, &self.dummy.buffer);
         let scale = c.embed_scale as f32;
@@ -140,7 +140,7 @@ impl Engine {
                 mask: if ln_emb.is_some() { None } else { Some(&xmask) },
                 out: &s.x,
             },
-            rows_x,
+            token_rows,
             d,
             scale,
         );
@@ -154,7 +154,7 @@ impl Engine {
                 mask: if ln_emb.is_some() { None } else { Some(&pmask) },
                 out: &p,
             },
-            rows_p,
+            packed_rows,
             d,
             scale,
         );
@@ -162,8 +162,8 @@ impl Engine {
             layernorm::record(rec, layernorm::Step { x, residual: r, norm: g.and_then(GpuNorm::pair), mask, out }, rows, d, eps)
         };
         if let Some((nx, np)) = ln_emb {
-            ln(&mut rec, &s.x, None, Some(nx), Some(&xmask), &s.x_alt, rows_x);
-            ln(&mut rec, &p, None, Some(np), Some(&pmask), &p_alt, rows_p);
+            ln(&mut rec, &s.x, None, Some(nx), Some(&xmask), &s.x_alt, token_rows);
+            ln(&mut rec, &p, None, Some(np), Some(&pmask), &p_alt, packed_rows);
             std::mem::swap(&mut s.x, &mut s.x_alt);
             std::mem::swap(&mut p, &mut p_alt);
         }
@@ -173,18 +173,18 @@ impl Engine {
             // Inputs of the attention: X and P, or their LayerNorms (pre-norm).
             let ax = s.attention_input(&mut rec, &l.block);
             let ap = if pre {
-                ln(&mut rec, &p, None, Some(&l.ln_proj), None, &pn, rows_p);
+                ln(&mut rec, &p, None, Some(&l.ln_proj), None, &pn, packed_rows);
                 &pn
             } else {
                 &p
             };
-            gemm::record(&mut rec, &Gemm::new(ax, &l.wx.buffer, &l.bx.buffer, &s.proj, [rows_x, wx, d]));
-            gemm::record(&mut rec, &Gemm::new(ap, &l.wpq.buffer, &l.bpq.buffer, &qp, [rows_p, d, d]));
+            gemm::record(&mut rec, &Gemm::new(ax, &l.wx.buffer, &l.bx.buffer, &s.proj, [token_rows, wx, d]));
+            gemm::record(&mut rec, &Gemm::new(ap, &l.wpq.buffer, &l.bpq.buffer, &qp, [packed_rows, d, d]));
             // Pack: P rows read the whole sequence (Hp heads, padding masked).
             let v_pack = if c.tie_kv { d } else { 2 * d };
             attention::record(&mut rec, &Attention { q: View { buffer: &qp, stride: d, offset: 0 }, k: View { buffer: &s.proj, stride: wx, offset: d }, v: View { buffer: &s.proj, stride: wx, offset: v_pack }, key_mask: &xmask, out: &yp, out_stride: d, shape: pack_shape, scratch: &partial });
             // Unpack: every token reads the packed rows (H heads, masked P rows excluded).
-            gemm::record(&mut rec, &Gemm::new(&yp, &l.wkv.buffer, &l.bkv.buffer, &kv, [rows_p, kvw, d]));
+            gemm::record(&mut rec, &Gemm::new(&yp, &l.wkv.buffer, &l.bkv.buffer, &kv, [packed_rows, kvw, d]));
             let (q_view, k_view, v_view) = (
                 View { buffer: &s.proj, stride: wx, offset: 0 },
                 View { buffer: &kv, stride: kvw, offset: 0 },
@@ -197,13 +197,13 @@ impl Engine {
                 attention::record(&mut rec, &Attention { q: q_view, k: k_view, v: v_view, key_mask: &pmask, out: &s.o, out_stride: d, shape: unpack_shape, scratch: &partial });
             }
             // P = LN(P + Yp) (post-norm) or P + Yp (pre-norm); then X's output projection and FFN.
-            ln(&mut rec, &p, Some(&yp), if pre { None } else { Some(&l.ln_proj) }, None, &p_alt, rows_p);
+            ln(&mut rec, &p, Some(&yp), if pre { None } else { Some(&l.ln_proj) }, None, &p_alt, packed_rows);
             std::mem::swap(&mut p, &mut p_alt);
             s.record_tail(&mut rec, &l.block);
         }
         if let Some((nx, np)) = &model.final_norms {
             s.record_norm(&mut rec, nx);
-            ln(&mut rec, &p, None, Some(np), None, &p_alt, rows_p);
+            ln(&mut rec, &p, None, Some(np), None, &p_alt, packed_rows);
             std::mem::swap(&mut p, &mut p_alt);
         }
         match timestamps {

@@ -25,9 +25,9 @@ impl CausalState {
 /// Causal Luna attention of one token `x [d]` given the state before it; updates the state.
 pub fn causal_attention_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &[f64], state: &mut CausalState) -> Vec<f64> {
     let d = c.embed_dim;
-    let (h_count, dh, l) = (c.num_heads, c.head_dim(), c.projection_length);
+    let (h_count, dh, proj_len) = (c.num_heads, c.head_dim(), c.projection_length);
     let s = (dh as f64).powf(-0.5);
-    let mut qp = linear(p, l, &layer.pq_proj);
+    let mut qp = linear(p, proj_len, &layer.pq_proj);
     scale(&mut qp, s);
     let pc = linear(x, 1, &layer.pc_proj);
     let mut q = linear(x, 1, &layer.q_proj);
@@ -45,20 +45,20 @@ pub fn causal_attention_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &[f6
     for h in 0..h_count {
         let cols = h * dh..(h + 1) * dh;
         let a: Vec<f64> =
-            (0..l).map(|j| softplus_ln2(cols.clone().map(|c| pc[c] * qp[j * d + c]).sum())).collect();
+            (0..proj_len).map(|j| softplus_ln2(cols.clone().map(|c| pc[c] * qp[j * d + c]).sum())).collect();
         let (sk, sv) = (&mut state.sk[h], &mut state.sv[h]);
         for r in 0..dh {
-            for j in 0..l {
-                sk[r * l + j] += k[h * dh + r] * a[j];
+            for j in 0..proj_len {
+                sk[r * proj_len + j] += k[h * dh + r] * a[j];
                 sv[j * dh + r] += a[j] * v[h * dh + r];
             }
         }
-        let scores: Vec<f64> = (0..l).map(|j| (0..dh).map(|r| q[h * dh + r] * sk[r * l + j]).sum::<f64>() / t).collect();
+        let scores: Vec<f64> = (0..proj_len).map(|j| (0..dh).map(|r| q[h * dh + r] * sk[r * proj_len + j]).sum::<f64>() / t).collect();
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f64 = e.iter().sum();
         for r in 0..dh {
-            o[h * dh + r] = (0..l).map(|j| e[j] / total * sv[j * dh + r]).sum::<f64>() / t;
+            o[h * dh + r] = (0..proj_len).map(|j| e[j] / total * sv[j * dh + r]).sum::<f64>() / t;
         }
     }
     linear(&o, 1, &layer.out_proj)

@@ -23,17 +23,17 @@ pub fn luna_attention(
 ) -> (Vec<f64>, Vec<f64>) {
     let d = c.embed_dim;
     let n = x.len() / d;
-    let lp = p.len() / d;
+    let proj_len = p.len() / d;
     // Pack: P reads the sequence with Hp heads of dp columns.
     let (kp, vp) = kv(&layer.pack_kv, x, n);
-    let mut qp = linear(p, lp, &layer.pq_proj);
+    let mut qp = linear(p, proj_len, &layer.pq_proj);
     scale(&mut qp, (c.pack_head_dim() as f64).powf(-0.5));
-    let yp = multihead_attention(&qp, &kp, &vp, lp, n, d, c.num_pheads, x_mask);
+    let yp = multihead_attention(&qp, &kp, &vp, proj_len, n, d, c.num_pheads, x_mask);
     // Unpack: every token reads the packed sequence with H heads of dh columns.
     let mut q = linear(x, n, &layer.q_proj);
     scale(&mut q, (c.head_dim() as f64).powf(-0.5));
-    let (k, v) = kv(&layer.unpack_kv, &yp, lp);
-    let o = multihead_attention(&q, &k, &v, n, lp, d, c.num_heads, p_mask);
+    let (k, v) = kv(&layer.unpack_kv, &yp, proj_len);
+    let o = multihead_attention(&q, &k, &v, n, proj_len, d, c.num_heads, p_mask);
     let y = linear(&o, n, &layer.out_proj);
     (y, yp)
 }
@@ -53,7 +53,7 @@ pub fn encoder_layer(c: &Config, layer: &Layer, x: &mut Vec<f64>, p: &mut Vec<f6
     let d = c.embed_dim;
     let eps = c.layer_norm_eps;
     let n = x.len() / d;
-    let lp = p.len() / d;
+    let proj_len = p.len() / d;
     if c.normalize_before {
         let xn = layer_norm(x, d, &layer.self_attn_layer_norm, eps);
         let pn = layer_norm(p, d, &layer.self_atten_proj_layer_norm, eps);
@@ -73,7 +73,7 @@ pub fn encoder_layer(c: &Config, layer: &Layer, x: &mut Vec<f64>, p: &mut Vec<f6
         add(x, &f);
         *x = layer_norm(x, d, &layer.final_layer_norm, eps);
     }
-    let _ = lp;
+    let _ = proj_len;
 }
 
 fn ffn(c: &Config, layer: &Layer, x: &[f64], n: usize) -> Vec<f64> {
@@ -89,7 +89,7 @@ pub fn embed(model: &Model, batch: &Batch, b: usize) -> (Vec<f64>, Vec<f64>) {
     let c = &model.config;
     let d = c.embed_dim;
     let n = batch.len;
-    let lp = batch.proj_len;
+    let proj_len = batch.proj_len;
     let mut x = vec![0.0; n * d];
     for t in 0..n {
         let tok = batch.tokens[b * n + t] as usize;
@@ -102,8 +102,8 @@ pub fn embed(model: &Model, batch: &Batch, b: usize) -> (Vec<f64>, Vec<f64>) {
             x[t * d + k] = c.embed_scale * model.embed_tokens[tok * d + k] as f64 + pos_row[k];
         }
     }
-    let mut p = vec![0.0; lp * d];
-    for j in 0..lp {
+    let mut p = vec![0.0; proj_len * d];
+    for j in 0..proj_len {
         let pos_row = if c.learned_pos { vec![0.0; d] } else { sinusoid_row(j, d) };
         for k in 0..d {
             p[j * d + k] = c.embed_scale * model.projected_embeddings[j * d + k] as f64 + pos_row[k];
@@ -114,7 +114,7 @@ pub fn embed(model: &Model, batch: &Batch, b: usize) -> (Vec<f64>, Vec<f64>) {
         p = layer_norm(&p, d, ln_p, c.layer_norm_eps);
     }
     zero_rows(&mut x, d, &batch.x_mask[b * n..(b + 1) * n]);
-    zero_rows(&mut p, d, &batch.p_mask[b * lp..(b + 1) * lp]);
+    zero_rows(&mut p, d, &batch.p_mask[b * proj_len..(b + 1) * proj_len]);
     (x, p)
 }
 
@@ -128,11 +128,11 @@ pub struct Output64 {
 pub fn encoder_forward(model: &Model, batch: &Batch) -> Output64 {
     let c = &model.config;
     let d = c.embed_dim;
-    let (n, lp) = (batch.len, batch.proj_len);
-    let mut out = Output64 { x: Vec::with_capacity(batch.batch * n * d), p: Vec::with_capacity(batch.batch * lp * d) };
+    let (n, proj_len) = (batch.len, batch.proj_len);
+    let mut out = Output64 { x: Vec::with_capacity(batch.batch * n * d), p: Vec::with_capacity(batch.batch * proj_len * d) };
     for b in 0..batch.batch {
         let x_mask = &batch.x_mask[b * n..(b + 1) * n];
-        let p_mask = &batch.p_mask[b * lp..(b + 1) * lp];
+        let p_mask = &batch.p_mask[b * proj_len..(b + 1) * proj_len];
         let (mut x, mut p) = embed(model, batch, b);
         for i in 0..c.num_layers {
             encoder_layer(c, model.layer(i), &mut x, &mut p, x_mask, p_mask);
