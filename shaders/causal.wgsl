@@ -1,4 +1,4 @@
-// Causal Luna attention (LUNA_SPEC.md, "Causal Luna attention"), one
+// Causal Luna attention (docs/luna.md, "Causal attention"), one
 // workgroup per (batch, chunk, head), walking the chunk's tokens in order:
 //   a_t   = softplus_ln2(pc_t · Q_P^T)                      [l]   pack weights
 //   Sk   += a_t (outer) k_t ;  Sv += a_t (outer) v_t         [l, dh] each
