@@ -10,6 +10,7 @@
 // form is the same kernel on one token with a persistent state block.
 // Tokens at or past a sequence's length leave the state alone, so the block of
 // the chunk holding a sequence's last token ends as its final state.
+// Recorded by kernels::causal::parallel (with causal_scan.wgsl) and kernels::causal::step.
 
 struct Params {
     rows: u32,        // token rows per sequence (n)
