@@ -13,6 +13,7 @@
 // into its own output columns (tid, tid + WG, ...), so V reads are coalesced.
 // Q, K, V are read through strides and column offsets, so fused projection
 // outputs ([q | k | v] side by side) are used where they lie.
+// Math: docs/luna.md, "Pack and unpack". Recorded by kernels::attention::record.
 
 struct Params {
     q_rows: u32,    // query rows per sequence

@@ -1,6 +1,7 @@
 // Merges the partial softmax states of attention.wgsl's key splits:
 //   M = max_s m_s,  L = sum_s l_s e^(m_s - M),  out = sum_s acc_s e^(m_s - M) / L
 // One workgroup per (batch, head, query row); threads over the head's columns.
+// Math: docs/luna.md, "Pack and unpack". Recorded by kernels::attention::record.
 
 struct Params {
     q_rows: u32,

@@ -1,4 +1,4 @@
-// Causal Luna attention (LUNA_SPEC.md, "Causal Luna attention"), one
+// Causal Luna attention (docs/luna.md, "Causal attention"), one
 // workgroup per (batch, chunk, head), walking the chunk's tokens in order:
 //   a_t   = softplus_ln2(pc_t · Q_P^T)                      [l]   pack weights
 //   Sk   += a_t (outer) k_t ;  Sv += a_t (outer) v_t         [l, dh] each
@@ -10,6 +10,7 @@
 // form is the same kernel on one token with a persistent state block.
 // Tokens at or past a sequence's length leave the state alone, so the block of
 // the chunk holding a sequence's last token ends as its final state.
+// Recorded by kernels::causal::parallel (with causal_scan.wgsl) and kernels::causal::step.
 
 struct Params {
     rows: u32,        // token rows per sequence (n)

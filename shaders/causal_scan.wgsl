@@ -1,6 +1,7 @@
 // Turns per-chunk state sums into exclusive prefix sums over the chunks of
 // each sequence, in place: block c then holds the state before chunk c.
 // One thread per (batch, head, state entry), walking the chunks in order.
+// Math: docs/luna.md, "Causal attention" (the parallel form, segments). Recorded by kernels::causal::parallel.
 
 struct Params {
     chunks: u32,

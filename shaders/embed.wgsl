@@ -3,6 +3,7 @@
 // the LayerNorm kernel zeroes them instead).
 // Serves both X (token embeddings + fairseq-offset positions) and P
 // (projected_embeddings rows 0..l'-1 + unoffset sinusoid rows).
+// Math: docs/luna.md, "The encoder" (positions, X and P). Recorded by kernels::embed::record.
 
 struct Params {
     rows: u32,

@@ -2,6 +2,7 @@
 // W is a PyTorch Linear weight ([out, in], row-major), so both operands are read along K.
 // A 64x64 output tile per workgroup of 16x16 threads, 4x4 outputs per thread,
 // K walked in steps of 16 through workgroup memory. Tails in M, N and K are guarded.
+// Math: docs/luna.md, "Notation" (Linear, activations). Recorded by kernels::gemm::record.
 
 struct Params {
     m: u32,

@@ -2,6 +2,7 @@
 // masked rows:   v = x (+ r);  out = LN(v) * gamma + beta  (or v when not normalising);
 //                out = 0 on rows whose mask is set.
 // One workgroup per row; mean and (biased) variance in two passes for accuracy.
+// Math: docs/luna.md, "Notation" (LayerNorm) and "The encoder layer". Recorded by kernels::layernorm::record.
 
 struct Params {
     rows: u32,

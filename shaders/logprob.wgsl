@@ -1,6 +1,7 @@
 // Surprisal of each row's target token, in bits:
 //   out[r] = -(logits[r, target[r]] - logsumexp(logits[r])) / ln 2
 // rows whose target is NONE get 0. One workgroup per row.
+// Math: docs/luna.md, "The causal LM" (surprisal). Recorded by kernels::causal::logprob.
 
 struct Params {
     rows: u32,

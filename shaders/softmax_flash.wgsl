@@ -32,6 +32,8 @@
 // Workgroup memory: K tile 4 KiB + V tile 4 KiB + partial dots 8 KiB = 16 KiB.
 // Tiles are stored with a per-slice rotation ((e + t) mod SV) so that the T
 // slices read at once fall in different banks; the partial-dot rows likewise.
+// Luna's unpack runs through this kernel too (docs/luna.md, "Pack and unpack").
+// Recorded by kernels::softmax::record_flash.
 
 struct Params {
     q_rows: u32,     // query rows per sequence

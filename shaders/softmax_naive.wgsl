@@ -14,6 +14,8 @@
 // `accumulate`, adds to the output: the host splits a long sequence into
 // passes so that no invocation loops more than a bounded number of times.
 // All three entry points share one binding layout.
+// The softmax baseline only (its float64 oracle: src/reference/softmax.rs).
+// Recorded by kernels::softmax::record_naive.
 
 struct Params {
     q_rows: u32,

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Checks the trainer's model against the spec's recurrence and against the engine.
+"""Checks the trainer's model against the causal recurrence of docs/luna.md and against the engine.
 
 1. The chunked parallel form of `luna_model.causal_luna` against a plain
-   token-by-token recurrence of LUNA_SPEC.md (float64), for several chunk sizes,
+   token-by-token recurrence (docs/luna.md, "Causal attention"; float64), for several chunk sizes,
    and a sequence scored in two calls (carrying the state) against one call.
 2. Small random models (pre-norm and post-norm, tied and separate K/V) exported
    to model files, run through `luna forward --device cpu` (the engine's float64
@@ -28,7 +28,7 @@ torch.set_num_threads(2)
 
 
 def recurrence(q, k, v, a):
-    """The spec's step-by-step form for one head: q, k, v [n, dh], a [n, l]."""
+    """The step-by-step form (docs/luna.md, "Causal attention") for one head: q, k, v [n, dh], a [n, l]."""
     n, dh = q.shape
     l = a.shape[1]
     sk = torch.zeros(dh, l, dtype=q.dtype)

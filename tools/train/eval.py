@@ -15,8 +15,9 @@ Two protocols, both scoring every byte once after a bos token:
 
 * --whole: the whole file as one sequence, bos + every byte, which is what
   `luna score --model M --text FILE` computes. A causal Luna model reads its
-  past only through running means (the 1/t of the spec), so far past its
-  training window it predicts worse; --profile shows bits per byte by position.
+  past only through running means (the 1/t of docs/luna.md, "Causal
+  attention"), so far past its training window it predicts worse; --profile
+  shows bits per byte by position.
 
     python tools/train/eval.py --model models/luna-pydoc-bytes.safetensors [--text FILE] [--whole] [--profile]
 """

@@ -1,8 +1,8 @@
-"""The causal Luna LM of LUNA_SPEC.md ("Causal Luna attention", "Causal LM") in PyTorch.
+"""The causal Luna LM of docs/luna.md ("Causal attention", "The causal LM") in PyTorch.
 
-Written from the spec, independently of the engine. Parameter names are the
-spec's (fairseq's) tensor names, so `state_dict()` is the model file's tensor
-set. The causal attention is computed in its parallel form over chunks of C
+Written from that definition, independently of the engine. Parameter names
+are the model file's tensor names (fairseq's; docs/luna.md, "The model
+file"), so `state_dict()` is the model file's tensor set. The causal attention is computed in its parallel form over chunks of C
 tokens: per chunk the sums of `K (outer) A` and `A (outer) V`, an exclusive
 prefix sum over chunks, and inside a chunk the masked C x C products. Nothing
 of size n x n or n x dh x l is formed, and an optional state carries
@@ -59,7 +59,7 @@ def make_config(embed_dim=256, ffn_embed_dim=1024, num_layers=4, num_heads=4, pr
 
 
 def check_config(c):
-    """This trainer implements the spec's causal LM with these options only."""
+    """This trainer implements the causal LM of docs/luna.md with these options only."""
     if c["model"] != "causal_lm":
         raise ValueError("only model = causal_lm")
     for key in ("tie_layer_weights", "layernorm_embedding", "learned_pos"):
@@ -251,12 +251,12 @@ class LunaCausalLM(nn.Module):
 
 
 def full_config(c):
-    """The config with every key of the spec written out."""
+    """The config with every key of docs/luna.md, "The model file", written out."""
     return {k: c[k] for k in CONFIG_KEYS if k in c}
 
 
 def export(model: LunaCausalLM, path, dtype=torch.float32, extra_metadata=None):
-    """Writes the model file: the spec's tensor names, `luna.config`, `luna.tokenizer`."""
+    """Writes the model file: the tensor names of docs/luna.md, `luna.config`, `luna.tokenizer`."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}

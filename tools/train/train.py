@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-r"""Train a byte-level causal Luna LM (LUNA_SPEC.md, "Causal LM") and export it for `luna`.
+r"""Train a byte-level causal Luna LM (docs/luna.md, "The causal LM") and export it for `luna`.
 
     python tools/train/train.py --out models/luna-pydoc-bytes.safetensors \
         --embed-dim 192 --ffn-dim 768 --layers 4 --heads 4 --proj-len 32 \
