@@ -4,6 +4,9 @@
 
 mod common;
 
+use common::cli::TempDir;
+use common::compare::{first_rows, max_err};
+use common::configs;
 use luna_wgpu::model::Model;
 use luna_wgpu::sample::Sampler;
 use luna_wgpu::tokenizer::Tokenizer;
@@ -32,14 +35,15 @@ macro_rules! assert_err {
 /// A good call on the shared GPU engine still succeeds and matches the float64 reference.
 fn assert_engine_still_works() {
     let Some(mut engine) = common::engine() else { return };
-    let c = common::config(json!({}));
+    let c = small();
     let model = Model::random(&c, 7).unwrap();
     let batch = common::random_batch(&c, &[7, 4], 3);
     common::check_model(&mut engine, &model, &batch, 1e-4);
 }
 
+/// The small encoder of `common::configs` (vocabulary 50, d 24, ffn 40).
 fn small() -> Config {
-    common::config(json!({}))
+    configs::encoder(json!({}))
 }
 
 /// Owned tensors of a model, to be altered and written back.
@@ -69,17 +73,9 @@ fn model_file_with_config(text: Option<String>) -> Vec<u8> {
     write(&owned(&model), text)
 }
 
-/// `small()`'s config JSON with keys overridden.
+/// `small()`'s config JSON with keys overridden (a `null` removes the key).
 fn config_json(overrides: serde_json::Value) -> String {
-    let mut v: serde_json::Value = serde_json::from_str(&small().to_json()).unwrap();
-    for (k, x) in overrides.as_object().unwrap() {
-        if x.is_null() {
-            v.as_object_mut().unwrap().remove(k);
-        } else {
-            v[k] = x.clone();
-        }
-    }
-    v.to_string()
+    configs::merge(serde_json::from_str(&small().to_json()).unwrap(), overrides).to_string()
 }
 
 fn tokens_file(dtype: Dtype, shape: &[usize], values: &[i64]) -> Vec<u8> {
@@ -152,7 +148,7 @@ fn all_padding_sequence_is_refused() {
     assert_err!(Batch::new(&c, &[1, 1, 1], 1, 3), LunaError::Input(_), "sequence 0", "all padding");
     assert_err!(Batch::new(&c, &[5, 6, 7, 1, 1, 1], 2, 3), LunaError::Input(_), "sequence 1", "all padding");
     // With a dynamic projection too (l' would be 0).
-    let dynamic = common::config(json!({"dynamic_projection": true}));
+    let dynamic = configs::encoder(json!({"dynamic_projection": true}));
     assert_err!(Batch::new(&dynamic, &[4, 1, 1, 1], 2, 2), LunaError::Input(_), "sequence 1", "all padding");
     assert_engine_still_works();
 }
@@ -161,7 +157,7 @@ fn all_padding_sequence_is_refused() {
 
 #[test]
 fn too_many_tokens_for_learned_positions_is_refused() {
-    let learned = common::config(json!({"learned_pos": true, "max_positions": 8}));
+    let learned = configs::encoder(json!({"learned_pos": true, "max_positions": 8}));
     let (tokens, b, n) = luna_wgpu::init::random_tokens(&learned, &[12, 3], 5);
     assert_err!(Batch::new(&learned, &tokens, b, n), LunaError::Input(_), "sequence 0", "12 tokens", "max_positions = 8");
     // Exactly max_positions tokens is fine.
@@ -173,7 +169,7 @@ fn too_many_tokens_for_learned_positions_is_refused() {
     Batch::new(&learned, &row, 1, 12).unwrap();
 
     // Sinusoidal positions have no such limit: the same 12 tokens run, on the GPU too.
-    let sinus = common::config(json!({"learned_pos": false, "max_positions": 8, "embed_scale": 4.9}));
+    let sinus = configs::encoder(json!({"learned_pos": false, "max_positions": 8, "embed_scale": 4.9}));
     let batch = Batch::new(&sinus, &tokens, b, n).unwrap();
     assert_eq!(batch.lengths, vec![12, 3]);
     if let Some(mut engine) = common::engine() {
@@ -234,11 +230,10 @@ fn truncated_model_file_is_refused() {
         assert_err!(Model::from_bytes(&bytes[..cut]), LunaError::Model(_), "model file", "safetensors");
     }
     // And through the file system.
-    let dir = common_dir("truncated");
-    let path = dir.join("cut.safetensors");
+    let dir = TempDir::new("truncated");
+    let path = dir.path("cut.safetensors");
     std::fs::write(&path, &bytes[..8 + header / 2]).unwrap();
     assert_err!(Model::load(&path), LunaError::Model(_), "not a readable safetensors file");
-    std::fs::remove_dir_all(&dir).ok();
     assert_engine_still_works();
 }
 
@@ -261,18 +256,17 @@ fn garbage_empty_and_missing_model_files_are_refused() {
     bad.extend(text);
     assert_err!(Model::from_bytes(&bad), LunaError::Model(_), "model file");
 
-    let dir = common_dir("missing");
-    let missing = dir.join("no-such.model.safetensors");
+    let dir = TempDir::new("missing");
+    let missing = dir.path("no-such.model.safetensors");
     let e = assert_err!(Model::load(&missing), LunaError::Io { .. }, "no-such.model.safetensors");
     if let LunaError::Io { source, .. } = e {
         assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
     }
     // A directory instead of a file.
-    assert_err!(Model::load(&dir), LunaError::Io { .. }, dir.to_str().unwrap());
-    let empty = dir.join("empty.safetensors");
+    assert_err!(Model::load(dir.dir()), LunaError::Io { .. }, dir.dir().to_str().unwrap());
+    let empty = dir.path("empty.safetensors");
     std::fs::write(&empty, b"").unwrap();
     assert_err!(Model::load(&empty), LunaError::Model(_), "safetensors");
-    std::fs::remove_dir_all(&dir).ok();
     assert_engine_still_works();
 }
 
@@ -305,7 +299,7 @@ fn missing_tensor_is_refused_by_name() {
     let file = model_file(&c, |t| t.retain(|(n, _, _)| n != "embed_positions.weight"));
     assert_err!(Model::from_bytes(&file), LunaError::Model(_), "missing tensor", "embed_positions.weight");
     // A tied-K/V file read with an untied config: the untied names are missing.
-    let tied = common::config(json!({"tie_kv": true}));
+    let tied = configs::encoder(json!({"tie_kv": true}));
     let file = write(&owned(&Model::random(&tied, 3).unwrap()), Some(c.to_json()));
     assert_err!(Model::from_bytes(&file), LunaError::Model(_), "missing tensor", "pk_proj");
     // Pre-norm config on a post-norm file: the final norms are missing.
@@ -439,7 +433,7 @@ fn head_dim_beyond_the_kernel_is_refused_at_load() {
     let Some(engine) = common::engine() else { return };
     let max = luna_wgpu::kernels::attention::MAX_HEAD_DIM;
     let d = 2 * max;
-    let c = common::config(json!({
+    let c = configs::encoder(json!({
         "embed_dim": d, "num_heads": 1, "num_pheads": 4, "ffn_embed_dim": 4, "num_layers": 1,
         "tie_kv": true, "tie_layer_weights": true, "vocab_size": 8, "max_positions": 8, "projection_length": 2,
     }));
@@ -463,7 +457,7 @@ fn batch_beyond_the_binding_limit_is_refused_before_gpu_work() {
     let d = 8;
     let rows = (limit / (ffn as u64 * 4)) as usize + 1;
     assert!(rows < 1 << 22, "binding limit {limit} too large for this test's shapes");
-    let c = common::config(json!({
+    let c = configs::encoder(json!({
         "embed_dim": d, "num_heads": 2, "num_pheads": 2, "ffn_embed_dim": ffn, "num_layers": 1,
         "learned_pos": false, "embed_scale": 2.0, "projection_length": 4, "vocab_size": 20,
     }));
@@ -490,7 +484,7 @@ fn batch_beyond_the_binding_limit_is_refused_before_gpu_work() {
     let small_batch = common::random_batch(&c, &[6, 2], 9);
     let out = engine.encode_blocking(&gm, &small_batch).unwrap();
     let reference = luna_wgpu::reference::encoder_forward(&model, &small_batch);
-    let (ex, mx) = common::max_err(&out.x, &reference.x, d, |r| !small_batch.x_mask[r]);
+    let (ex, mx) = max_err(&out.x, &reference.x, d, |r| !small_batch.x_mask[r]);
     assert!(ex <= 1e-4 * mx.max(1.0), "x error {ex}");
     drop(gm);
     drop(engine);
@@ -508,7 +502,7 @@ fn tensor_beyond_the_binding_limit_is_refused_at_load() {
     }
     let d = 8;
     let vocab = (limit / (d as u64 * 4)) as usize + 1;
-    let c = common::config(json!({
+    let c = configs::encoder(json!({
         "embed_dim": d, "num_heads": 2, "num_pheads": 2, "ffn_embed_dim": 8, "num_layers": 1,
         "vocab_size": vocab, "max_positions": 16, "projection_length": 2,
     }));
@@ -522,16 +516,9 @@ fn tensor_beyond_the_binding_limit_is_refused_at_load() {
 
 // 9. Causal LM files, their tokenizer, sampling, and the causal engine paths.
 
+/// `common::configs::byte_lm` with a smaller FFN (24), 64 positions and relu.
 fn causal(overrides: serde_json::Value) -> Config {
-    let mut v = json!({
-        "model": "causal_lm", "vocab_size": 259, "embed_dim": 16, "ffn_embed_dim": 24, "num_layers": 2,
-        "num_heads": 2, "projection_length": 4, "max_positions": 64, "padding_idx": 1,
-        "normalize_before": true, "tie_kv": true, "learned_pos": false,
-    });
-    for (k, x) in overrides.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    Config::from_json(&v.to_string()).unwrap()
+    configs::byte_lm(configs::merge(json!({"ffn_embed_dim": 24, "max_positions": 64, "activation": "relu"}), overrides))
 }
 
 #[test]
@@ -638,20 +625,8 @@ fn bad_causal_input_is_refused_by_the_engine() {
     let out = engine.causal_forward_blocking(&gm, &batch).unwrap();
     let want = luna_wgpu::reference::causal_lm_forward(&model, &batch);
     let v = c.vocab_size;
-    let (err, mag) = common::max_err(&out.logits, &want, v, |r| r % batch.len < batch.lengths[r / batch.len]);
+    let (err, mag) = max_err(&out.logits, &want, v, first_rows(batch.len, &batch.lengths));
     assert!(err <= 1e-4 * mag.max(1.0), "logits error {err}");
     drop(engine);
     assert_engine_still_works();
-}
-
-fn common_dir(tag: &str) -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "luna-bad-input-{tag}-{}-{}",
-        std::process::id(),
-        COUNT.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -15,6 +15,10 @@
 //!
 //! `luna serve` is checked here too (it needs no browser).
 
+mod common;
+
+use common::cli::{assert_ok, luna_command, TempDir};
+use common::configs;
 use luna_wgpu::tokenizer::Tokenizer;
 use luna_wgpu::{tensors, AdapterChoice, Batch, Config, Engine, Model};
 use serde_json::json;
@@ -27,9 +31,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `luna` with `args`, which must succeed.
 fn luna(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_luna")).args(args).env_remove("RUST_LOG").output().expect("run luna");
-    assert!(out.status.success(), "luna {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_ok(&common::cli::luna(args), &format!("luna {args:?}"));
 }
 
 fn cmd_stdout(program: &str, args: &[&str]) -> Option<String> {
@@ -86,23 +90,13 @@ fn missing_prerequisites() -> Vec<String> {
     missing
 }
 
+/// `common::configs::byte_lm` twice as wide (d 32, ffn 64, l 8), for up to 4096 tokens.
 fn causal_config(overrides: serde_json::Value) -> Config {
-    let mut c = json!({
-        "model": "causal_lm", "vocab_size": 259, "embed_dim": 32, "ffn_embed_dim": 64, "num_layers": 2,
-        "num_heads": 2, "projection_length": 8, "max_positions": 4096, "padding_idx": 1,
-        "normalize_before": true, "tie_kv": true, "learned_pos": false, "tie_output_embedding": true,
-        "activation": "gelu", "embed_scale": 5.656854249492381, "layer_norm_eps": 1e-5
+    let wider = json!({
+        "embed_dim": 32, "ffn_embed_dim": 64, "projection_length": 8, "max_positions": 4096,
+        "tie_output_embedding": true, "embed_scale": 5.656854249492381, "layer_norm_eps": 1e-5
     });
-    for (k, v) in overrides.as_object().unwrap() {
-        c[k] = v.clone();
-    }
-    Config::from_json(&c.to_string()).unwrap()
-}
-
-fn with_tokenizer(mut m: Model) -> Model {
-    let (t, _) = Tokenizer::bytes_for(&m.config).unwrap();
-    t.store(&mut m).unwrap();
-    m
+    configs::byte_lm(configs::merge(wider, overrides))
 }
 
 /// Models, inputs and native outputs for the browser to match.
@@ -128,7 +122,7 @@ fn make_fixtures(dir: &Path) {
 
     // A causal LM with a byte tokenizer (post-norm, separate k/v), two texts.
     let lm = causal_config(json!({"normalize_before": false, "tie_kv": false}));
-    let model = with_tokenizer(Model::random(&lm, 5).unwrap());
+    let (model, _) = configs::byte_model(&lm, 5);
     model.save(&p("causal.safetensors")).unwrap();
     let tok = Tokenizer::from_model(&model).unwrap().unwrap();
     let texts = ["Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him.", "The evil that men do lives after them."];
@@ -172,7 +166,7 @@ fn make_fixtures(dir: &Path) {
     // The demo page's model: tiny, so that the 114 KB sample scores in a minute or two on a
     // software adapter (every layer walks the whole sequence; the real model wants a GPU).
     let demo = causal_config(json!({"embed_dim": 16, "ffn_embed_dim": 32, "num_heads": 1, "num_layers": 1, "embed_scale": 4.0}));
-    with_tokenizer(Model::random(&demo, 7).unwrap()).save(&p("demo.safetensors")).unwrap();
+    configs::byte_model(&demo, 7).0.save(&p("demo.safetensors")).unwrap();
     // A file that is no model.
     std::fs::write(p("bad.safetensors"), b"this is not a safetensors file, just some text").unwrap();
     // Check the fixtures agree with the library (a cheap guard on the files themselves).
@@ -237,8 +231,8 @@ fn browser_end_to_end() {
 /// `luna serve` on a free port: the web folder, models/ beside it, nothing outside them.
 #[test]
 fn serve_serves_the_web_folder_and_nothing_else() {
-    let dir = std::env::temp_dir().join(format!("luna-serve-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let temp = TempDir::new("serve");
+    let dir = temp.dir();
     std::fs::create_dir_all(dir.join("web/pkg")).unwrap();
     std::fs::create_dir_all(dir.join("models")).unwrap();
     std::fs::write(dir.join("web/index.html"), "<p>demo</p>").unwrap();
@@ -246,7 +240,7 @@ fn serve_serves_the_web_folder_and_nothing_else() {
     std::fs::write(dir.join("models/m.safetensors"), b"model bytes").unwrap();
     std::fs::write(dir.join("secret.txt"), b"secret").unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_luna"))
+    let mut child = luna_command()
         .args(["serve", "--port", "0", "--dir"])
         .arg(dir.join("web"))
         .stdout(Stdio::piped())
@@ -275,7 +269,6 @@ fn serve_serves_the_web_folder_and_nothing_else() {
     });
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }

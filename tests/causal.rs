@@ -4,35 +4,16 @@
 
 mod common;
 
-use common::config;
+use common::compare::{self, first_rows, max_err};
+use common::configs;
 use luna_wgpu::init::Rng;
-use luna_wgpu::{reference, tensors, Batch, Config, Engine, Model};
+use luna_wgpu::{reference, tensors, Batch, Engine, Model};
 use serde_json::json;
-
-fn causal_config(overrides: serde_json::Value) -> Config {
-    let mut o = json!({"model": "causal_lm", "embed_dim": 24, "ffn_embed_dim": 40, "num_heads": 3,
-                       "projection_length": 5, "learned_pos": false, "embed_scale": 4.898979485566356,
-                       "tie_output_embedding": true});
-    for (k, v) in overrides.as_object().unwrap() {
-        o[k] = v.clone();
-    }
-    config(o)
-}
 
 /// Max |a - b| over the meaningful rows, relative to max(1, max |b|).
 fn logits_err(gpu: &[f32], want: &[f64], batch: &Batch, vocab: usize) -> f64 {
-    let (mut err, mut mag) = (0.0f64, 1.0f64);
-    for b in 0..batch.batch {
-        for t in 0..batch.lengths[b] {
-            let r = (b * batch.len + t) * vocab;
-            for v in r..r + vocab {
-                assert!(gpu[v].is_finite(), "non-finite logit");
-                err = err.max((gpu[v] as f64 - want[v]).abs());
-                mag = mag.max(want[v].abs());
-            }
-        }
-    }
-    err / mag
+    let (err, mag) = max_err(gpu, want, vocab, first_rows(batch.len, &batch.lengths));
+    err / mag.max(1.0)
 }
 
 fn check_parallel(engine: &mut Engine, model: &Model, batch: &Batch, chunk: usize) {
@@ -60,7 +41,7 @@ fn gpu_matches_authors_causal_fixture() {
 #[test]
 fn parallel_form_post_norm_tied_across_chunks() {
     let Some(mut engine) = common::engine() else { return };
-    let c = causal_config(json!({"normalize_before": false, "tie_kv": true, "activation": "relu"}));
+    let c = configs::causal(json!({"normalize_before": false, "tie_kv": true, "activation": "relu"}));
     let model = Model::random(&c, 1).unwrap();
     // Lengths not multiples of the chunk; a padded batch; chunk 1 (pure streaming order).
     let batch = common::random_batch(&c, &[37, 9, 1], 2);
@@ -72,8 +53,8 @@ fn parallel_form_post_norm_tied_across_chunks() {
 #[test]
 fn parallel_form_pre_norm_untied_learned() {
     let Some(mut engine) = common::engine() else { return };
-    let c = causal_config(json!({"normalize_before": true, "tie_kv": false, "activation": "gelu", "learned_pos": true,
-                                 "embed_scale": 1.0, "tie_output_embedding": false, "num_heads": 1, "projection_length": 7}));
+    let c = configs::causal(json!({"normalize_before": true, "tie_kv": false, "activation": "gelu", "learned_pos": true,
+                                   "embed_scale": 1.0, "tie_output_embedding": false, "num_heads": 1, "projection_length": 7}));
     let model = Model::random(&c, 3).unwrap();
     let batch = common::random_batch(&c, &[70, 33], 4);
     for chunk in [8, 32] {
@@ -84,8 +65,8 @@ fn parallel_form_pre_norm_untied_learned() {
 #[test]
 fn tied_layers_and_odd_shapes() {
     let Some(mut engine) = common::engine() else { return };
-    let c = causal_config(json!({"embed_dim": 66, "num_heads": 2, "ffn_embed_dim": 70, "projection_length": 67,
-                                 "tie_layer_weights": true, "num_layers": 3, "normalize_before": true}));
+    let c = configs::causal(json!({"embed_dim": 66, "num_heads": 2, "ffn_embed_dim": 70, "projection_length": 67,
+                                   "tie_layer_weights": true, "num_layers": 3, "normalize_before": true}));
     let model = Model::random(&c, 5).unwrap();
     let batch = common::random_batch(&c, &[21], 6);
     check_parallel(&mut engine, &model, &batch, 8);
@@ -121,7 +102,7 @@ fn check_stream(engine: &mut Engine, model: &Model, tokens: &[u32], split: usize
 #[test]
 fn streaming_matches_parallel_across_chunk_boundaries() {
     let Some(mut engine) = common::engine() else { return };
-    let c = causal_config(json!({"normalize_before": true, "tie_kv": false}));
+    let c = configs::causal(json!({"normalize_before": true, "tie_kv": false}));
     let model = Model::random(&c, 7).unwrap();
     let batch = common::random_batch(&c, &[45], 8);
     engine.set_causal_chunk(8).unwrap();
@@ -135,7 +116,7 @@ fn streaming_matches_parallel_across_chunk_boundaries() {
 #[test]
 fn prefill_then_stream_equals_stream_from_start() {
     let Some(mut engine) = common::engine() else { return };
-    let c = causal_config(json!({"normalize_before": false, "tie_kv": true, "learned_pos": true, "embed_scale": 1.0}));
+    let c = configs::causal(json!({"normalize_before": false, "tie_kv": true, "learned_pos": true, "embed_scale": 1.0}));
     let model = Model::random(&c, 9).unwrap();
     let gm = engine.load(&model).unwrap();
     let tokens = common::random_batch(&c, &[30], 10).tokens;
@@ -176,8 +157,8 @@ fn check_long_document(n: usize, segment: Option<usize>) {
     if let Some(s) = segment {
         engine.set_segment_rows(s).unwrap();
     }
-    let c = causal_config(json!({"embed_dim": 16, "ffn_embed_dim": 16, "num_heads": 2, "projection_length": 8,
-                                 "num_layers": 1, "embed_scale": 4.0, "vocab_size": 20, "max_positions": 70000}));
+    let c = configs::causal(json!({"embed_dim": 16, "ffn_embed_dim": 16, "num_heads": 2, "projection_length": 8,
+                                   "num_layers": 1, "embed_scale": 4.0, "vocab_size": 20, "max_positions": 70000}));
     let model = Model::random(&c, 11).unwrap();
     let batch = common::random_batch(&c, &[n], 12);
     let gm = engine.load(&model).unwrap();
@@ -187,10 +168,7 @@ fn check_long_document(n: usize, segment: Option<usize>) {
     let mut worst: f64 = 0.0;
     let mut total = (0.0f64, 0.0f64);
     for t in 0..batch.len - 1 {
-        let row = &logits[t * vocab..(t + 1) * vocab];
-        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-        let want = -(row[batch.tokens[t + 1] as usize] - lse) / std::f64::consts::LN_2;
+        let want = compare::bits(&logits[t * vocab..(t + 1) * vocab], batch.tokens[t + 1] as usize);
         worst = worst.max((bits[t] as f64 - want).abs());
         total.0 += bits[t] as f64;
         total.1 += want;
@@ -206,7 +184,7 @@ fn check_long_document(n: usize, segment: Option<usize>) {
 #[test]
 fn decoder_state_is_flat_and_bad_steps_are_refused() {
     let Some(mut engine) = common::engine() else { return };
-    let c = causal_config(json!({"learned_pos": true, "embed_scale": 1.0, "max_positions": 6}));
+    let c = configs::causal(json!({"learned_pos": true, "embed_scale": 1.0, "max_positions": 6}));
     let model = Model::random(&c, 13).unwrap();
     let gm = engine.load(&model).unwrap();
     let (mut dec, _) = engine.prefill_blocking(&gm, &[5, 6]).unwrap();
@@ -221,7 +199,7 @@ fn decoder_state_is_flat_and_bad_steps_are_refused() {
     assert!(err.contains("max_positions"), "{err}");
     assert_eq!(dec.state_bytes(), bytes);
     // An encoder is not a causal model, and a causal model is not an encoder.
-    let enc = Model::random(&config(json!({})), 14).unwrap();
+    let enc = Model::random(&configs::encoder(json!({})), 14).unwrap();
     let genc = engine.load(&enc).unwrap();
     assert!(engine.prefill_blocking(&genc, &[3, 4]).is_err());
     let b = common::random_batch(&c, &[3], 15);

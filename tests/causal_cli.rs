@@ -5,95 +5,19 @@
 //! GPU runs are skipped without an adapter (a failure with `LUNA_REQUIRE_GPU=1`)
 //! and while the GPU engine reports the causal paths as unsupported.
 
+mod common;
+
+use common::cli::{assert_fails, assert_ok, forward, luna, read, read_counts, s, stderr, stdout, TempDir};
+use common::compare::{bits, first_rows, max_diff, max_err};
+use common::configs::{byte_lm, byte_model};
+use common::{fixture, has_gpu};
 use luna_wgpu::reference::causal::causal_lm_logits;
 use luna_wgpu::tokenizer::Tokenizer;
-use luna_wgpu::{tensors, AdapterChoice, Batch, Config, Engine, Model};
-use safetensors::{Dtype, SafeTensors};
+use luna_wgpu::{tensors, Batch, Model};
+use safetensors::SafeTensors;
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// A fresh, empty directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "luna-causal-cli-{tag}-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-fn luna<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_luna")).args(args).env_remove("RUST_LOG").output().expect("run luna")
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what} failed ({:?}):\n{}", o.status, stderr(o));
-    assert!(!stderr(o).contains("panicked"), "{what} panicked:\n{}", stderr(o));
-}
-
-/// The run failed cleanly: exit code 1, no panic, and a last `error:` line holding every phrase.
-fn assert_fails(o: &Output, phrases: &[&str]) -> String {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected a failure, got success:\n{err}");
-    assert_eq!(o.status.code(), Some(1), "exit status {:?} (a crash?):\n{err}", o.status);
-    assert!(!err.contains("panicked"), "panicked:\n{err}");
-    let line = err.lines().rev().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line:\n{err}"));
-    for p in phrases {
-        assert!(line.contains(p), "error line {line:?} lacks {p:?}");
-    }
-    eprintln!("ok: {line}");
-    line.to_string()
-}
-
-/// Whether a GPU adapter exists (a failure instead when `LUNA_REQUIRE_GPU=1`).
-fn has_gpu() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| match Engine::new_blocking(&AdapterChoice::from_arg_or_env(None)) {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("LUNA_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("LUNA_REQUIRE_GPU=1 but no GPU: {e}");
-            }
-            eprintln!("skipping GPU runs: {e}");
-            false
-        }
-    })
-}
+use std::process::Output;
 
 /// A GPU run that succeeded; `None` (skip) when the engine says the causal path is unsupported.
 fn gpu_ran(o: &Output, what: &str) -> bool {
@@ -104,41 +28,6 @@ fn gpu_ran(o: &Output, what: &str) -> bool {
     }
     assert_ok(o, what);
     true
-}
-
-/// A tensor of a safetensors file as f64, with its shape.
-fn read(path: &Path, key: &str) -> (Vec<f64>, Vec<usize>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let v = st.tensor(key).unwrap_or_else(|_| panic!("{}: no tensor {key}", path.display()));
-    let data = match v.dtype() {
-        Dtype::F32 => v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        Dtype::F64 => v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-        Dtype::I64 => v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        other => panic!("{key}: {other:?}"),
-    };
-    (data, v.shape().to_vec())
-}
-
-/// A small causal LM config (vocab 259: room for bytes, pad, bos and eos), keys overridden.
-fn config(overrides: serde_json::Value) -> Config {
-    let mut base = json!({
-        "model": "causal_lm", "vocab_size": 259, "embed_dim": 16, "ffn_embed_dim": 32, "num_layers": 2,
-        "num_heads": 2, "projection_length": 4, "max_positions": 256, "padding_idx": 1,
-        "normalize_before": true, "tie_kv": true, "activation": "gelu", "learned_pos": false,
-    });
-    for (k, v) in overrides.as_object().unwrap() {
-        base[k] = v.clone();
-    }
-    Config::from_json(&base.to_string()).unwrap()
-}
-
-/// A random causal model with a byte tokenizer (`bos` 0, pad 1, `eos` 2, bytes from 3 by default).
-fn byte_model(c: &Config, seed: u64) -> (Model, Tokenizer) {
-    let mut model = Model::random(c, seed).unwrap();
-    let (tok, _) = Tokenizer::bytes_for(c).unwrap();
-    tok.store(&mut model).unwrap();
-    (model, tok)
 }
 
 fn save(model: &Model, dir: &TempDir, name: &str) -> PathBuf {
@@ -205,13 +94,6 @@ fn generated_count(o: &Output) -> usize {
     err[at + 10..].split_whitespace().next().unwrap().parse().unwrap()
 }
 
-/// `-log2 softmax(row)[target]`, written out here so the test does not lean on the crate's own.
-fn bits(row: &[f64], target: usize) -> f64 {
-    let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let z: f64 = row.iter().map(|v| (v - max).exp()).sum();
-    -((row[target] - max) - z.ln()) / std::f64::consts::LN_2
-}
-
 // ---------------------------------------------------------------------------
 // init-random
 
@@ -230,19 +112,19 @@ fn init_random_makes_causal_models_with_a_byte_tokenizer() {
     assert!(stderr(&o).contains(r#""kind":"bytes""#), "{}", stderr(&o));
     // Without --tokenizer: no tokenizer.
     let cfg = dir.path("c.json");
-    std::fs::write(&cfg, config(json!({})).to_json()).unwrap();
+    std::fs::write(&cfg, byte_lm(json!({})).to_json()).unwrap();
     let bare = dir.path("bare.safetensors");
     assert_ok(&luna(&["init-random", "--config", &s(&cfg), "--out", &s(&bare)]), "init-random");
     assert_eq!(Tokenizer::from_model(&Model::load(&bare).unwrap()).unwrap(), None);
     // A vocabulary with room for the bytes but not for bos/eos: a warning, and neither.
-    std::fs::write(&cfg, config(json!({"vocab_size": 258})).to_json()).unwrap();
+    std::fs::write(&cfg, byte_lm(json!({"vocab_size": 258})).to_json()).unwrap();
     let o = luna(&["init-random", "--config", &s(&cfg), "--out", &s(&bare), "--tokenizer", "bytes"]);
     assert_ok(&o, "init-random vocab 258");
     assert!(stderr(&o).contains("no room for bos and eos"), "{}", stderr(&o));
     let tok = Tokenizer::from_model(&Model::load(&bare).unwrap()).unwrap().unwrap();
     assert_eq!(tok, Tokenizer { offset: 2, pad: Some(1), bos: None, eos: None });
     // Too small a vocabulary.
-    std::fs::write(&cfg, config(json!({"vocab_size": 40})).to_json()).unwrap();
+    std::fs::write(&cfg, byte_lm(json!({"vocab_size": 40})).to_json()).unwrap();
     let small = dir.path("small40.safetensors");
     let o = luna(&["init-random", "--config", &s(&cfg), "--out", &s(&small), "--tokenizer", "bytes"]);
     assert_fails(&o, &["vocab_size 40 is too small", "byte tokenizer"]);
@@ -257,21 +139,15 @@ fn forward_cpu_on_a_causal_lm_matches_the_authors_logits() {
     let dir = TempDir::new("forward");
     let out = dir.path("logits.safetensors");
     let (model, input) = (fixture("public_causal.model.safetensors"), fixture("public_causal.input.safetensors"));
-    let o = luna(&["forward", "--model", &s(&model), "--input", &s(&input), "--output", &s(&out), "--device", "cpu"]);
+    let o = forward(&model, &input, &out, "cpu");
     assert_ok(&o, "forward --device cpu");
     let (got, shape) = read(&out, "logits");
     let expected = fixture("public_causal.expected.safetensors");
     let (want, want_shape) = read(&expected, "logits");
     assert_eq!(shape, want_shape);
-    let (n, vocab) = (shape[1], shape[2]);
-    let lengths = read(&expected, "lengths").0;
-    let mut err: f64 = 0.0;
+    let lengths = read_counts(&expected, "lengths");
     assert_eq!(lengths.len(), shape[0]);
-    for (b, &len) in lengths.iter().enumerate() {
-        for i in (b * n * vocab)..(b * n + len as usize) * vocab {
-            err = err.max((got[i] - want[i]).abs());
-        }
-    }
+    let err = max_diff(&got, &want, &shape, &lengths);
     eprintln!("cli cpu vs authors: logits {err:.2e}");
     assert!(err < 1e-5, "logits differ by {err}");
     // An encoder's outputs are not written for a causal LM.
@@ -285,28 +161,19 @@ fn forward_gpu_on_a_causal_lm_agrees_with_cpu() {
         return;
     }
     let dir = TempDir::new("forward-gpu");
-    let c = config(json!({"normalize_before": false, "tie_kv": false, "learned_pos": true, "max_positions": 40, "activation": "relu"}));
+    let c = byte_lm(json!({"normalize_before": false, "tie_kv": false, "learned_pos": true, "max_positions": 40, "activation": "relu"}));
     let model = save(&Model::random(&c, 4).unwrap(), &dir, "m.safetensors");
     let input = dir.path("in.safetensors");
     assert_ok(&luna(&["random-tokens", "--model", &s(&model), "--lengths", "37,12", "--out", &s(&input), "--seed", "3"]), "random-tokens");
     let (cpu, gpu) = (dir.path("cpu.safetensors"), dir.path("gpu.safetensors"));
-    let run = |out: &Path, device: &str| luna(&["forward", "--model", &s(&model), "--input", &s(&input), "--output", &s(out), "--device", device]);
-    assert_ok(&run(&cpu, "cpu"), "forward --device cpu");
-    let o = run(&gpu, "gpu");
+    assert_ok(&forward(&model, &input, &cpu, "cpu"), "forward --device cpu");
+    let o = forward(&model, &input, &gpu, "gpu");
     if !gpu_ran(&o, "forward --device gpu") {
         return;
     }
     let ((lc, shape), (lg, gshape)) = (read(&cpu, "logits"), read(&gpu, "logits"));
     assert_eq!(shape, gshape);
-    let (n, vocab) = (shape[1], shape[2]);
-    let (mut err, mut mag): (f64, f64) = (0.0, 0.0);
-    for (b, len) in [37usize, 12].into_iter().enumerate() {
-        for i in (b * n * vocab)..(b * n + len) * vocab {
-            assert!(lg[i].is_finite());
-            err = err.max((lg[i] - lc[i]).abs());
-            mag = mag.max(lc[i].abs());
-        }
-    }
+    let (err, mag) = max_err(&lg, &lc, shape[2], first_rows(shape[1], &[37, 12]));
     eprintln!("cli gpu vs cpu logits: {err:.2e} (|logits| <= {mag:.2})\n{}", stderr(&o));
     assert!(err <= 1e-4 * mag.max(1.0), "logits differ by {err}");
 }
@@ -317,7 +184,7 @@ fn forward_gpu_on_a_causal_lm_agrees_with_cpu() {
 #[test]
 fn generate_cpu_is_reproducible_under_a_seed() {
     let dir = TempDir::new("seed");
-    let (model, _) = byte_model(&config(json!({})), 5);
+    let (model, _) = byte_model(&byte_lm(json!({})), 5);
     let path = save(&model, &dir, "m.safetensors");
     let run = |seed: &str, extra: &[&str]| {
         let mut args = vec!["--max-tokens", "40", "--seed", seed, "--device", "cpu", "--temperature", "1.5"];
@@ -362,7 +229,7 @@ fn greedy_generation_is_the_argmax_of_the_reference_logits() {
     .into_iter()
     .enumerate()
     {
-        let c = config(overrides);
+        let c = byte_lm(overrides);
         let (model, tok) = byte_model(&c, 10 + i as u64);
         let path = save(&model, &dir, &format!("m{i}.safetensors"));
         let prompt = "Über «Luna» ✓";
@@ -383,7 +250,7 @@ fn greedy_generation_is_the_argmax_of_the_reference_logits() {
 #[test]
 fn generation_stops_at_eos() {
     let dir = TempDir::new("eos");
-    let c = config(json!({}));
+    let c = byte_lm(json!({}));
     let (mut model, tok) = byte_model(&c, 21);
     // Make eos (tied output embedding) likely: a long row points somewhere, so its logit is
     // large for about half of the states.
@@ -416,7 +283,7 @@ fn generation_stops_at_eos() {
 #[test]
 fn generation_stops_at_max_positions_with_learned_positions() {
     let dir = TempDir::new("max-pos");
-    let c = config(json!({"learned_pos": true, "max_positions": 12}));
+    let c = byte_lm(json!({"learned_pos": true, "max_positions": 12}));
     let (model, tok) = byte_model(&c, 8);
     let path = save(&model, &dir, "m.safetensors");
     // bos + 5 bytes = 6 tokens; 6 more fit (12 positions), and one more can be sampled
@@ -441,7 +308,7 @@ fn generation_stops_at_max_positions_with_learned_positions() {
 #[test]
 fn empty_prompt_starts_from_bos_or_is_refused() {
     let dir = TempDir::new("empty");
-    let c = config(json!({}));
+    let c = byte_lm(json!({}));
     let (model, tok) = byte_model(&c, 2);
     let path = save(&model, &dir, "m.safetensors");
     let o = generate(&path, "", &["--max-tokens", "10", "--temperature", "0", "--device", "cpu"]);
@@ -467,7 +334,7 @@ fn generate_gpu_agrees_with_cpu() {
         return;
     }
     let dir = TempDir::new("generate-gpu");
-    let c = config(json!({"num_layers": 1}));
+    let c = byte_lm(json!({"num_layers": 1}));
     // A model whose greedy path has no near-ties (f32 rounding must not flip a choice).
     let (model, tok, want) = (30..60)
         .map(|seed| {
@@ -499,7 +366,7 @@ fn generate_gpu_agrees_with_cpu() {
 fn auto_falls_back_to_the_cpu_for_a_model_the_gpu_cannot_run() {
     let dir = TempDir::new("fallback");
     let l = luna_wgpu::kernels::causal::MAX_PROJECTION + 1;
-    let c = config(json!({"embed_dim": 8, "ffn_embed_dim": 8, "num_layers": 1, "projection_length": l}));
+    let c = byte_lm(json!({"embed_dim": 8, "ffn_embed_dim": 8, "num_layers": 1, "projection_length": l}));
     let (model, tok) = byte_model(&c, 1);
     let path = save(&model, &dir, "m.safetensors");
     let want = text_of(&tok, &reference_greedy(&model, &tok, "ab", 4).ids);
@@ -549,7 +416,7 @@ fn score_line(o: &Output) -> (f64, String) {
 #[test]
 fn score_cpu_equals_the_reference_bits() {
     let dir = TempDir::new("score");
-    let c = config(json!({"normalize_before": false}));
+    let c = byte_lm(json!({"normalize_before": false}));
     let (model, tok) = byte_model(&c, 3);
     let path = save(&model, &dir, "m.safetensors");
     let text = "Luna: linear unified nested attention.\nÜber ✓ 🦀\n";
@@ -640,7 +507,7 @@ fn score_gpu_agrees_with_cpu() {
         return;
     }
     let dir = TempDir::new("score-gpu");
-    let c = config(json!({"tie_kv": false, "tie_output_embedding": false}));
+    let c = byte_lm(json!({"tie_kv": false, "tie_output_embedding": false}));
     let (model, _) = byte_model(&c, 6);
     let path = save(&model, &dir, "m.safetensors");
     // A document longer than a few chunks of the parallel form.
@@ -678,7 +545,7 @@ fn score_gpu_agrees_with_cpu() {
 #[test]
 fn bad_generate_and_score_input_fails_cleanly() {
     let dir = TempDir::new("bad");
-    let c = config(json!({"learned_pos": true, "max_positions": 16}));
+    let c = byte_lm(json!({"learned_pos": true, "max_positions": 16}));
     let (model, _) = byte_model(&c, 1);
     let path = save(&model, &dir, "m.safetensors");
     let encoder = fixture("public_encoder.model.safetensors");
@@ -790,7 +657,7 @@ fn forward_on_a_causal_lm_refuses_bad_tokens() {
     ] {
         std::fs::write(&input, tensors::serialize_tokens(&tokens, shape).unwrap()).unwrap();
         for device in ["cpu", "auto"] {
-            let o = luna(&["forward", "--model", &s(&model), "--input", &s(&input), "--output", &s(&out), "--device", device]);
+            let o = forward(&model, &input, &out, device);
             assert_fails(&o, &phrases);
             assert!(!out.exists());
         }

@@ -1,140 +1,17 @@
 //! The `luna` binary: bad input ends in a one-line `error:` and a non-zero exit
 //! (never a panic), and good input gives the reference's numbers on every device.
 
+mod common;
+
+use common::cli::{assert_fails, assert_fails_first, assert_ok, forward, luna, read, read_counts, s, stderr, write_tokens, TempDir};
+use common::compare::max_diff;
+use common::{fixture, has_gpu};
 use luna_wgpu::model::Model;
 use luna_wgpu::{tensors, AdapterChoice, Batch, Engine};
-use safetensors::{Dtype, SafeTensors};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// A fresh, empty directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "luna-cli-{tag}-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::remove_dir_all(&dir).ok();
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-fn luna<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_luna")).args(args).env_remove("RUST_LOG").output().expect("run luna")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what} failed ({:?}):\n{}", o.status, stderr(o));
-}
-
-/// The run failed cleanly: non-zero exit, no panic, and an `error:` line holding every phrase.
-/// With `first`, stderr must start with that line.
-fn assert_fails(o: &Output, first: bool, phrases: &[&str]) -> String {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected a failure, got success:\n{err}");
-    assert_eq!(o.status.code(), Some(1), "exit status {:?} (a crash?):\n{err}", o.status);
-    assert!(!err.contains("panicked"), "panicked:\n{err}");
-    if first {
-        assert!(err.starts_with("error: "), "stderr does not start with \"error:\":\n{err}");
-    }
-    let line = err.lines().rev().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line:\n{err}"));
-    for p in phrases {
-        assert!(line.contains(p), "error line {line:?} lacks {p:?}");
-    }
-    eprintln!("ok: {line}");
-    line.to_string()
-}
-
-/// Whether a GPU adapter exists (a failure instead when `LUNA_REQUIRE_GPU=1`).
-fn has_gpu() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| match Engine::new_blocking(&AdapterChoice::from_arg_or_env(None)) {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("LUNA_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("LUNA_REQUIRE_GPU=1 but no GPU: {e}");
-            }
-            eprintln!("skipping GPU runs: {e}");
-            false
-        }
-    })
-}
-
-/// A tensor of a safetensors file as f64, with its shape.
-fn read(path: &Path, key: &str) -> (Vec<f64>, Vec<usize>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let v = st.tensor(key).unwrap();
-    let data = match v.dtype() {
-        Dtype::F32 => v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        Dtype::F64 => v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-        Dtype::I64 => v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        other => panic!("{key}: {other:?}"),
-    };
-    (data, v.shape().to_vec())
-}
-
-/// Max |a - b| over the first `valid[b]` rows of each of the `[B, rows, d]` tensors.
-fn max_diff(a: &[f64], b: &[f64], shape: &[usize], valid: &[usize]) -> f64 {
-    let (rows, d) = (shape[1], shape[2]);
-    let mut err: f64 = 0.0;
-    for (s, &v) in valid.iter().enumerate() {
-        for r in 0..v {
-            for k in 0..d {
-                let i = (s * rows + r) * d + k;
-                assert!(a[i].is_finite(), "non-finite output at [{s}, {r}, {k}]");
-                err = err.max((a[i] - b[i]).abs());
-            }
-        }
-    }
-    err
-}
-
-fn forward(model: &Path, input: &Path, output: &Path, device: &str) -> Output {
-    let args: Vec<&std::ffi::OsStr> = vec![
-        "forward".as_ref(),
-        "--model".as_ref(),
-        model.as_os_str(),
-        "--input".as_ref(),
-        input.as_os_str(),
-        "--output".as_ref(),
-        output.as_os_str(),
-        "--device".as_ref(),
-        device.as_ref(),
-    ];
-    luna(&args)
-}
+use std::path::PathBuf;
 
 fn encoder_model() -> PathBuf {
     fixture("public_encoder.model.safetensors")
-}
-
-fn tokens_file(path: &Path, tokens: &[i64], shape: [usize; 2]) {
-    std::fs::write(path, tensors::serialize_tokens(tokens, shape).unwrap()).unwrap();
 }
 
 #[test]
@@ -165,17 +42,17 @@ fn forward_with_bad_token_file_fails_cleanly() {
         let input = dir.path(&format!("{name}.safetensors"));
         std::fs::write(&input, bytes).unwrap();
         let o = forward(&encoder_model(), &input, &out, "cpu");
-        assert_fails(&o, true, &phrases);
+        assert_fails_first(&o, &phrases);
         assert!(!out.exists(), "{name}: an output was written");
     }
     // The default device fails the same way (the input is checked before any adapter is opened).
     let input = dir.path("auto.safetensors");
-    tokens_file(&input, &[2, 3, vocab + 7], [1, 3]);
+    write_tokens(&input, &[2, 3, vocab + 7], [1, 3]);
     let o = forward(&encoder_model(), &input, &out, "auto");
-    assert_fails(&o, false, &["token", "vocabulary"]);
+    assert_fails(&o, &["token", "vocabulary"]);
     // A token file that does not exist.
     let o = forward(&encoder_model(), &dir.path("no-such-tokens.safetensors"), &out, "cpu");
-    assert_fails(&o, true, &["no-such-tokens.safetensors", "No such file"]);
+    assert_fails_first(&o, &["no-such-tokens.safetensors", "No such file"]);
 }
 
 #[test]
@@ -184,13 +61,13 @@ fn forward_with_missing_or_bad_model_file_fails_cleanly() {
     let input = fixture("public_encoder.input.safetensors");
     let out = dir.path("out.safetensors");
     let o = forward(&dir.path("no-such.model.safetensors"), &input, &out, "cpu");
-    assert_fails(&o, true, &["no-such.model.safetensors", "No such file"]);
+    assert_fails_first(&o, &["no-such.model.safetensors", "No such file"]);
     // A truncated model file, and the token file given as the model.
     let bytes = std::fs::read(encoder_model()).unwrap();
     let cut = dir.path("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails(&forward(&cut, &input, &out, "cpu"), true, &["invalid model", "safetensors"]);
-    assert_fails(&forward(&input, &input, &out, "cpu"), true, &["invalid model", "luna.config"]);
+    assert_fails_first(&forward(&cut, &input, &out, "cpu"), &["invalid model", "safetensors"]);
+    assert_fails_first(&forward(&input, &input, &out, "cpu"), &["invalid model", "luna.config"]);
     // A causal LM file is accepted: it writes logits, not an encoder's x and p (tests/causal_cli.rs checks the numbers).
     let causal = fixture("public_causal.model.safetensors");
     let causal_in = fixture("public_causal.input.safetensors");
@@ -199,7 +76,7 @@ fn forward_with_missing_or_bad_model_file_fails_cleanly() {
     assert_eq!(read(&logits, "logits").1, vec![1, 20, 40]);
     // An output in a directory that does not exist.
     let o = forward(&encoder_model(), &input, &dir.path("no/such/dir/out.safetensors"), "cpu");
-    assert_fails(&o, false, &["no/such/dir/out.safetensors"]);
+    assert_fails(&o, &["no/such/dir/out.safetensors"]);
     assert!(!out.exists());
 }
 
@@ -216,8 +93,8 @@ fn forward_cpu_matches_the_authors_fixture() {
     let (ep, eps) = read(&expected, "p");
     assert_eq!(xs, exs);
     assert_eq!(ps, eps);
-    let lengths: Vec<usize> = read(&expected, "lengths").0.iter().map(|&v| v as usize).collect();
-    let p_valid: Vec<usize> = read(&expected, "p_valid").0.iter().map(|&v| v as usize).collect();
+    let lengths = read_counts(&expected, "lengths");
+    let p_valid = read_counts(&expected, "p_valid");
     let dx = max_diff(&x, &ex, &xs, &lengths);
     let dp = max_diff(&p, &ep, &ps, &p_valid);
     eprintln!("cli cpu vs authors: x {dx:.2e}, p {dp:.2e}");
@@ -237,8 +114,8 @@ fn forward_gpu_agrees_with_cpu() {
     let o = forward(&encoder_model(), &input, &gpu, "gpu");
     assert_ok(&o, "forward --device gpu");
     let expected = fixture("public_encoder.expected.safetensors");
-    let lengths: Vec<usize> = read(&expected, "lengths").0.iter().map(|&v| v as usize).collect();
-    let p_valid: Vec<usize> = read(&expected, "p_valid").0.iter().map(|&v| v as usize).collect();
+    let lengths = read_counts(&expected, "lengths");
+    let p_valid = read_counts(&expected, "p_valid");
     let ((xc, xs), (xg, xgs)) = (read(&cpu, "x"), read(&gpu, "x"));
     let ((pc, ps), (pg, pgs)) = (read(&cpu, "p"), read(&gpu, "p"));
     assert_eq!(xs, xgs);
@@ -262,7 +139,6 @@ fn init_random_random_tokens_forward_round_trip() {
     )
     .unwrap();
     let (model_path, tokens, out) = (dir.path("m.safetensors"), dir.path("t.safetensors"), dir.path("o.safetensors"));
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     assert_ok(&luna(&["init-random", "--config", &s(&config), "--out", &s(&model_path), "--seed", "5"]), "init-random");
     assert_ok(
         &luna(&["random-tokens", "--model", &s(&model_path), "--lengths", "9,3", "--out", &s(&tokens), "--seed", "2"]),
@@ -305,22 +181,21 @@ fn init_random_random_tokens_forward_round_trip() {
 #[test]
 fn init_random_and_random_tokens_refuse_bad_arguments() {
     let dir = TempDir::new("bad-args");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     let config = dir.path("config.json");
     let out = dir.path("m.safetensors");
     std::fs::write(&config, "{\"model\": \"encoder\", ").unwrap();
     let o = luna(&["init-random", "--config", &s(&config), "--out", &s(&out)]);
-    assert_fails(&o, true, &["invalid config", "not valid JSON"]);
+    assert_fails_first(&o, &["invalid config", "not valid JSON"]);
     std::fs::write(&config, r#"{"model": "encoder", "vocab_size": 30, "embed_dim": 10, "ffn_embed_dim": 8,
         "num_layers": 1, "num_heads": 3, "projection_length": 2, "max_positions": 8}"#)
         .unwrap();
     let o = luna(&["init-random", "--config", &s(&config), "--out", &s(&out)]);
-    assert_fails(&o, true, &["embed_dim 10", "num_heads 3"]);
+    assert_fails_first(&o, &["embed_dim 10", "num_heads 3"]);
     let o = luna(&["init-random", "--config", &s(&dir.path("none.json")), "--out", &s(&out)]);
-    assert_fails(&o, true, &["none.json"]);
+    assert_fails_first(&o, &["none.json"]);
     assert!(!out.exists());
     let o = luna(&["random-tokens", "--model", &s(&encoder_model()), "--lengths", "4,0", "--out", &s(&out)]);
-    assert_fails(&o, true, &["length", "at least 1"]);
+    assert_fails_first(&o, &["length", "at least 1"]);
     assert!(!out.exists());
 }
 
@@ -342,14 +217,14 @@ fn unknown_adapter_lists_the_available_ones() {
         "gpu",
     ]);
     if has_gpu() {
-        let line = assert_fails(&o, false, &["no-such-adapter", "available: "]);
+        let line = assert_fails(&o, &["no-such-adapter", "available: "]);
         let available = line.split("available: ").nth(1).unwrap();
         assert!(!available.trim().is_empty(), "no adapters listed: {line}");
         // The default adapter is among those listed.
         let engine = Engine::new_blocking(&AdapterChoice::default()).unwrap();
         assert!(line.contains(&engine.ctx.info.name), "{line:?} does not list {:?}", engine.ctx.info.name);
     } else {
-        assert_fails(&o, false, &["no GPU adapter"]);
+        assert_fails(&o, &["no GPU adapter"]);
     }
     assert!(!out.exists());
 }
@@ -362,7 +237,7 @@ fn info_runs() {
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains("adapters") && text.contains("max_storage_buffer_binding_size"), "{text}");
     } else {
-        assert_fails(&o, false, &["no GPU adapter"]);
+        assert_fails(&o, &["no GPU adapter"]);
     }
 }
 
@@ -405,5 +280,5 @@ fn bench_writes_every_point_and_its_plots() {
 #[test]
 fn bench_refuses_bad_arguments() {
     let o = luna(&["bench", "--d", "10", "--heads", "3"]);
-    assert_fails(&o, false, &["--d must be a positive multiple of --heads"]);
+    assert_fails(&o, &["--d must be a positive multiple of --heads"]);
 }

@@ -13,6 +13,7 @@ mod long_document;
 #[allow(dead_code)]
 mod stream;
 
+use common::cli::TempDir;
 use luna_wgpu::tokenizer::Tokenizer;
 use luna_wgpu::{shipped, Batch, Model};
 
@@ -26,13 +27,6 @@ fn engine_bpb(text: &[u8]) -> Option<f64> {
     let gpu = engine.load(&m).unwrap();
     let bits = engine.score_blocking(&gpu, &batch).unwrap();
     Some(bits[..ids.len() - 1].iter().map(|&b| b as f64).sum::<f64>() / text.len() as f64)
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("luna-demos-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Undoes the report's markup: the text of its `#text` element.
@@ -57,14 +51,14 @@ fn long_document_scores_a_file_and_writes_its_report() {
     if common::engine().is_none() {
         return;
     }
-    let dir = temp_dir("long");
+    let dir = TempDir::new("demos-long");
     // Prose, code with markup characters, and multi-byte UTF-8.
     let sample = std::fs::read(shipped::sample_path().unwrap()).unwrap();
     let mut text = sample[..1200].to_vec();
     text.extend_from_slice("\n<b>if a < b && c > \"d\":</b> café — naïve 🙂\n".as_bytes());
-    let file = dir.join("doc.txt");
+    let file = dir.path("doc.txt");
     std::fs::write(&file, &text).unwrap();
-    let out = dir.join("report.html");
+    let out = dir.path("report.html");
     let s = long_document::run(&long_document::Options { file: Some(file), out: out.clone(), model: None }).unwrap();
 
     assert_eq!((s.bytes, s.tokens), (text.len(), text.len() + 1));
@@ -85,7 +79,6 @@ fn long_document_scores_a_file_and_writes_its_report() {
     // Several colours: the painting is not uniform.
     let colours = (0..12).filter(|b| html.contains(&format!("<span class=b{b} "))).count();
     assert!(colours >= 4, "{colours} colours");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -5,9 +5,11 @@ mod common;
 
 use luna_wgpu::kernels::gemm::Gemm;
 use luna_wgpu::kernels::attention::Attention;
+use common::attention::Strided;
+use common::compare;
 use luna_wgpu::config::Activation;
 use luna_wgpu::init::Rng;
-use luna_wgpu::kernels::attention::{self, Shape, View};
+use luna_wgpu::kernels::attention::{self, Shape};
 use luna_wgpu::kernels::{embed, gemm, layernorm};
 use luna_wgpu::model::{Linear, Norm};
 use luna_wgpu::reference::ops;
@@ -16,16 +18,9 @@ fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// Max |got - want| relative to max(1, max |want|).
+/// Max |got - want| relative to max(1, max |want|), over every value.
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let mag = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    let mut err: f64 = 0.0;
-    for (g, w) in got.iter().zip(want) {
-        assert!(g.is_finite(), "non-finite output");
-        err = err.max((*g as f64 - w).abs());
-    }
-    err / mag
+    compare::rel_err(got, want, 1, |_| true)
 }
 
 #[test]
@@ -69,16 +64,12 @@ fn gemm_matches_reference() {
     }
 }
 
-/// Runs the attention kernel with Q, K, V placed at offsets inside wider rows,
-/// and compares with the reference's multi-head attention.
+/// Runs the attention kernel with Q, K, V placed at offsets inside wider rows
+/// (`common::attention::Strided`), and compares with the reference's multi-head attention.
 fn check_attention(batch: usize, q_rows: usize, k_rows: usize, heads: usize, head_dim: usize, mask_every: usize, seed: u64) {
     let Some(engine) = common::engine() else { return };
-    let mut rng = Rng::new(seed);
-    let d = heads * head_dim;
-    let (q_stride, q_off) = (d + 3, 2);
-    let (kv_stride, k_off, v_off) = (2 * d + 1, 1, d + 1);
-    let q = rng.fill(batch * q_rows * q_stride, 2.0);
-    let kv = rng.fill(batch * k_rows * kv_stride, 2.0);
+    let input = Strided::random(&mut Rng::new(seed), batch, q_rows, k_rows, heads, head_dim);
+    let d = input.d();
     // Mask every `mask_every`-th key, but never all keys of a sequence.
     let mut mask = vec![0u32; batch * k_rows];
     for b in 0..batch {
@@ -88,27 +79,16 @@ fn check_attention(batch: usize, q_rows: usize, k_rows: usize, heads: usize, hea
             }
         }
     }
-    let scale = (head_dim as f64).powf(-0.5);
-    let mut want = Vec::new();
-    for b in 0..batch {
-        let take = |src: &[f32], rows: usize, stride: usize, off: usize| -> Vec<f64> {
-            (0..rows).flat_map(|r| (0..d).map(move |c| (r, c))).map(|(r, c)| src[(b * rows + r) * stride + off + c] as f64).collect()
-        };
-        let mut qb = take(&q, q_rows, q_stride, q_off);
-        ops::scale(&mut qb, scale);
-        let kb = take(&kv, k_rows, kv_stride, k_off);
-        let vb = take(&kv, k_rows, kv_stride, v_off);
-        let mb: Vec<bool> = mask[b * k_rows..(b + 1) * k_rows].iter().map(|&m| m != 0).collect();
-        want.extend(ops::multihead_attention(&qb, &kb, &vb, q_rows, k_rows, d, heads, &mb));
-    }
-    let qbuf = engine.upload("q", &q).unwrap();
-    let kvbuf = engine.upload("kv", &kv).unwrap();
+    let want = input.reference(&mask);
+    let qbuf = engine.upload("q", &input.q).unwrap();
+    let kvbuf = engine.upload("kv", &input.kv).unwrap();
     let mbuf = engine.upload("mask", &mask).unwrap();
     let out = engine.upload("o", &vec![f32::NAN; batch * q_rows * d]).unwrap();
-    let shape = Shape { batch, q_rows, k_rows, heads, head_dim, scale: scale as f32 };
+    let shape = Shape { batch, q_rows, k_rows, heads, head_dim, scale: input.scale() as f32 };
     let scratch = engine.upload("scratch", &vec![f32::NAN; shape.scratch_floats().max(1)]).unwrap();
     let mut rec = engine.recorder();
-    attention::record(&mut rec, &Attention { q: View { buffer: &qbuf.buffer, stride: q_stride, offset: q_off }, k: View { buffer: &kvbuf.buffer, stride: kv_stride, offset: k_off }, v: View { buffer: &kvbuf.buffer, stride: kv_stride, offset: v_off }, key_mask: &mbuf.buffer, out: &out.buffer, out_stride: d, shape: shape, scratch: &scratch.buffer });
+    let [q, k, v] = input.views(&qbuf.buffer, &kvbuf.buffer);
+    attention::record(&mut rec, &Attention { q, k, v, key_mask: &mbuf.buffer, out: &out.buffer, out_stride: d, shape: shape, scratch: &scratch.buffer });
     rec.submit();
     let got = engine.read_blocking(&[(&out.buffer, batch * q_rows * d)]).unwrap().remove(0);
     let e = rel_err(&got, &want);

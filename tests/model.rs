@@ -1,18 +1,20 @@
 //! The whole encoder on the GPU against the float64 reference, for every
-//! config variant of LUNA_SPEC.md, padded batches, tiny and long sequences.
+//! config variant (docs/luna.md, "The model file": the config keys), padded
+//! batches, tiny and long sequences.
 
 mod common;
 
-use common::{check_model, config, random_batch};
+use common::configs;
+use common::{check_model, random_batch};
 use luna_wgpu::Model;
 use serde_json::json;
 
-/// LUNA_SPEC.md: within 1e-4 relative to the outputs' size.
+/// docs/luna.md, "Tolerances": within 1e-4 relative to the outputs' size.
 const TOL: f64 = 1e-4;
 
 fn run(overrides: serde_json::Value, lengths: &[usize], seed: u64) {
     let Some(mut engine) = common::engine() else { return };
-    let c = config(overrides);
+    let c = configs::encoder(overrides);
     let model = Model::random(&c, seed).unwrap();
     let batch = random_batch(&c, lengths, seed + 1);
     check_model(&mut engine, &model, &batch, TOL);
@@ -84,7 +86,7 @@ fn long_pack_reduction_batch() {
 #[test]
 fn engine_reuses_workspace_across_shapes() {
     let Some(mut engine) = common::engine() else { return };
-    let c = config(json!({"dynamic_projection": true}));
+    let c = configs::encoder(json!({"dynamic_projection": true}));
     let model = Model::random(&c, 20).unwrap();
     // Large, then small, then large again: the reused buffers must not leak stale rows.
     for (i, lengths) in [vec![90, 40], vec![3], vec![64, 64, 2]].iter().enumerate() {
@@ -101,7 +103,7 @@ fn engine_reuses_workspace_across_shapes() {
 #[test]
 fn memory_is_linear_in_sequence_length() {
     let Some(mut engine) = common::engine() else { return };
-    let c = config(json!({"embed_dim": 16, "ffn_embed_dim": 32, "projection_length": 8, "num_layers": 1}));
+    let c = configs::encoder(json!({"embed_dim": 16, "ffn_embed_dim": 32, "projection_length": 8, "num_layers": 1}));
     let model = Model::random(&c, 50).unwrap();
     let gm = engine.load(&model).unwrap();
     let mut workspace = Vec::new();

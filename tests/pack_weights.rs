@@ -1,26 +1,21 @@
 //! The pack weights of the causal LM (`Engine::pack_weights` and
 //! `Engine::score_with_pack_weights`, what the demos paint for a layer and
-//! slot) against a float64 reference
-//! written here from LUNA_SPEC.md: the layers before the chosen one run token
+//! slot) against a float64 reference written here from docs/luna.md,
+//! "Causal attention": the layers before the chosen one run token
 //! by token, then `A = softplus_ln2(pc_proj(X)_h · Q_P,h^T)` with
 //! `Q_P = pq_proj(P) · dh^-0.5`.
 
 mod common;
 
-use common::config;
+use common::configs;
 use luna_wgpu::reference::causal::{causal_layer_step, causal_p, softplus_ln2, CausalState};
 use luna_wgpu::reference::ops::{layer_norm, linear, scale, token_sinusoid_row};
 use luna_wgpu::{Config, LunaError, Model};
 use serde_json::json;
 
+/// `common::configs::causal` with a vocabulary of 40 and 3 layers.
 fn causal_config(overrides: serde_json::Value) -> Config {
-    let mut o = json!({"model": "causal_lm", "vocab_size": 40, "embed_dim": 24, "ffn_embed_dim": 40, "num_heads": 3,
-                       "num_layers": 3, "projection_length": 5, "learned_pos": false, "embed_scale": 4.898979485566356,
-                       "tie_output_embedding": true});
-    for (k, v) in overrides.as_object().unwrap() {
-        o[k] = v.clone();
-    }
-    config(o)
+    configs::causal(configs::merge(json!({"vocab_size": 40, "num_layers": 3}), overrides))
 }
 
 /// `A [n, H, l]` of `target` for one sequence (positions 2, 3, ... for padding_idx 1).
@@ -140,7 +135,7 @@ fn pack_weights_refuse_bad_input() {
     // The engine is still usable after the refusals.
     assert_eq!(engine.pack_weights_blocking(&gm, &model, &[3, 4, 5], &[1]).unwrap()[0].len, 3);
     // An encoder has no pack weights of this kind.
-    let enc = Model::random(&config(json!({})), 1).unwrap();
+    let enc = Model::random(&configs::encoder(json!({})), 1).unwrap();
     let genc = engine.load(&enc).unwrap();
     assert!(matches!(engine.pack_weights_blocking(&genc, &enc, &[3, 4], &[0]), Err(LunaError::Unsupported(_))));
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::cli::{assert_ok, luna_command, stderr, stdout};
 use luna_wgpu::reference::causal::causal_lm_logits;
 use luna_wgpu::sample::Sampler;
 use luna_wgpu::tokenizer::Tokenizer;
@@ -109,10 +110,9 @@ fn the_cli_uses_the_shipped_model_by_default() {
         return;
     }
     let luna = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_luna")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-        assert!(out.status.success(), "luna {args:?} failed: {stderr}");
-        (stdout, stderr)
+        let out = luna_command().args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+        assert_ok(&out, &format!("luna {args:?}"));
+        (stdout(&out), stderr(&out))
     };
     let excerpt = common::fixture("pydoc-heldout-excerpt.txt");
     let (stdout, _) = luna(&["score", "--device", "gpu", "--text", excerpt.to_str().unwrap()]);

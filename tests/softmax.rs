@@ -7,29 +7,13 @@
 mod common;
 
 use luna_wgpu::kernels::attention::Attention;
+use common::attention::Strided;
+use common::compare::rel_err;
 use luna_wgpu::baseline::{Kind, SoftmaxConfig, SoftmaxInput, SoftmaxLayer};
 use luna_wgpu::init::Rng;
 use luna_wgpu::kernels::softmax::{self, Shape, View};
-use luna_wgpu::reference::{self, ops};
+use luna_wgpu::reference;
 use luna_wgpu::{Activation, Engine, LunaError};
-
-/// Max |got - want| relative to max(1, max |want|) over the rows `valid` keeps.
-fn rel_err(got: &[f32], want: &[f64], d: usize, valid: impl Fn(usize) -> bool) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let mut err: f64 = 0.0;
-    let mut mag: f64 = 1.0;
-    for (r, (g, w)) in got.chunks(d).zip(want.chunks(d)).enumerate() {
-        assert!(g.iter().all(|v| v.is_finite()), "non-finite output in row {r}");
-        if !valid(r) {
-            continue;
-        }
-        for (a, b) in g.iter().zip(w) {
-            err = err.max((*a as f64 - b).abs());
-            mag = mag.max(b.abs());
-        }
-    }
-    err / mag
-}
 
 /// A key mask `[batch, k_rows]`: keys at or past each sequence's length, and
 /// every `every`-th key (never the first one, so no sequence is all masked).
@@ -58,38 +42,23 @@ struct Case {
 }
 
 /// Runs one attention kernel with Q inside wider rows and K, V side by side
-/// in another buffer (as in a fused projection), and compares every output
+/// in another buffer (`common::attention::Strided`), and compares every output
 /// value with the reference's multi-head attention. Returns the error.
 fn run_kernel(engine: &Engine, kind: Kind, c: &Case) -> Result<f64, LunaError> {
-    let mut rng = Rng::new(c.seed);
-    let d = c.heads * c.head_dim;
+    let input = Strided::random(&mut Rng::new(c.seed), c.batch, c.q_rows, c.k_rows, c.heads, c.head_dim);
+    let d = input.d();
     let (batch, q_rows, k_rows) = (c.batch, c.q_rows, c.k_rows);
-    let (q_stride, q_off) = (d + 3, 2);
-    let (kv_stride, k_off, v_off) = (2 * d + 1, 1, d + 1);
-    let q = rng.fill(batch * q_rows * q_stride, 2.0);
-    let kv = rng.fill(batch * k_rows * kv_stride, 2.0);
     let mask = key_mask(batch, k_rows, c.lengths, c.mask_every);
-    let scale = (c.head_dim as f64).powf(-0.5);
-    let mut want = Vec::new();
-    for b in 0..batch {
-        let take = |src: &[f32], rows: usize, stride: usize, off: usize| -> Vec<f64> {
-            (0..rows).flat_map(|r| (0..d).map(move |col| (r, col))).map(|(r, col)| src[(b * rows + r) * stride + off + col] as f64).collect()
-        };
-        let mut qb = take(&q, q_rows, q_stride, q_off);
-        ops::scale(&mut qb, scale);
-        let kb = take(&kv, k_rows, kv_stride, k_off);
-        let vb = take(&kv, k_rows, kv_stride, v_off);
-        let mb: Vec<bool> = mask[b * k_rows..(b + 1) * k_rows].iter().map(|&m| m != 0).collect();
-        want.extend(ops::multihead_attention(&qb, &kb, &vb, q_rows, k_rows, d, c.heads, &mb));
-    }
-    let shape = Shape { batch, q_rows, k_rows, heads: c.heads, head_dim: c.head_dim, scale: scale as f32 };
-    let qbuf = engine.upload("q", &q).unwrap();
-    let kvbuf = engine.upload("kv", &kv).unwrap();
+    let want = input.reference(&mask);
+    let shape = Shape { batch, q_rows, k_rows, heads: c.heads, head_dim: c.head_dim, scale: input.scale() as f32 };
+    let qbuf = engine.upload("q", &input.q).unwrap();
+    let kvbuf = engine.upload("kv", &input.kv).unwrap();
     let mbuf = engine.upload("mask", &mask).unwrap();
     let out = engine.upload("o", &vec![f32::NAN; batch * q_rows * d]).unwrap();
     let scratch = engine.upload("scratch", &vec![f32::NAN; softmax::scratch_floats(kind, &shape).max(1) as usize]).unwrap();
     let mut rec = engine.recorder();
-    softmax::record(&mut rec, kind, &Attention { q: View { buffer: &qbuf.buffer, stride: q_stride, offset: q_off }, k: View { buffer: &kvbuf.buffer, stride: kv_stride, offset: k_off }, v: View { buffer: &kvbuf.buffer, stride: kv_stride, offset: v_off }, key_mask: &mbuf.buffer, out: &out.buffer, out_stride: d, shape: shape, scratch: &scratch.buffer })?;
+    let [q, k, v] = input.views(&qbuf.buffer, &kvbuf.buffer);
+    softmax::record(&mut rec, kind, &Attention { q, k, v, key_mask: &mbuf.buffer, out: &out.buffer, out_stride: d, shape: shape, scratch: &scratch.buffer })?;
     rec.submit();
     let got = engine.read_blocking(&[(&out.buffer, batch * q_rows * d)]).unwrap().remove(0);
     Ok(rel_err(&got, &want, d, |_| true))
@@ -230,7 +199,7 @@ fn input_data(d: usize, lengths: &[usize], seed: u64) -> (Vec<f32>, Vec<bool>, u
 }
 
 /// Runs the encoder on the GPU with `kind` and checks it against the float64
-/// reference on the valid rows (LUNA_SPEC.md: 1e-4 relative). Returns the output.
+/// reference on the valid rows (docs/luna.md, "Tolerances": 1e-4 relative). Returns the output.
 fn check_layers(engine: &mut Engine, c: &SoftmaxConfig, layers: &[SoftmaxLayer], lengths: &[usize], kind: Kind, seed: u64) -> Vec<f32> {
     let d = c.embed_dim;
     let (x, mask, batch, n) = input_data(d, lengths, seed);
