@@ -88,7 +88,16 @@ fn check_attention(batch: usize, q_rows: usize, k_rows: usize, heads: usize, hea
     let scratch = engine.upload("scratch", &vec![f32::NAN; shape.scratch_floats().max(1)]).unwrap();
     let mut rec = engine.recorder();
     let [q, k, v] = input.views(&qbuf.buffer, &kvbuf.buffer);
-    attention::record(&mut rec, &Attention { q, k, v, key_mask: &mbuf.buffer, out: &out.buffer, out_stride: d, shape: shape, scratch: &scratch.buffer });
+    attention::record(&mut rec, &Attention {
+        q,
+        k,
+        v,
+        key_mask: &mbuf.buffer,
+        out: &out.buffer,
+        out_stride: d,
+        shape,
+        scratch: &scratch.buffer,
+    });
     rec.submit();
     let got = engine.read_blocking(&[(&out.buffer, batch * q_rows * d)]).unwrap().remove(0);
     let e = rel_err(&got, &want);

@@ -58,7 +58,16 @@ fn run_kernel(engine: &Engine, kind: Kind, c: &Case) -> Result<f64, LunaError> {
     let scratch = engine.upload("scratch", &vec![f32::NAN; softmax::scratch_floats(kind, &shape).max(1) as usize]).unwrap();
     let mut rec = engine.recorder();
     let [q, k, v] = input.views(&qbuf.buffer, &kvbuf.buffer);
-    softmax::record(&mut rec, kind, &Attention { q, k, v, key_mask: &mbuf.buffer, out: &out.buffer, out_stride: d, shape: shape, scratch: &scratch.buffer })?;
+    softmax::record(&mut rec, kind, &Attention {
+        q,
+        k,
+        v,
+        key_mask: &mbuf.buffer,
+        out: &out.buffer,
+        out_stride: d,
+        shape,
+        scratch: &scratch.buffer,
+    })?;
     rec.submit();
     let got = engine.read_blocking(&[(&out.buffer, batch * q_rows * d)]).unwrap().remove(0);
     Ok(rel_err(&got, &want, d, |_| true))
@@ -169,7 +178,16 @@ fn kernels_refuse_what_they_cannot_run() {
     let mask = engine.upload("mask", &vec![0u32; n]).unwrap();
     let mut rec = engine.recorder();
     let view = |offset| View { buffer: &buf.buffer, stride: 12, offset };
-    let r = softmax::record_naive(&mut rec, &Attention { q: view(0), k: view(4), v: view(8), key_mask: &mask.buffer, out: &buf.buffer, out_stride: 12, shape: shape, scratch: &buf.buffer });
+    let r = softmax::record_naive(&mut rec, &Attention {
+        q: view(0),
+        k: view(4),
+        v: view(8),
+        key_mask: &mask.buffer,
+        out: &buf.buffer,
+        out_stride: 12,
+        shape,
+        scratch: &buf.buffer,
+    });
     match r {
         Err(LunaError::TooLarge { needed, limit: l, .. }) => assert!(needed > l && l == limit),
         other => panic!("expected TooLarge, got {other:?}"),

@@ -157,13 +157,7 @@ impl Engine {
         ] {
             buffers::check_binding(&self.ctx, what, bytes)?;
         }
-        let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-        if rows.div_ceil(64) > max_groups {
-            return Err(LunaError::Input(format!(
-                "{rows} token rows in one batch exceed this adapter's dispatch limit of {} rows; split the batch",
-                max_groups * 64
-            )));
-        }
+        buffers::check_dispatch_rows(&self.ctx, rows)?;
         let s = shape(c, input);
         kernel::check(&self.ctx, kind, &s)?;
         buffers::check_binding(&self.ctx, "the attention scratch", kernel::scratch_floats(kind, &s) * 4)?;
@@ -269,7 +263,16 @@ fn record_layers(rec: &mut Recorder, enc: &SoftmaxEncoder, mut s: Scratch, mask:
         let l = enc.layer(i);
         let input = s.attention_input(rec, &l.block);
         gemm::record(rec, &Gemm::new(input, &l.wqkv.buffer, &l.bqkv.buffer, &s.proj, [rows, w, d]));
-        kernel::record(rec, kind, &Attention { q: View { buffer: &s.proj, stride: w, offset: 0 }, k: View { buffer: &s.proj, stride: w, offset: d }, v: View { buffer: &s.proj, stride: w, offset: 2 * d }, key_mask: mask, out: &s.o, out_stride: d, shape: shape, scratch: attn })?;
+        kernel::record(rec, kind, &Attention {
+            q: View { buffer: &s.proj, stride: w, offset: 0 },
+            k: View { buffer: &s.proj, stride: w, offset: d },
+            v: View { buffer: &s.proj, stride: w, offset: 2 * d },
+            key_mask: mask,
+            out: &s.o,
+            out_stride: d,
+            shape,
+            scratch: attn,
+        })?;
         s.record_tail(rec, &l.block);
     }
     Ok(s.x)

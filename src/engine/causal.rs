@@ -75,39 +75,38 @@ impl Engine {
         Ok((shape, pos_table))
     }
 
-    /// Logits of every position of a batch of causal sequences, in one parallel pass.
-    pub async fn causal_forward(&mut self, model: &GpuModel, batch: &Batch) -> Result<CausalOutput> {
-        let rows = batch.batch * batch.len;
-        let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
-        let vocab = model.config.vocab_size;
+    /// Records one parallel pass over `batch`, then `output` after its final
+    /// states `x`; submits it and reads back the floats `output` names.
+    pub(crate) async fn parallel_pass(
+        &mut self,
+        model: &GpuModel,
+        batch: &Batch,
+        logit_rows: usize,
+        output: impl FnOnce(&Run, &mut Recorder, &mut Workspace, &wgpu::Buffer) -> (wgpu::Buffer, usize),
+    ) -> Result<Vec<f32>> {
+        let (shape, pos_table) = self.prepare_parallel(model, batch, logit_rows)?;
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
             let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
             let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
             let run = Run::new(model, &pos_table, shape, None)?;
             let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
-            let logits = run.logits(&mut rec, workspace, &x, rows, "logits");
+            let (out, floats) = output(&run, &mut rec, workspace, &x);
             rec.submit();
-            let logits = buffers::read_f32(ctx, &[(&logits, rows * vocab)]).await?.remove(0);
-            Ok(CausalOutput { batch: batch.batch, len: batch.len, vocab, logits })
+            Ok(buffers::read_f32(ctx, &[(&out, floats)]).await?.remove(0))
         }
         .await;
         self.close(scope, result).await
     }
 
-}
-
-/// The next token of every row of a batch (the targets of [`Engine::score`]),
-/// [`kernel::NO_TARGET`] for the last token of a sequence and for padding.
-pub(crate) fn next_tokens(batch: &Batch) -> Vec<u32> {
-    let n = batch.len;
-    let mut targets = vec![kernel::NO_TARGET; batch.batch * n];
-    for b in 0..batch.batch {
-        for t in 0..batch.lengths[b].saturating_sub(1) {
-            targets[b * n + t] = batch.tokens[b * n + t + 1];
-        }
+    /// Logits of every position of a batch of causal sequences, in one parallel pass.
+    pub async fn causal_forward(&mut self, model: &GpuModel, batch: &Batch) -> Result<CausalOutput> {
+        let rows = batch.batch * batch.len;
+        let vocab = model.config.vocab_size;
+        let logits = self.parallel_pass(model, batch, rows, |run, rec, ws, x| (run.logits(rec, ws, x, rows, "logits"), rows * vocab)).await?;
+        Ok(CausalOutput { batch: batch.batch, len: batch.len, vocab, logits })
     }
-    targets
+
 }
 
 pub(crate) fn lengths_u32(batch: &Batch) -> Vec<u32> {
@@ -202,9 +201,25 @@ impl<'a> Run<'a> {
             match self.states {
                 None => {
                     let carry = self.carry.map(|c| &c[i].buffer);
-                    kernel::parallel(rec, &Causal { inputs: inputs, qp: &l.qp.buffer, lengths: &lens, state: &state, carry: carry, out: &s.o, shape: self.shape })
+                    kernel::parallel(rec, &Causal {
+                        inputs,
+                        qp: &l.qp.buffer,
+                        lengths: &lens,
+                        state: &state,
+                        carry,
+                        out: &s.o,
+                        shape: self.shape,
+                    })
                 }
-                Some(st) => kernel::step(rec, &Causal { inputs: inputs, qp: &l.qp.buffer, lengths: &lens, state: &st[i].buffer, carry: None, out: &s.o, shape: self.shape }),
+                Some(st) => kernel::step(rec, &Causal {
+                    inputs,
+                    qp: &l.qp.buffer,
+                    lengths: &lens,
+                    state: &st[i].buffer,
+                    carry: None,
+                    out: &s.o,
+                    shape: self.shape,
+                }),
             }
             if let Some(hook) = after_attention.as_mut() {
                 hook(rec, i, &state);

@@ -72,13 +72,7 @@ impl Engine {
         ] {
             buffers::check_binding(&self.ctx, what, bytes)?;
         }
-        let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-        if token_rows.div_ceil(64) > max_groups {
-            return Err(LunaError::Input(format!(
-                "{token_rows} token rows in one batch exceed this adapter's dispatch limit of {} rows; split the batch",
-                max_groups * 64
-            )));
-        }
+        buffers::check_dispatch_rows(&self.ctx, token_rows)?;
         Ok(())
     }
 
@@ -182,19 +176,33 @@ impl Engine {
             gemm::record(&mut rec, &Gemm::new(ap, &l.wpq.buffer, &l.bpq.buffer, &qp, [packed_rows, d, d]));
             // Pack: P rows read the whole sequence (Hp heads, padding masked).
             let v_pack = if c.tie_kv { d } else { 2 * d };
-            attention::record(&mut rec, &Attention { q: View { buffer: &qp, stride: d, offset: 0 }, k: View { buffer: &s.proj, stride: wx, offset: d }, v: View { buffer: &s.proj, stride: wx, offset: v_pack }, key_mask: &xmask, out: &yp, out_stride: d, shape: pack_shape, scratch: &partial });
+            attention::record(&mut rec, &Attention {
+                q: View { buffer: &qp, stride: d, offset: 0 },
+                k: View { buffer: &s.proj, stride: wx, offset: d },
+                v: View { buffer: &s.proj, stride: wx, offset: v_pack },
+                key_mask: &xmask,
+                out: &yp,
+                out_stride: d,
+                shape: pack_shape,
+                scratch: &partial,
+            });
             // Unpack: every token reads the packed rows (H heads, masked P rows excluded).
             gemm::record(&mut rec, &Gemm::new(&yp, &l.wkv.buffer, &l.bkv.buffer, &kv, [packed_rows, kvw, d]));
-            let (q_view, k_view, v_view) = (
-                View { buffer: &s.proj, stride: wx, offset: 0 },
-                View { buffer: &kv, stride: kvw, offset: 0 },
-                View { buffer: &kv, stride: kvw, offset: if c.tie_kv { 0 } else { d } },
-            );
+            let unpack = Attention {
+                q: View { buffer: &s.proj, stride: wx, offset: 0 },
+                k: View { buffer: &kv, stride: kvw, offset: 0 },
+                v: View { buffer: &kv, stride: kvw, offset: if c.tie_kv { 0 } else { d } },
+                key_mask: &pmask,
+                out: &s.o,
+                out_stride: d,
+                shape: unpack_shape,
+                scratch: &partial,
+            };
             if unpack_flash {
                 // Many queries over few keys: the tiled kernel stages the packed K/V once per query tile.
-                softmax::record_flash(&mut rec, &Attention { q: q_view, k: k_view, v: v_view, key_mask: &pmask, out: &s.o, out_stride: d, shape: unpack_shape, scratch: &partial })?;
+                softmax::record_flash(&mut rec, &unpack)?;
             } else {
-                attention::record(&mut rec, &Attention { q: q_view, k: k_view, v: v_view, key_mask: &pmask, out: &s.o, out_stride: d, shape: unpack_shape, scratch: &partial });
+                attention::record(&mut rec, &unpack);
             }
             // P = LN(P + Yp) (post-norm) or P + Yp (pre-norm); then X's output projection and FFN.
             ln(&mut rec, &p, Some(&yp), if pre { None } else { Some(&l.ln_proj) }, None, &p_alt, packed_rows);

@@ -6,7 +6,7 @@
 //! length. The same chain carries the captures of `engine::pack_weights`.
 
 use crate::config::Config;
-use crate::engine::causal::{lengths_u32, next_tokens, Hooks, Run};
+use crate::engine::causal::{Hooks, Run};
 use crate::engine::context::Engine;
 use crate::engine::weights::{causal_columns, GpuModel};
 use crate::error::{LunaError, Result};
@@ -41,22 +41,10 @@ impl Engine {
             return Ok(bits);
         }
         let rows = batch.batch * batch.len;
-        let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
-        let scope = ErrorScopes::push(&self.ctx);
-        let result = async {
-            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
-            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-            let run = Run::new(model, &pos_table, shape, None)?;
-            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
-            let bits = run.surprisal(&mut rec, workspace, &x, &next_tokens(batch));
-            rec.submit();
-            Ok(buffers::read_f32(ctx, &[(&bits, rows)]).await?.remove(0))
-        }
-        .await;
-        self.close(scope, result).await
+        let targets = next_tokens(batch);
+        self.parallel_pass(model, batch, rows, |run, rec, ws, x| (run.surprisal(rec, ws, x, &targets), rows)).await
     }
 
-    /// Runs a prompt with the parallel form and returns a decoder holding the
     /// Rows per segment of a long sequence: [`Engine::set_segment_rows`], or fewer when a
     /// segment's largest buffer (`extra` floats per row included) would not
     /// fit one binding; a multiple of the chunk.
@@ -166,4 +154,17 @@ impl Engine {
     pub fn score_blocking(&mut self, model: &GpuModel, batch: &Batch) -> Result<Vec<f32>> {
         pollster::block_on(self.score(model, batch))
     }
+}
+
+/// The next token of every row of a batch (the targets of [`Engine::score`]),
+/// [`kernel::NO_TARGET`] for the last token of a sequence and for padding.
+fn next_tokens(batch: &Batch) -> Vec<u32> {
+    let n = batch.len;
+    let mut targets = vec![kernel::NO_TARGET; batch.batch * n];
+    for b in 0..batch.batch {
+        for t in 0..batch.lengths[b].saturating_sub(1) {
+            targets[b * n + t] = batch.tokens[b * n + t + 1];
+        }
+    }
+    targets
 }

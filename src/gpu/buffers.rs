@@ -93,6 +93,19 @@ pub fn check_binding(ctx: &GpuContext, what: &str, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// Refuses `rows` token rows when a row-per-thread kernel (64 rows a
+/// workgroup) would need more workgroups than one dispatch dimension allows.
+pub fn check_dispatch_rows(ctx: &GpuContext, rows: u64) -> Result<()> {
+    let max_groups = ctx.limits.max_compute_workgroups_per_dimension as u64;
+    if rows.div_ceil(64) > max_groups {
+        return Err(LunaError::Input(format!(
+            "{rows} token rows in one batch exceed this adapter's dispatch limit of {} rows; split the batch",
+            max_groups * 64
+        )));
+    }
+    Ok(())
+}
+
 /// Named scratch buffers reused across calls: a buffer is replaced only when a
 /// call needs more bytes than it has.
 pub struct Workspace {
