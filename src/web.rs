@@ -847,7 +847,7 @@ impl LunaModel {
             ("weights", f32s(&w.values)),
             ("len", num(w.len as f64)),
             ("heads", num(w.heads as f64)),
-            ("slots", num(w.slots as f64)),
+            ("slots", num(w.proj_len as f64)),
             ("layer", num(w.layer as f64)),
             ("offset", num(offset as f64)),
             ("ms", num(ms)),

@@ -2,7 +2,7 @@
 //! scratch workspace and its memory accounting; the uploads, readbacks and
 //! the closing of a call that every pass of the engine shares.
 
-use crate::error::{LunaError, Result};
+use crate::error::Result;
 use crate::gpu::buffers::{self, MemoryStats, Tracked, Workspace};
 use crate::gpu::context::{AdapterChoice, GpuContext};
 use crate::gpu::pipelines::PipelineCache;
@@ -115,7 +115,7 @@ impl Engine {
             self.ctx
                 .device
                 .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| LunaError::Device(format!("waiting for the GPU failed: {e}")))?;
+                .map_err(|e| crate::error::LunaError::Device(format!("waiting for the GPU failed: {e}")))?;
             let wall = start.elapsed().as_secs_f64();
             match timestamps {
                 Some(t) => pollster::block_on(t.seconds(&self.ctx)),
