@@ -12,6 +12,7 @@ pub mod causal;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod generate;
 pub mod gpu;
 pub mod init;
 pub mod input;
