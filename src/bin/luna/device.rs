@@ -42,3 +42,17 @@ pub fn or_cpu<T>(device: Device, gpu: Result<T>, cpu: impl FnOnce() -> Result<T>
         r => r,
     }
 }
+
+/// Runs `gpu` on `engine`, or `cpu` when there is none; with `--device auto`,
+/// `cpu` also when the GPU engine cannot run the model (see [`or_cpu`]).
+pub fn gpu_or_cpu<T>(
+    engine: Option<Engine>,
+    device: Device,
+    gpu: impl FnOnce(&mut Engine) -> Result<T>,
+    cpu: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    match engine {
+        None => cpu(),
+        Some(mut engine) => or_cpu(device, gpu(&mut engine), cpu),
+    }
+}

@@ -2,9 +2,9 @@
 //! and `p`, a causal LM its `logits`, to a safetensors file.
 
 use crate::args::ForwardArgs;
-use crate::device::{open_engine, or_cpu};
+use crate::device::{gpu_or_cpu, open_engine};
 use crate::timing::{gpu_note, timed};
-use luna_wgpu::{tensors, AdapterChoice, Batch, Model, ModelKind, Result};
+use luna_wgpu::{tensors, AdapterChoice, Batch, Engine, Model, ModelKind, Result};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -33,17 +33,12 @@ pub fn run(choice: &AdapterChoice, args: ForwardArgs) -> Result<()> {
             let logits: Vec<f32> = luna_wgpu::reference::causal_lm_forward(&model, &batch).iter().map(|&v| v as f32).collect();
             Ok((logits, cpu_note(t.elapsed().as_secs_f64())))
         };
-        let (logits, note) = match engine {
-            None => cpu()?,
-            Some(mut engine) => {
-                let gpu = (|| {
-                    let gm = engine.load(&model)?;
-                    let (out, median, first) = timed(runs, || engine.causal_forward_blocking(&gm, &batch))?;
-                    Ok((out.logits, gpu_note(&engine, &shape, median, first, runs, tokens)))
-                })();
-                or_cpu(device, gpu, cpu)?
-            }
+        let gpu = |engine: &mut Engine| {
+            let gm = engine.load(&model)?;
+            let (out, median, first) = timed(runs, || engine.causal_forward_blocking(&gm, &batch))?;
+            Ok((out.logits, gpu_note(engine, &shape, median, first, runs, tokens)))
         };
+        let (logits, note) = gpu_or_cpu(engine, device, gpu, cpu)?;
         (vec![("logits", vec![batch.batch, batch.len, c.vocab_size], logits)], note)
     } else {
         let cpu = || -> Result<_> {
@@ -51,17 +46,12 @@ pub fn run(choice: &AdapterChoice, args: ForwardArgs) -> Result<()> {
             let out = luna_wgpu::reference::encode(&model, &batch);
             Ok((out, cpu_note(t.elapsed().as_secs_f64())))
         };
-        let (out, note) = match engine {
-            None => cpu()?,
-            Some(mut engine) => {
-                let gpu = (|| {
-                    let gm = engine.load(&model)?;
-                    let (out, median, first) = timed(runs, || engine.encode_blocking(&gm, &batch))?;
-                    Ok((out, gpu_note(&engine, &shape, median, first, runs, tokens)))
-                })();
-                or_cpu(device, gpu, cpu)?
-            }
+        let gpu = |engine: &mut Engine| {
+            let gm = engine.load(&model)?;
+            let (out, median, first) = timed(runs, || engine.encode_blocking(&gm, &batch))?;
+            Ok((out, gpu_note(engine, &shape, median, first, runs, tokens)))
         };
+        let (out, note) = gpu_or_cpu(engine, device, gpu, cpu)?;
         (
             vec![
                 ("x", vec![out.batch, out.len, out.dim], out.x),

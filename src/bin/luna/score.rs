@@ -2,12 +2,12 @@
 //! a causal LM in one parallel pass, and optionally each token's, to a file.
 
 use crate::args::ScoreArgs;
-use crate::device::{open_engine, or_cpu};
+use crate::device::{gpu_or_cpu, open_engine};
 use crate::lm::load_causal;
 use crate::timing::{gpu_note, timed};
 use luna_wgpu::sample;
 use luna_wgpu::tokenizer::Tokenizer;
-use luna_wgpu::{tensors, AdapterChoice, Batch, LunaError, Result};
+use luna_wgpu::{tensors, AdapterChoice, Batch, Engine, LunaError, Result};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
@@ -72,18 +72,13 @@ pub fn run(choice: &AdapterChoice, a: ScoreArgs) -> Result<()> {
         let s = t.elapsed().as_secs_f64();
         Ok((bits, format!("cpu reference: {shape}: {:.1} ms, {:.0} tokens/s", s * 1e3, tokens / s)))
     };
-    let (bits, note) = match open_engine(choice, a.device)? {
-        None => cpu()?,
-        Some(mut engine) => {
-            let gpu = (|| {
-                let gm = engine.load(&model)?;
-                let (bits, median, first) = timed(1, || engine.score_blocking(&gm, &batch))?;
-                let bits: Vec<f64> = bits.iter().map(|&v| v as f64).collect();
-                Ok((bits, gpu_note(&engine, &shape, median, first, 1, tokens)))
-            })();
-            or_cpu(a.device, gpu, cpu)?
-        }
+    let gpu = |engine: &mut Engine| {
+        let gm = engine.load(&model)?;
+        let (bits, median, first) = timed(1, || engine.score_blocking(&gm, &batch))?;
+        let bits: Vec<f64> = bits.iter().map(|&v| v as f64).collect();
+        Ok((bits, gpu_note(engine, &shape, median, first, 1, tokens)))
     };
+    let (bits, note) = gpu_or_cpu(open_engine(choice, a.device)?, a.device, gpu, cpu)?;
     let n = batch.len;
     let total: f64 = (0..batch.batch).flat_map(|b| (0..batch.lengths[b] - 1).map(move |t| b * n + t)).map(|i| bits[i]).sum();
     if !total.is_finite() {
