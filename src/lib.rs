@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod generate;
 pub mod gpu;
 pub mod init;
 pub mod input;

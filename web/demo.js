@@ -407,7 +407,7 @@ async function showPack() {
       return;
     }
   }
-  const { weights, heads, slots, offset, ms } = state.packRaw;
+  const { weights, heads, projLen, offset, ms } = state.packRaw;
   const n = state.chars.length;
   const vals = new Float32Array(n);
   const head = headSel === 'mean' ? -1 : Number(headSel);
@@ -418,10 +418,10 @@ async function showPack() {
     const t = state.byteStarts[i] + offset;
     let v = 0;
     if (head < 0) {
-      for (let h = 0; h < heads; h++) v += weights[(t * heads + h) * slots + slot];
+      for (let h = 0; h < heads; h++) v += weights[(t * heads + h) * projLen + slot];
       v /= heads;
     } else {
-      v = weights[(t * heads + head) * slots + slot];
+      v = weights[(t * heads + head) * projLen + slot];
     }
     vals[i] = v;
     max = Math.max(max, v);

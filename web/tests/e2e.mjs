@@ -183,7 +183,7 @@ async function apiChecks() {
     const s = await window.lm.scoreTokens(Int32Array.from(tokens), shape[0], shape[1]);
     const p = packTokens.length ? await window.lm.packWeightsTokens(Uint32Array.from(packTokens), 1) : null;
     return { kind: f.kind, logits: Array.from(f.logits), shape: f.logitsShape, surprisal: Array.from(s),
-      pack: p && { weights: Array.from(p.weights), len: p.len, heads: p.heads, slots: p.slots } };
+      pack: p && { weights: Array.from(p.weights), len: p.len, heads: p.heads, projLen: p.projLen } };
   }, [lmIn.data, lmIn.shape, packTokens]);
   const vocab = lm.shape[2];
   const el = maxDiff(lm.logits, lmOut.data, vocab, (row) => lmIn.data[row] !== 1);
@@ -192,8 +192,8 @@ async function apiChecks() {
   check(`scoreTokens matches native luna score --surprisal to ${TOL}`, es <= TOL, `max |diff| ${es.toExponential(2)} bits`);
   if (pack) {
     const ew = maxDiff(lm.pack.weights, pack.data, 1);
-    check(`packWeights matches the native engine to ${TOL}`, ew <= TOL && lm.pack.len === pack.shape[0] && lm.pack.heads === pack.shape[1],
-      `max |diff| ${ew.toExponential(2)} over [${lm.pack.len}, ${lm.pack.heads}, ${lm.pack.slots}]`);
+    check(`packWeights matches the native engine to ${TOL}`, ew <= TOL && lm.pack.len === pack.shape[0] && lm.pack.heads === pack.shape[1] && lm.pack.projLen === pack.shape[2],
+      `max |diff| ${ew.toExponential(2)} over [${lm.pack.len}, ${lm.pack.heads}, ${lm.pack.projLen}]`);
   } else {
     console.log('       (no native pack weights: no GPU engine natively)');
   }

@@ -1,0 +1,195 @@
+//! The command line: every subcommand and flag of `luna`, as clap types.
+
+use crate::device::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "luna", version, about = "Luna (Linear Unified Nested Attention) on WebGPU")]
+pub struct Cli {
+    /// Adapter to use, by name, backend (vulkan, metal, dx12, gl) or type (cpu, discretegpu); default: LUNA_ADAPTER, else the best one
+    #[arg(long, global = true)]
+    pub adapter: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print the adapters, and the chosen one's limits and features
+    Info,
+    /// Run a model on a token file: an encoder writes `x` [B, n, d] and `p` [B, l', d]; a causal LM writes `logits` [B, n, vocab]
+    Forward(ForwardArgs),
+    /// Continue a prompt with a causal LM that has a tokenizer, streaming the text to stdout
+    Generate(GenerateArgs),
+    /// Surprisal of a document under a causal LM, in one parallel pass: bits per byte (or per token)
+    Score(ScoreArgs),
+    /// Make a model with random weights for a config
+    InitRandom(InitRandomArgs),
+    /// Benchmark Luna against softmax attention, GEMM throughput, or the decode step
+    Bench(BenchArgs),
+    /// Make a token file of random sequences for a model, right-padded
+    RandomTokens(RandomTokensArgs),
+    /// Serve the browser demo and its JavaScript package (web/, built by web/build.sh) on 127.0.0.1,
+    /// with the models/ folder beside it under /models/
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub struct ForwardArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// safetensors file holding `tokens`, int32 or int64 [B, n], right-padded with padding_idx
+    #[arg(long)]
+    pub input: PathBuf,
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+    /// Run the forward pass this many times and report the median time (the first run builds pipelines)
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A causal LM file with a tokenizer (`luna.tokenizer` metadata) [default: the shipped
+    /// demo model, models/luna-pydoc-bytes.safetensors]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The text to continue, encoded after the tokenizer's bos when it has one. It may be empty
+    /// only then (generation starts from bos); without bos an empty prompt is an error
+    #[arg(long)]
+    pub prompt: String,
+    /// Most tokens to generate. Generation also stops at eos (not printed), and with learned
+    /// positions when the next token would pass max_positions. Padding, bos and ids that are
+    /// neither a byte nor eos are never generated
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Softmax temperature; 0 picks the most likely token every time
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    pub temperature: f64,
+    /// Sample only among the K most likely tokens
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Seed of the sampler (default: from the clock, printed on stderr)
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("document").required(true).args(["text", "tokens"])))]
+pub struct ScoreArgs {
+    /// A causal LM file [default: the shipped demo model, models/luna-pydoc-bytes.safetensors]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The document: a file whose bytes are scored (needs a model with a tokenizer)
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// Or token sequences: a safetensors file holding `tokens`, int32 or int64 [B, n], right-padded
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Write each token's surprisal: `.tsv` (seq, pos, token, byte, bits) or `.safetensors`
+    /// (`surprisal` f32 [B, n], entry i = -log2 p(token i | tokens before i), 0 at i = 0 and past the end; and `tokens`)
+    #[arg(long)]
+    pub surprisal: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum TokenizerKind {
+    /// Byte-level text: byte b is token b + offset, with pad/bos/eos ids below the bytes when the vocabulary has room
+    Bytes,
+}
+
+#[derive(Args)]
+pub struct InitRandomArgs {
+    /// JSON config (the `luna.config` keys: docs/luna.md, "The model file")
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Store a tokenizer in the model file (`luna.tokenizer` metadata)
+    #[arg(long, value_enum)]
+    pub tokenizer: Option<TokenizerKind>,
+}
+
+#[derive(Args)]
+pub struct RandomTokensArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Lengths of the sequences, comma-separated (e.g. 3000,1200)
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub lengths: Vec<usize>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Port on 127.0.0.1 (0 picks a free one; the address is printed on stdout)
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The folder to serve (default: ./web, else the web/ folder of this source tree)
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum BenchOp {
+    /// One encoder layer: Luna for each --projection-length against the flash and naive softmax layers
+    Layer,
+    /// A whole encoder of --layers layers, the same comparison
+    Encoder,
+    /// GEMM GFLOP/s on square and skinny shapes
+    Matmul,
+    /// The causal decode step's time against position
+    Decode,
+    /// All of the above
+    All,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "layer")]
+    pub op: BenchOp,
+    /// Smallest sequence length (doubling up to --max-n)
+    #[arg(long, default_value_t = 1024)]
+    pub min_n: usize,
+    /// Largest sequence length (default: 8192 on a software adapter, 65536 otherwise); for
+    /// `--op decode`, the largest position (default 10^4 on a software adapter, 10^5 otherwise)
+    #[arg(long)]
+    pub max_n: Option<usize>,
+    /// Projection lengths l of Luna, comma-separated (`--op decode` uses the first)
+    #[arg(long, visible_alias = "l", value_delimiter = ',', default_values_t = [16usize, 128, 256])]
+    pub projection_length: Vec<usize>,
+    /// Model width
+    #[arg(long, default_value_t = 256)]
+    pub d: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Layers of the whole-encoder op
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Timed runs per point, after one warm-up
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Skip a point predicted to take longer than this many seconds in all
+    #[arg(long, default_value_t = 120.0)]
+    pub max_seconds: f64,
+    /// Leave out the softmax baselines
+    #[arg(long)]
+    pub no_softmax: bool,
+    /// Where the CSV, JSON and SVG files go
+    #[arg(long, default_value = "bench-out")]
+    pub out_dir: PathBuf,
+}

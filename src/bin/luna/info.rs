@@ -1,0 +1,15 @@
+//! `luna info`: the adapters, best first, and the chosen one's limits and features.
+
+use luna_wgpu::gpu::context::{describe, list_adapters};
+use luna_wgpu::{AdapterChoice, Engine, Result};
+
+pub fn run(choice: &AdapterChoice) -> Result<()> {
+    let adapters = pollster::block_on(list_adapters());
+    println!("adapters (best first):");
+    for a in &adapters {
+        println!("  {}", describe(&a.get_info()));
+    }
+    let engine = Engine::new_blocking(choice)?;
+    println!("\nchosen:\n{}", engine.ctx.report());
+    Ok(())
+}
