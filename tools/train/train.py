@@ -2,7 +2,7 @@
 r"""Train a byte-level causal Luna LM (docs/luna.md, "The causal LM") and export it for `luna`.
 
     python tools/train/train.py --out models/luna-pydoc-bytes.safetensors \
-        --embed-dim 192 --ffn-dim 768 --layers 4 --heads 4 --proj-len 32 \
+        --embed-dim 192 --ffn-dim 768 --layers 4 --heads 4 --projection-length 32 \
         --seq-len 128 --batch 32 --lr 2e-3 --warmup 100 --steps 3600 --eval-every 200 --stop-at 2918
     python tools/train/train.py ...the same flags... --steps 4400 --long-len 4096 --resume
     python tools/train/train.py ...the same flags... --steps 4600 --long-len 65536 --min-lr-ratio 0.25 --resume
@@ -92,7 +92,8 @@ def main():
     ap.add_argument("--ffn-dim", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--proj-len", type=int, default=16, help="projection_length l")
+    ap.add_argument("--projection-length", "--proj-len", dest="projection_length", type=int, default=16,
+                    help="projection_length l (--proj-len is the older spelling)")
     ap.add_argument("--post-norm", action="store_true", help="post-norm layers (default pre-norm)")
     ap.add_argument("--no-tie-kv", action="store_true", help="separate k_proj / v_proj")
     ap.add_argument("--activation", default="gelu", choices=["gelu", "relu"])
@@ -143,7 +144,7 @@ def main():
     qrows, qlengths = blocks(test[:args.eval_bytes], args.seq_len) if quick else (rows, lengths)
     long_eval = blocks(test[:args.eval_long], args.eval_long) if args.eval_long else None
 
-    c = make_config(args.embed_dim, args.ffn_dim, args.layers, args.heads, args.proj_len,
+    c = make_config(args.embed_dim, args.ffn_dim, args.layers, args.heads, args.projection_length,
                     normalize_before=not args.post_norm, tie_kv=not args.no_tie_kv, activation=args.activation)
     model = LunaCausalLM(c).to(device)
     n_params = sum(p.numel() for p in model.parameters())
