@@ -11,11 +11,6 @@ struct Params {
     _pad: u32,
 }
 
-// 0: none, 1: relu, 2: exact (erf) gelu
-override ACT: u32 = 0u;
-// 1: add the residual R after the activation
-override HAS_RES: bool = false;
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
@@ -29,24 +24,6 @@ const TK: u32 = 16u;
 
 var<workgroup> a_tile: array<f32, 1024>; // [TK][TM]
 var<workgroup> w_tile: array<f32, 1024>; // [TK][TN]
-
-// erf to about 1.5e-7 absolute (Abramowitz & Stegun 7.1.26), enough for f32.
-fn erf_approx(x: f32) -> f32 {
-    let z = abs(x);
-    let t = 1.0 / (1.0 + 0.3275911 * z);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    let r = 1.0 - poly * exp(-z * z);
-    return select(r, -r, x < 0.0);
-}
-
-fn activate(x: f32) -> f32 {
-    if (ACT == 1u) {
-        return max(x, 0.0);
-    } else if (ACT == 2u) {
-        return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752));
-    }
-    return x;
-}
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -101,19 +78,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
 
     for (var i = 0u; i < 4u; i++) {
-        let r = row0 + ty + 16u * i;
-        if (r >= p.m) {
-            continue;
-        }
         for (var j = 0u; j < 4u; j++) {
-            let col = col0 + tx + 16u * j;
-            if (col < p.n) {
-                var v = activate(acc[i][j] + bias[col]);
-                if (HAS_RES) {
-                    v += res[r * p.n + col];
-                }
-                c[r * p.n + col] = v;
-            }
+            put(row0 + ty + 16u * i, col0 + tx + 16u * j, acc[i][j]);
         }
     }
 }
@@ -134,9 +100,5 @@ fn gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (var kk = 0u; kk < p.k; kk++) {
         acc = fma(a[a0 + kk], w[w0 + kk], acc);
     }
-    var v = activate(acc + bias[col]);
-    if (HAS_RES) {
-        v += res[r * p.n + col];
-    }
-    c[r * p.n + col] = v;
+    put(r, col, acc);
 }

@@ -27,41 +27,59 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
 fn gemm_matches_reference() {
     let Some(engine) = common::engine() else { return };
     let mut rng = Rng::new(7);
-    // Tails in every dimension (tile is 64x64, K step 16), single rows and columns.
-    // m <= 4 takes the untiled gemv entry point.
-    let shapes = [(1, 1, 1), (65, 70, 33), (130, 17, 300), (7, 200, 64), (64, 64, 16), (3, 129, 1), (4, 300, 70), (2, 65, 513), (5, 3, 2)];
+    // Tails in every dimension (64x64 tiles with K steps of 16; 4x8 register
+    // blocks in workgroups of up to 16x16), single rows and columns, K that is
+    // and is not a multiple of 4 (the vec4 variants need it), m <= 4 (the gemv
+    // class) and a long K. Every member of the family that fits runs each shape.
+    let shapes = [
+        (1, 1, 1), (65, 70, 33), (130, 17, 300), (7, 200, 64), (64, 64, 16), (3, 129, 1), (4, 300, 70),
+        (2, 65, 513), (5, 3, 2), (1, 9, 4), (3, 70, 516), (70, 259, 8), (129, 33, 1028),
+    ];
     for &(m, n, k) in &shapes {
-        for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
-            for residual in [false, true] {
-                let lin = Linear { out: n, inp: k, weight: rng.fill(n * k, 1.0), bias: rng.fill(n, 1.0) };
-                let a = rng.fill(m * k, 1.0);
-                let r = rng.fill(m * n, 1.0);
-                let mut want = ops::linear(&to64(&a), m, &lin);
-                for (i, v) in want.iter_mut().enumerate() {
-                    if let Some(act) = act {
-                        *v = ops::activation(act, *v);
+        for variant in gemm::family().into_iter().filter(|v| v.fits([m, n, k])) {
+            for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
+                for residual in [false, true] {
+                    let lin = Linear { out: n, inp: k, weight: rng.fill(n * k, 1.0), bias: rng.fill(n, 1.0) };
+                    let a = rng.fill(m * k, 1.0);
+                    let r = rng.fill(m * n, 1.0);
+                    let mut want = ops::linear(&to64(&a), m, &lin);
+                    for (i, v) in want.iter_mut().enumerate() {
+                        if let Some(act) = act {
+                            *v = ops::activation(act, *v);
+                        }
+                        if residual {
+                            *v += r[i] as f64;
+                        }
                     }
-                    if residual {
-                        *v += r[i] as f64;
-                    }
+                    let (ab, wb, bb, rb) = (
+                        engine.upload("a", &a).unwrap(),
+                        engine.upload("w", &lin.weight).unwrap(),
+                        engine.upload("b", &lin.bias).unwrap(),
+                        engine.upload("r", &r).unwrap(),
+                    );
+                    let out = engine.upload("c", &vec![f32::NAN; m * n]).unwrap();
+                    let mut rec = engine.recorder();
+                    let res = residual.then_some(&rb.buffer);
+                    let g = Gemm::new(&ab.buffer, &wb.buffer, &bb.buffer, &out.buffer, [m, n, k]).residual(res).act(act).variant(variant);
+                    gemm::record(&mut rec, &g);
+                    rec.submit();
+                    let got = engine.read_blocking(&[(&out.buffer, m * n)]).unwrap().remove(0);
+                    let e = rel_err(&got, &want);
+                    let name = variant.name();
+                    assert!(e < 1e-5, "gemm {name} {m}x{n}x{k} act {act:?} residual {residual}: error {e}");
                 }
-                let (ab, wb, bb, rb) = (
-                    engine.upload("a", &a).unwrap(),
-                    engine.upload("w", &lin.weight).unwrap(),
-                    engine.upload("b", &lin.bias).unwrap(),
-                    engine.upload("r", &r).unwrap(),
-                );
-                let out = engine.upload("c", &vec![f32::NAN; m * n]).unwrap();
-                let mut rec = engine.recorder();
-                let res = residual.then_some(&rb.buffer);
-                gemm::record(&mut rec, &Gemm::new(&ab.buffer, &wb.buffer, &bb.buffer, &out.buffer, [m, n, k]).residual(res).act(act));
-                rec.submit();
-                let got = engine.read_blocking(&[(&out.buffer, m * n)]).unwrap().remove(0);
-                let e = rel_err(&got, &want);
-                assert!(e < 1e-5, "gemm {m}x{n}x{k} act {act:?} residual {residual}: error {e}");
             }
         }
     }
+}
+
+#[test]
+fn gemm_variant_names_round_trip() {
+    for v in gemm::family() {
+        assert_eq!(gemm::Variant::from_name(&v.name()), Some(v));
+    }
+    assert_eq!(gemm::Variant::from_name("vec4-8"), None);
+    assert_eq!(gemm::Variant::from_name("nonsense"), None);
 }
 
 /// Runs the attention kernel with Q, K, V placed at offsets inside wider rows

@@ -10,6 +10,7 @@
 //! - Softmax layer: projections `2n·d·3d + 2n·d·d`, attention `4·n²·d`, FFN `4n·d·f`.
 //! - GEMM m×n×k: `2mnk`.
 
+pub mod peer;
 pub mod report;
 
 use crate::baseline::{Kind, SoftmaxConfig, SoftmaxInput};
@@ -263,6 +264,7 @@ pub fn run_sweep(engine: &mut Engine, sweep: &Sweep, layers: usize, on_point: &m
 pub fn run_matmul(engine: &mut Engine, shapes: &[[usize; 3]], repeats: usize, on_point: &mut dyn FnMut(&Point)) -> Result<Vec<Point>> {
     let mut points = Vec::new();
     for &[m, n, k] in shapes {
+        pollster::block_on(engine.tune_gemms(&[[m, n, k]]))?;
         let mut p = Point::new("matmul", "gemm");
         p.shape = Some([m, n, k]);
         p.timer = timer_name(engine);
@@ -272,6 +274,7 @@ pub fn run_matmul(engine: &mut Engine, shapes: &[[usize; 3]], repeats: usize, on
         })();
         match bufs {
             Ok((a, w, b, c)) => {
+                p.method = format!("gemm:{}", gemm::chosen(&engine.recorder(), &Gemm::new(&a.buffer, &w.buffer, &b.buffer, &c.buffer, [m, n, k])).name());
                 let timestamps = Timestamps::new(&engine.ctx);
                 let (times, peak) = measure(engine, repeats, |e| {
                     e.time_submission(

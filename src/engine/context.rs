@@ -6,6 +6,8 @@ use crate::error::Result;
 use crate::gpu::buffers::{self, MemoryStats, Tracked, Workspace};
 use crate::gpu::context::{AdapterChoice, GpuContext};
 use crate::gpu::pipelines::PipelineCache;
+use crate::gpu::tuning::Tuning;
+use crate::kernels::gemm;
 use crate::gpu::recorder::Recorder;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gpu::recorder::Timestamps;
@@ -43,7 +45,8 @@ impl Engine {
     pub fn with_context(ctx: GpuContext) -> Engine {
         let stats = Arc::new(MemoryStats::default());
         let dummy = buffers::upload(&ctx, &stats, "dummy", &[0u32; 4]).expect("16 bytes fit any device");
-        Engine { workspace: Workspace::new(stats.clone()), cache: PipelineCache::default(), stats, dummy, ctx, causal_chunk: 64, segment: SEGMENT }
+        let cache = PipelineCache::new(Tuning::new(&ctx.info, gemm::shader_version()));
+        Engine { workspace: Workspace::new(stats.clone()), cache, stats, dummy, ctx, causal_chunk: 64, segment: SEGMENT }
     }
 
     /// Bytes of GPU buffers the engine holds now, and the most it has held.

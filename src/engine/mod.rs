@@ -10,7 +10,8 @@
 //! - `decoder`: streaming generation ([`Decoder`]);
 //! - `segments`: scoring, and one long sequence segment by segment;
 //! - `pack_weights`: what the packed slots read ([`PackWeights`]);
-//! - `baseline`: the softmax-attention baselines.
+//! - `baseline`: the softmax-attention baselines;
+//! - `tune`: timing the GEMM family's variants on this adapter.
 //!
 //! Nothing here imports the float64 reference: host-side math the engine
 //! needs (position tables, the causal P) comes from `crate::math`.
@@ -23,6 +24,7 @@ mod encoder;
 mod pack_weights;
 mod segments;
 mod tail;
+mod tune;
 mod weights;
 
 pub use causal::CausalOutput;

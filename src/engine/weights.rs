@@ -163,6 +163,7 @@ impl Engine {
     }
 
     /// Uploads a model's weights; allocation failures come back as errors.
+    /// The first model of a shape on this adapter also tunes its GEMMs (see `engine::tune`).
     pub async fn load_async(&self, model: &Model) -> Result<GpuModel> {
         self.ctx.check_alive()?;
         let c = &model.config;
@@ -176,7 +177,9 @@ impl Engine {
         }
         let scope = ErrorScopes::push(&self.ctx);
         let uploaded = self.upload_model(model);
-        scope.close(&self.ctx, uploaded).await
+        let gpu_model = scope.close(&self.ctx, uploaded).await?;
+        self.tune_model(c).await?;
+        Ok(gpu_model)
     }
 
     fn upload_model(&self, model: &Model) -> Result<GpuModel> {

@@ -1,7 +1,19 @@
 //! Kernel descriptions and the pipeline cache: each pipeline is built once per
-//! (shader, specialisation) and reused for every dispatch after that.
+//! (shader, specialisation) and reused for every dispatch after that. The
+//! cache also holds the [`Tuning`]: which variant of a kernel family runs for
+//! each shape class on this adapter.
+//!
+//! Shader modules are made without wgpu's forced loop bounding (the check
+//! that turns every loop into one with an iteration counter, 1.5x on a GEMM
+//! on lavapipe). That is sound for our shaders only: every loop in
+//! `shaders/` runs a counter up to a bound taken from a constant or from a
+//! uniform the host sized from real buffers (or halves a counter down to
+//! zero), so none can run forever; tests/shaders.rs validates every shader and
+//! variant with naga. Bounds checks on buffer accesses and the guards on
+//! integer division stay on. `LUNA_SHADER_CHECKS=all` turns every check back on.
 
 use std::collections::HashMap;
+use super::tuning::Tuning;
 use std::sync::{Arc, Mutex};
 
 /// Binding 0 of every kernel is its uniform `Params`; bindings 1.. are storage
@@ -40,14 +52,28 @@ pub struct Kernel {
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// Pipelines by shader and specialisation; shader modules by source.
-#[derive(Default)]
+/// Pipelines by shader and specialisation; shader modules by source; tuned choices.
 pub struct PipelineCache {
     pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pub tuning: Tuning,
+}
+
+/// The runtime checks our shaders are created with (see the module docs).
+pub(crate) fn runtime_checks() -> wgpu::ShaderRuntimeChecks {
+    if std::env::var("LUNA_SHADER_CHECKS").is_ok_and(|v| v == "all") {
+        return wgpu::ShaderRuntimeChecks::checked();
+    }
+    let mut checks = wgpu::ShaderRuntimeChecks::checked();
+    checks.force_loop_bounding = false;
+    checks
 }
 
 impl PipelineCache {
+    pub fn new(tuning: Tuning) -> PipelineCache {
+        PipelineCache { pipelines: Mutex::default(), modules: Mutex::default(), tuning }
+    }
+
     pub fn get(&self, device: &wgpu::Device, spec: KernelSpec) -> Arc<Kernel> {
         let key = spec.key();
         if let Some(k) = self.pipelines.lock().unwrap().get(&key) {
@@ -59,10 +85,11 @@ impl PipelineCache {
             .unwrap()
             .entry(spec.name)
             .or_insert_with(|| {
-                device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(spec.name),
-                    source: wgpu::ShaderSource::Wgsl(spec.source.into()),
-                })
+                let desc = wgpu::ShaderModuleDescriptor { label: Some(spec.name), source: wgpu::ShaderSource::Wgsl(spec.source.into()) };
+                // SAFETY: only loop bounding is off, and every loop in our
+                // shaders terminates (see the module docs); `spec.source` is
+                // always one of the crate's own `include_str!` shaders.
+                unsafe { device.create_shader_module_trusted(desc, runtime_checks()) }
             })
             .clone();
         let mut entries = vec![wgpu::BindGroupLayoutEntry {

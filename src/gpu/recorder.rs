@@ -58,6 +58,16 @@ impl<'a> Recorder<'a> {
         self.cache.get(&self.ctx.device, spec)
     }
 
+    /// The variant measured fastest for a shape class, if tuned.
+    pub fn tuned(&self, class: &str) -> Option<String> {
+        self.cache.tuning.get(class)
+    }
+
+    /// Most workgroups in one dimension of a dispatch.
+    pub fn max_groups(&self) -> u32 {
+        self.max_groups
+    }
+
     /// Adds a dispatch of `groups` workgroups; `buffers` bind to 1, 2, ... in order.
     pub fn dispatch<P: bytemuck::Pod>(&mut self, kernel: &Arc<Kernel>, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) {
         debug_assert_eq!(buffers.len(), kernel.spec.storage.len(), "{}", kernel.spec.name);
@@ -175,8 +185,7 @@ impl<'a> Recorder<'a> {
             }
         }
         if let Some(t) = timestamps {
-            encoder.resolve_query_set(&t.query_set, 0..2, &t.resolve, 0);
-            encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
+            t.resolve(&mut encoder);
         }
         ctx.queue.submit([encoder.finish()]);
     }
@@ -208,6 +217,17 @@ impl Timestamps {
             resolve: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
             readback: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
         })
+    }
+
+    /// Timestamp writes for a single compute pass recorded outside a [`Recorder`].
+    pub fn whole_pass(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites { query_set: &self.query_set, beginning_of_pass_write_index: Some(0), end_of_pass_write_index: Some(1) }
+    }
+
+    /// Resolves the two timestamps for [`Timestamps::seconds`]; the last command of a timed encoder.
+    pub fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.query_set, 0..2, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.readback, 0, 16);
     }
 
     /// Seconds between the two timestamps of the last timed submission.

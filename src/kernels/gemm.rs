@@ -1,19 +1,124 @@
-//! Tiled GEMM with fused bias, activation and residual (`shaders/gemm.wgsl`).
+//! The GEMM family with fused bias, activation and residual:
+//! `shaders/gemm.wgsl` (any K: 64×64 tiles through workgroup memory, and a
+//! one-thread-per-output gemv) and `shaders/gemm_vec4.wgsl` (K % 4 == 0: 4×8
+//! register blocks without workgroup memory, and a gemv that splits each
+//! column over several threads), both ending in `shaders/gemm_epilogue.wgsl`.
+//!
+//! Which member runs is a [`Variant`]: forced per call ([`Gemm::variant`]),
+//! else the one measured fastest for the shape class on this adapter
+//! (`engine::tune`, kept in the pipeline cache's [`Tuning`]), else [`default_variant`].
 
 use crate::config::Activation;
 use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
 
-pub const SOURCE: &str = include_str!("../../shaders/gemm.wgsl");
+pub const SOURCE: &str = concat!(include_str!("../../shaders/gemm_epilogue.wgsl"), include_str!("../../shaders/gemm.wgsl"));
+pub const VEC4_SOURCE: &str = concat!(include_str!("../../shaders/gemm_epilogue.wgsl"), include_str!("../../shaders/gemm_vec4.wgsl"));
+/// Output tile of the `Tiled` variant.
 const TILE: u32 = 64;
+/// Up to this many rows form the "few rows" shape class (gemv variants).
+pub const GEMV_ROWS: usize = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     m: u32,
     n: u32,
+    /// K for `gemm.wgsl`, K / 4 for `gemm_vec4.wgsl`.
     k: u32,
-    _pad: u32,
+    /// First row of the dispatch (`Vec4` splits tall matrices over dispatches).
+    row_base: u32,
+}
+
+/// One member of the GEMM family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// `gemm.wgsl` `main`: 64×64 output tiles, K in steps of 16 through workgroup memory. Any shape.
+    Tiled,
+    /// `gemm.wgsl` `gemv`: one thread per output. Any shape; meant for a few rows.
+    Gemv,
+    /// `gemm_vec4.wgsl` `main`: `rows × cols` outputs a thread (each at most 8) in
+    /// workgroups of `wg_x × wg_y` threads. K % 4 == 0.
+    Vec4 { rows: u32, cols: u32, wg_x: u32, wg_y: u32 },
+    /// `gemm_vec4.wgsl` `gemv`: `split` threads a column, `wg` threads a workgroup. K % 4 == 0, m ≤ 4.
+    Vec4Gemv { wg: u32, split: u32 },
+}
+
+impl Variant {
+    /// A short stable name (the tuning cache stores it).
+    pub fn name(&self) -> String {
+        match self {
+            Variant::Tiled => "tiled".into(),
+            Variant::Gemv => "gemv".into(),
+            Variant::Vec4 { rows, cols, wg_x, wg_y } => format!("vec4-{rows}x{cols}-{wg_x}x{wg_y}"),
+            Variant::Vec4Gemv { wg, split } => format!("vec4gemv-{wg}/{split}"),
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Variant> {
+        let pair = |t: &str, sep| -> Option<(u32, u32)> {
+            let (x, y) = t.split_once(sep)?;
+            Some((x.parse().ok()?, y.parse().ok()?))
+        };
+        match s {
+            "tiled" => Some(Variant::Tiled),
+            "gemv" => Some(Variant::Gemv),
+            _ => {
+                if let Some((tile, wg)) = s.strip_prefix("vec4-").and_then(|t| t.split_once('-')) {
+                    let ((rows, cols), (wg_x, wg_y)) = (pair(tile, 'x')?, pair(wg, 'x')?);
+                    let ok = (1..=8).contains(&rows) && (1..=8).contains(&cols) && wg_x * wg_y > 0;
+                    ok.then_some(Variant::Vec4 { rows, cols, wg_x, wg_y })
+                } else {
+                    let (wg, split) = s.strip_prefix("vec4gemv-").and_then(|t| pair(t, '/'))?;
+                    Some(Variant::Vec4Gemv { wg, split })
+                }
+            }
+        }
+    }
+
+    /// Whether this variant computes `[m, n, k]` (vec4 loads need K % 4 == 0;
+    /// the vec4 gemv holds at most 4 rows).
+    pub fn fits(&self, [m, _, k]: [usize; 3]) -> bool {
+        match self {
+            Variant::Tiled | Variant::Gemv => true,
+            Variant::Vec4 { .. } => k.is_multiple_of(4),
+            Variant::Vec4Gemv { .. } => k.is_multiple_of(4) && m <= GEMV_ROWS,
+        }
+    }
+}
+
+/// The shape class a tuned choice is kept for: "few rows" or "many rows", and N, K.
+pub fn class_key([m, n, k]: [usize; 3]) -> String {
+    let rows = if m <= GEMV_ROWS { "few" } else { "many" };
+    format!("gemm:{rows}:n{n}:k{k}")
+}
+
+/// The variants worth timing for a shape, fastest-expected first.
+pub fn candidates(mnk: [usize; 3]) -> Vec<Variant> {
+    let all: &[Variant] = if mnk[0] <= GEMV_ROWS {
+        &[
+            Variant::Vec4Gemv { wg: 64, split: 1 },
+            Variant::Vec4Gemv { wg: 64, split: 4 },
+            Variant::Vec4Gemv { wg: 64, split: 16 },
+            Variant::Vec4Gemv { wg: 256, split: 64 },
+            Variant::Gemv,
+        ]
+    } else {
+        &[
+            Variant::Vec4 { rows: 4, cols: 8, wg_x: 8, wg_y: 8 },
+            Variant::Vec4 { rows: 8, cols: 8, wg_x: 8, wg_y: 8 },
+            Variant::Vec4 { rows: 8, cols: 4, wg_x: 8, wg_y: 8 },
+            Variant::Vec4 { rows: 4, cols: 8, wg_x: 16, wg_y: 4 },
+            Variant::Vec4 { rows: 4, cols: 4, wg_x: 16, wg_y: 16 },
+            Variant::Tiled,
+        ]
+    };
+    all.iter().copied().filter(|v| v.fits(mnk)).collect()
+}
+
+/// What runs when nothing was tuned: the first candidate.
+pub fn default_variant(mnk: [usize; 3]) -> Variant {
+    candidates(mnk)[0]
 }
 
 fn act_code(act: Option<Activation>) -> f64 {
@@ -24,29 +129,49 @@ fn act_code(act: Option<Activation>) -> f64 {
     }
 }
 
-/// Up to this many rows use the untiled `gemv` entry point.
-pub const GEMV_ROWS: usize = 4;
-
-pub fn spec(act: Option<Activation>, residual: bool) -> KernelSpec {
-    spec_entry("main", act, residual)
-}
-
-fn spec_entry(entry: &'static str, act: Option<Activation>, residual: bool) -> KernelSpec {
+pub fn spec(variant: Variant, act: Option<Activation>, residual: bool) -> KernelSpec {
+    let mut constants = vec![("ACT", act_code(act)), ("HAS_RES", residual as u8 as f64)];
+    let (name, source, entry) = match variant {
+        Variant::Tiled => ("gemm", SOURCE, "main"),
+        Variant::Gemv => ("gemm", SOURCE, "gemv"),
+        Variant::Vec4 { rows, cols, wg_x, wg_y } => {
+            constants.extend([("WG_X", wg_x as f64), ("WG_Y", wg_y as f64), ("TR", rows as f64), ("TC", cols as f64)]);
+            ("gemm_vec4", VEC4_SOURCE, "main")
+        }
+        Variant::Vec4Gemv { wg, split } => {
+            constants.extend([("WG_X", wg as f64), ("SPLIT", split as f64)]);
+            ("gemm_vec4", VEC4_SOURCE, "gemv")
+        }
+    };
     KernelSpec {
-        name: "gemm",
-        source: SOURCE,
+        name,
+        source,
         entry,
         storage: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Write],
-        constants: vec![("ACT", act_code(act)), ("HAS_RES", residual as u8 as f64)],
+        constants,
     }
 }
 
+/// Changes whenever a GEMM shader does (tuned choices are kept per version).
+pub fn shader_version() -> u64 {
+    crate::gpu::tuning::shader_version(&[SOURCE, VEC4_SOURCE])
+}
+
+/// Every member of the family (the candidates of both shape classes).
+pub fn family() -> Vec<Variant> {
+    let mut all = candidates([GEMV_ROWS + 1, 1, 4]);
+    all.extend(candidates([1, 1, 4]));
+    all
+}
+
+/// Every pipeline the host can build (validated by naga in tests/shaders.rs).
 pub fn variants() -> Vec<KernelSpec> {
     let mut v = Vec::new();
-    for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
-        for res in [false, true] {
-            v.push(spec_entry("main", act, res));
-            v.push(spec_entry("gemv", act, res));
+    for variant in family() {
+        for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
+            for res in [false, true] {
+                v.push(spec(variant, act, res));
+            }
         }
     }
     v
@@ -63,12 +188,14 @@ pub struct Gemm<'a> {
     pub mnk: [usize; 3],
     pub residual: Option<&'a wgpu::Buffer>,
     pub act: Option<Activation>,
+    /// Forces a family member (it must [`Variant::fits`] the shape); `None` lets the tuning choose.
+    pub variant: Option<Variant>,
 }
 
 impl<'a> Gemm<'a> {
     /// `out[m, n] = a[m, k] · w[n, k]^T + bias[n]`, no activation, no residual.
     pub fn new(a: &'a wgpu::Buffer, w: &'a wgpu::Buffer, bias: &'a wgpu::Buffer, out: &'a wgpu::Buffer, mnk: [usize; 3]) -> Gemm<'a> {
-        Gemm { a, w, bias, out, mnk, residual: None, act: None }
+        Gemm { a, w, bias, out, mnk, residual: None, act: None, variant: None }
     }
 
     /// Adds `residual[m, n]` to the output (after the activation).
@@ -80,19 +207,49 @@ impl<'a> Gemm<'a> {
     pub fn act(self, act: Option<Activation>) -> Gemm<'a> {
         Gemm { act, ..self }
     }
+
+    /// Runs this family member whatever the tuning says.
+    pub fn variant(self, variant: Variant) -> Gemm<'a> {
+        Gemm { variant: Some(variant), ..self }
+    }
+}
+
+/// The member [`record`] runs for `g`: forced, tuned, or the default.
+pub fn chosen(rec: &Recorder, g: &Gemm) -> Variant {
+    g.variant
+        .or_else(|| rec.tuned(&class_key(g.mnk)).and_then(|s| Variant::from_name(&s)))
+        .filter(|v| v.fits(g.mnk))
+        .unwrap_or_else(|| default_variant(g.mnk))
 }
 
 /// Records one [`Gemm`].
 pub fn record(rec: &mut Recorder, g: &Gemm) {
-    let ([m, n, k], act, residual) = (g.mnk, g.act, g.residual);
-    let entry = if m <= GEMV_ROWS { "gemv" } else { "main" };
-    let kernel = rec.kernel(spec_entry(entry, act, residual.is_some()));
-    let params = Params { m: m as u32, n: n as u32, k: k as u32, _pad: 0 };
-    let groups = if m <= GEMV_ROWS {
-        rec.grid(((m * n) as u32).div_ceil(64))
-    } else {
-        [(n as u32).div_ceil(TILE), (m as u32).div_ceil(TILE), 1]
-    };
-    let res = residual.unwrap_or(rec.dummy);
-    rec.dispatch(&kernel, &params, &[g.a, g.w, g.bias, res, g.out], groups);
+    let variant = chosen(rec, g);
+    let [m, n, k] = g.mnk;
+    let kernel = rec.kernel(spec(variant, g.act, g.residual.is_some()));
+    let buffers = [g.a, g.w, g.bias, g.residual.unwrap_or(rec.dummy), g.out];
+    let params = |k, row_base| Params { m: m as u32, n: n as u32, k, row_base };
+    match variant {
+        Variant::Tiled => {
+            let groups = [(n as u32).div_ceil(TILE), (m as u32).div_ceil(TILE), 1];
+            rec.dispatch(&kernel, &params(k as u32, 0), &buffers, groups);
+        }
+        Variant::Gemv => {
+            let groups = rec.grid(((m * n) as u32).div_ceil(64));
+            rec.dispatch(&kernel, &params(k as u32, 0), &buffers, groups);
+        }
+        Variant::Vec4 { rows, cols, wg_x, wg_y } => {
+            let groups_x = (n as u32).div_ceil(cols * wg_x);
+            // Rows one dispatch covers, within the device's workgroup-count limit.
+            let block = rec.max_groups() as usize * (rows * wg_y) as usize;
+            for base in (0..m).step_by(block) {
+                let here = (m - base).min(block) as u32;
+                rec.dispatch(&kernel, &params(k as u32 / 4, base as u32), &buffers, [groups_x, here.div_ceil(rows * wg_y), 1]);
+            }
+        }
+        Variant::Vec4Gemv { wg, split } => {
+            let groups = rec.grid((n as u32).div_ceil(wg / split));
+            rec.dispatch(&kernel, &params(k as u32 / 4, 0), &buffers, groups);
+        }
+    }
 }

@@ -192,4 +192,14 @@ pub struct BenchArgs {
     /// Where the CSV, JSON and SVG files go
     #[arg(long, default_value = "bench-out")]
     pub out_dir: PathBuf,
+    /// `--op matmul`: also time this WGSL GEMM (C[M,N] = A[M,K]·B[K,N]; A, B, C at
+    /// bindings 0, 1, 2; entry `main`) on --peer-shape, interleaved with ours
+    #[arg(long)]
+    pub peer_wgsl: Option<PathBuf>,
+    /// Workgroups to dispatch for --peer-wgsl, as x,y,z
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = [16u32, 32, 1])]
+    pub peer_grid: Vec<u32>,
+    /// The m,n,k the peer kernel computes
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = [1024usize, 1024, 1024])]
+    pub peer_shape: Vec<usize>,
 }

@@ -71,7 +71,22 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
         match op {
             BenchOp::Layer => points.extend(bench::run_sweep(&mut engine, &sweep, 1, &mut on_point)?),
             BenchOp::Encoder => points.extend(bench::run_sweep(&mut engine, &sweep, a.layers, &mut on_point)?),
-            BenchOp::Matmul => points.extend(bench::run_matmul(&mut engine, &matmul_shapes, a.repeats, &mut on_point)?),
+            BenchOp::Matmul => match &a.peer_wgsl {
+                Some(path) => {
+                    let (grid, shape) = match (&a.peer_grid[..], &a.peer_shape[..]) {
+                        (&[x, y, z], &[m, n, k]) if m * n * k > 0 => ([x, y, z], [m, n, k]),
+                        _ => return Err(LunaError::Input("--peer-grid takes x,y,z and --peer-shape m,n,k (all positive)".into())),
+                    };
+                    let wgsl = String::from_utf8_lossy(&tensors::read_file(path)?).into_owned();
+                    let name = path.file_stem().map_or("peer".into(), |s| s.to_string_lossy().into_owned());
+                    let peer = bench::peer::Peer { name, wgsl, grid };
+                    for p in bench::peer::run_matmul_peer(&mut engine, &peer, shape, a.repeats)? {
+                        on_point(&p);
+                        points.push(p);
+                    }
+                }
+                None => points.extend(bench::run_matmul(&mut engine, &matmul_shapes, a.repeats, &mut on_point)?),
+            },
             BenchOp::Decode => {
                 points.extend(bench::run_decode(&mut engine, a.d, a.heads, a.projection_length[0], &decode_positions, a.repeats.max(10), &mut on_point)?)
             }

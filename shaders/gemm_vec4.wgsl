@@ -1,0 +1,124 @@
+// GEMM with fused epilogue, K read in vec4s:  C[M,N] = act(A[M,K] · W[N,K]^T + bias[N]) (+ R[M,N])
+// Needs K % 4 == 0 (rows of A and W then start on 16-byte boundaries); shaders/gemm.wgsl
+// serves every other K. Two entry points:
+// - `main`: no workgroup memory and no barriers. Each thread keeps a TR-row by TC-column
+//   block of C in registers (TR, TC up to 8) and walks K once, reading TR vec4s of A and
+//   TC vec4s of W per step of 4: (TR + TC) loads for 4·TR·TC multiply-adds. Rows and
+//   columns past M and N are read clamped to the last one (always in bounds) and never
+//   written. TR and TC are override constants, so the loops over them have constant
+//   bounds once the pipeline is built and the compiler unrolls them into registers.
+// - `gemv`: for a few rows (a decode step). SPLIT threads share each output column,
+//   each reading every SPLIT-th vec4 of its W row for all rows of A at once, then
+//   summing their partials through workgroup memory.
+// Recorded by kernels::gemm::record, which picks the variant (TR, TC, WG_X, WG_Y, SPLIT).
+
+struct Params {
+    m: u32,
+    n: u32,
+    k4: u32,      // K / 4
+    row_base: u32, // first row of this dispatch (`main` splits tall matrices over dispatches)
+}
+
+override WG_X: u32 = 8u;
+override WG_Y: u32 = 8u;
+// Threads per output column in `gemv` (a power of two dividing WG_X).
+override SPLIT: u32 = 1u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> res: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<f32>;
+
+// One column's dot products with up to 4 rows of A (`gemv`).
+fn dots(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, y: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(x0, y), dot(x1, y), dot(x2, y), dot(x3, y));
+}
+
+fn put_column(r0: u32, col: u32, v: vec4<f32>) {
+    put(r0, col, v.x);
+    put(r0 + 1u, col, v.y);
+    put(r0 + 2u, col, v.z);
+    put(r0 + 3u, col, v.w);
+}
+
+const MAX_R: u32 = 8u;
+const MAX_C: u32 = 8u;
+override TR: u32 = 4u;
+override TC: u32 = 8u;
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r0 = p.row_base + gid.y * TR;
+    let c0 = gid.x * TC;
+    if (r0 >= p.m || c0 >= p.n) {
+        return;
+    }
+    let k4 = p.k4;
+    var ar: array<u32, MAX_R>;
+    var wr: array<u32, MAX_C>;
+    for (var i = 0u; i < TR; i++) {
+        ar[i] = min(r0 + i, p.m - 1u) * k4;
+    }
+    for (var j = 0u; j < TC; j++) {
+        wr[j] = min(c0 + j, p.n - 1u) * k4;
+    }
+    var acc: array<array<f32, MAX_C>, MAX_R>;
+    for (var i = 0u; i < TR; i++) {
+        for (var j = 0u; j < TC; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var kk = 0u; kk < k4; kk++) {
+        var x: array<vec4<f32>, MAX_R>;
+        for (var i = 0u; i < TR; i++) {
+            x[i] = a[ar[i] + kk];
+        }
+        for (var j = 0u; j < TC; j++) {
+            let y = w[wr[j] + kk];
+            for (var i = 0u; i < TR; i++) {
+                acc[i][j] += dot(x[i], y);
+            }
+        }
+    }
+    for (var i = 0u; i < TR; i++) {
+        for (var j = 0u; j < TC; j++) {
+            put(r0 + i, c0 + j, acc[i][j]);
+        }
+    }
+}
+
+// Partial sums of `gemv`, one vec4 (the up-to-4 rows) per thread.
+var<workgroup> partial: array<vec4<f32>, 256>;
+
+@compute @workgroup_size(WG_X, 1, 1)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let cols_per_group = WG_X / SPLIT;
+    let col = (wid.x + wid.y * nwg.x) * cols_per_group + tid / SPLIT;
+    let lane = tid % SPLIT;
+    // Columns past N read the last one (no early return: the barriers below need every thread).
+    let wrow = min(col, p.n - 1u) * p.k4;
+    let lm = p.m - 1u;
+    let a1 = min(1u, lm) * p.k4;
+    let a2 = min(2u, lm) * p.k4;
+    let a3 = min(3u, lm) * p.k4;
+    var acc = vec4<f32>();
+    for (var kk = lane; kk < p.k4; kk += SPLIT) {
+        acc += dots(a[kk], a[a1 + kk], a[a2 + kk], a[a3 + kk], w[wrow + kk]);
+    }
+    if (SPLIT > 1u) {
+        partial[tid] = acc;
+        workgroupBarrier();
+        for (var s = SPLIT / 2u; s > 0u; s >>= 1u) {
+            if (lane < s) {
+                partial[tid] += partial[tid + s];
+            }
+            workgroupBarrier();
+        }
+        acc = partial[tid];
+    }
+    if (lane == 0u) {
+        put_column(0u, col, acc);
+    }
+}

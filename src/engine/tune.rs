@@ -1,0 +1,157 @@
+//! Autotuning: at the first use of a GEMM shape class on this adapter, every
+//! candidate of the GEMM family that fits is timed on the real adapter and the
+//! fastest is kept in the pipeline cache's `Tuning` (and its cache file).
+//! What wins on a software rasteriser is not what wins on a discrete GPU, so
+//! nothing here assumes a winner. Timings come from GPU timestamps where the
+//! adapter has them, else (natively) from the wall clock around a wait; in a
+//! browser without timestamps the defaults stay.
+
+use crate::config::{Config, ModelKind};
+use crate::engine::weights::causal_columns;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::gpu::recorder::Timestamps;
+use crate::gpu::scope::ErrorScopes;
+use crate::kernels::gemm::{self, Gemm, Variant, GEMV_ROWS};
+
+/// FLOPs of one timed GEMM: enough to dwarf a dispatch's fixed cost, small
+/// enough that a shape class tunes in well under a second on a software adapter.
+const SAMPLE_FLOPS: usize = 1 << 26;
+/// Timed runs per candidate after a warm-up (the minimum is kept).
+const RUNS: usize = 2;
+
+/// The `[n, k]` of every GEMM a model's forward pass and decode step run.
+pub(crate) fn gemm_shapes(c: &Config) -> Vec<[usize; 2]> {
+    let (d, f) = (c.embed_dim, c.ffn_embed_dim);
+    let kvw = if c.tie_kv { d } else { 2 * d };
+    let mut v = vec![[d, d], [f, d], [d, f]];
+    if c.model == ModelKind::CausalLm {
+        v.extend([[causal_columns(c).4, d], [c.vocab_size, d]]);
+    } else {
+        v.extend([[d + kvw, d], [kvw, d]]);
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+impl Engine {
+    /// Turns autotuning on or off (on by default, unless `LUNA_AUTOTUNE=0`).
+    /// Off, every GEMM runs the family's default variant for its shape.
+    pub fn set_autotune(&self, on: bool) {
+        self.cache.tuning.set_enabled(on);
+    }
+
+    /// The tuned choices so far, as "shape class → variant".
+    pub fn tuned_gemms(&self) -> std::collections::BTreeMap<String, String> {
+        self.cache.tuning.choices()
+    }
+
+    /// Tunes the shape classes a model uses (many rows, and for a causal LM
+    /// also the few rows of a decode step).
+    pub(crate) async fn tune_model(&self, c: &Config) -> Result<()> {
+        let mut shapes = Vec::new();
+        for [n, k] in gemm_shapes(c) {
+            shapes.push([GEMV_ROWS + 1, n, k]);
+            if c.model == ModelKind::CausalLm {
+                shapes.push([1, n, k]);
+            }
+        }
+        self.tune_gemms(&shapes).await
+    }
+
+    /// Times the candidates for each shape's class not tuned yet and keeps the
+    /// fastest. Only the class of `m` matters (few rows or many); the timed
+    /// problem has as many rows as make it [`SAMPLE_FLOPS`].
+    pub async fn tune_gemms(&self, shapes: &[[usize; 3]]) -> Result<()> {
+        let tuning = &self.cache.tuning;
+        let timestamps = Timestamps::new(&self.ctx);
+        if !tuning.enabled() || (cfg!(target_arch = "wasm32") && timestamps.is_none()) {
+            return Ok(());
+        }
+        for &[m, n, k] in shapes {
+            let class = gemm::class_key([m, n, k]);
+            if tuning.contains(&class) || n == 0 || k == 0 {
+                continue;
+            }
+            let rows = if m <= GEMV_ROWS { 1 } else { (SAMPLE_FLOPS / (2 * n * k)).clamp(64, 16384) };
+            let mnk = [rows, n, k];
+            let candidates: Vec<Variant> = gemm::candidates(mnk).into_iter().filter(|v| self.fits_limits(v)).collect();
+            let mut best: Option<(f64, Variant)> = None;
+            if candidates.len() > 1 {
+                let scope = ErrorScopes::push(&self.ctx);
+                let timed = self.time_candidates(mnk, &candidates, timestamps.as_ref()).await;
+                best = scope.close(&self.ctx, timed).await.unwrap_or(None);
+            }
+            let choice = best.map_or_else(|| gemm::default_variant(mnk), |(_, v)| v);
+            tuning.set(&class, &choice.name());
+        }
+        Ok(())
+    }
+
+    /// Whether a variant's workgroup is within this device's limits.
+    fn fits_limits(&self, v: &Variant) -> bool {
+        let l = &self.ctx.limits;
+        let (x, y) = match *v {
+            Variant::Vec4 { wg_x, wg_y, .. } => (wg_x, wg_y),
+            Variant::Vec4Gemv { wg, .. } => (wg, 1),
+            Variant::Tiled => (16, 16),
+            Variant::Gemv => (64, 1),
+        };
+        x <= l.max_compute_workgroup_size_x && y <= l.max_compute_workgroup_size_y && x * y <= l.max_compute_invocations_per_workgroup
+    }
+
+    /// The fastest candidate on one `[m, n, k]` problem (zero-filled buffers).
+    async fn time_candidates(&self, [m, n, k]: [usize; 3], candidates: &[Variant], timestamps: Option<&Timestamps>) -> Result<Option<(f64, Variant)>> {
+        let buffer = |floats: usize| {
+            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("gemm tuning"),
+                size: (floats.max(4) * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (a, w, bias, out) = (buffer(m * k), buffer(n * k), buffer(n), buffer(m * n));
+        let mut best: Option<(f64, Variant)> = None;
+        for &variant in candidates {
+            let mut fastest = f64::INFINITY;
+            for run in 0..=RUNS {
+                let seconds = self.time_one(&Gemm::new(&a, &w, &bias, &out, [m, n, k]).variant(variant), timestamps).await?;
+                if run > 0 {
+                    fastest = fastest.min(seconds);
+                }
+            }
+            log::info!("tuning gemm {m}x{n}x{k}: {} {:.3} ms", variant.name(), fastest * 1e3);
+            if best.is_none_or(|(t, _)| fastest < t) {
+                best = Some((fastest, variant));
+            }
+        }
+        Ok(best)
+    }
+
+    async fn time_one(&self, g: &Gemm<'_>, timestamps: Option<&Timestamps>) -> Result<f64> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let start = std::time::Instant::now();
+        let mut rec = self.recorder();
+        gemm::record(&mut rec, g);
+        match timestamps {
+            Some(t) => {
+                rec.submit_timed(t);
+                t.seconds(&self.ctx).await
+            }
+            None => {
+                rec.submit();
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    self.ctx
+                        .device
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| crate::error::LunaError::Device(format!("waiting for the GPU failed: {e}")))?;
+                    Ok(start.elapsed().as_secs_f64())
+                }
+                #[cfg(target_arch = "wasm32")]
+                Ok(f64::INFINITY)
+            }
+        }
+    }
+}
