@@ -7,9 +7,9 @@
 //   columns past M and N are read clamped to the last one (always in bounds) and never
 //   written. TR and TC are override constants, so the loops over them have constant
 //   bounds once the pipeline is built and the compiler unrolls them into registers.
-// - `gemv`: for a few rows (a decode step). SPLIT threads share each output column,
-//   each reading every SPLIT-th vec4 of its W row for all rows of A at once, then
-//   summing their partials through workgroup memory.
+// - `gemv`: for up to 4 rows (a decode step, a short prefill). SPLIT threads share an
+//   output column, each reading every SPLIT-th vec4 of its W row for the ROWS rows of A
+//   at once, then summing their partials through workgroup memory.
 // Recorded by kernels::gemm::record, which picks the variant (TR, TC, WG_X, WG_Y, SPLIT).
 
 struct Params {
@@ -23,6 +23,9 @@ override WG_X: u32 = 8u;
 override WG_Y: u32 = 8u;
 // Threads per output column in `gemv` (a power of two dividing WG_X).
 override SPLIT: u32 = 1u;
+// Rows of A that `gemv` reads (1 to 4, at least M): a specialisation constant rather than
+// a branch on M, which costs llvmpipe more than the dot products it would save.
+override ROWS: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
@@ -94,18 +97,29 @@ var<workgroup> partial: array<vec4<f32>, 256>;
 
 @compute @workgroup_size(WG_X, 1, 1)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let cols_per_group = WG_X / SPLIT;
-    let col = (wid.x + wid.y * nwg.x) * cols_per_group + tid / SPLIT;
+    let col = (wid.x + wid.y * nwg.x) * (WG_X / SPLIT) + tid / SPLIT;
     let lane = tid % SPLIT;
+    let k4 = p.k4;
     // Columns past N read the last one (no early return: the barriers below need every thread).
-    let wrow = min(col, p.n - 1u) * p.k4;
+    let wrow = min(col, p.n - 1u) * k4;
+    // Rows of A past ROWS are not read; rows past M repeat the last one (not written).
     let lm = p.m - 1u;
-    let a1 = min(1u, lm) * p.k4;
-    let a2 = min(2u, lm) * p.k4;
-    let a3 = min(3u, lm) * p.k4;
+    let a1 = min(1u, lm) * k4;
+    let a2 = min(2u, lm) * k4;
+    let a3 = min(3u, lm) * k4;
     var acc = vec4<f32>();
-    for (var kk = lane; kk < p.k4; kk += SPLIT) {
-        acc += dots(a[kk], a[a1 + kk], a[a2 + kk], a[a3 + kk], w[wrow + kk]);
+    for (var kk = lane; kk < k4; kk += SPLIT) {
+        let y = w[wrow + kk];
+        acc.x += dot(a[kk], y);
+        if (ROWS > 1u) {
+            acc.y += dot(a[a1 + kk], y);
+        }
+        if (ROWS > 2u) {
+            acc.z += dot(a[a2 + kk], y);
+        }
+        if (ROWS > 3u) {
+            acc.w += dot(a[a3 + kk], y);
+        }
     }
     if (SPLIT > 1u) {
         partial[tid] = acc;

@@ -10,6 +10,7 @@
 //! - Softmax layer: projections `2n·d·3d + 2n·d·d`, attention `4·n²·d`, FFN `4n·d·f`.
 //! - GEMM m×n×k: `2mnk`.
 
+pub mod lm;
 pub mod peer;
 pub mod report;
 

@@ -257,10 +257,34 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Blocking form of [`Engine::causal_forward`].
 #[cfg(not(target_arch = "wasm32"))]
 impl Engine {
+    /// Blocking form of [`Engine::causal_forward`].
     pub fn causal_forward_blocking(&mut self, model: &GpuModel, batch: &Batch) -> Result<CausalOutput> {
         pollster::block_on(self.causal_forward(model, batch))
+    }
+
+    /// Runs what [`Engine::causal_forward`] runs (every layer and the logits),
+    /// without reading back, and returns the GPU's time for it: from timestamp
+    /// queries when the device has them, else the wall clock (for benchmarks).
+    pub fn time_causal(&mut self, model: &GpuModel, batch: &Batch) -> Result<f64> {
+        let rows = batch.batch * batch.len;
+        let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
+        let timestamps = crate::gpu::recorder::Timestamps::new(&self.ctx);
+        self.time_submission(
+            |e| {
+                let Engine { ctx, cache, workspace, dummy, .. } = &mut *e;
+                let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
+                let run = Run::new(model, &pos_table, shape, None)?;
+                let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
+                run.logits(&mut rec, workspace, &x, rows, "logits");
+                match &timestamps {
+                    Some(t) => rec.submit_timed(t),
+                    None => rec.submit(),
+                }
+                Ok(())
+            },
+            timestamps.as_ref(),
+        )
     }
 }

@@ -40,7 +40,8 @@ pub enum Variant {
     /// `gemm_vec4.wgsl` `main`: `rows × cols` outputs a thread (each at most 8) in
     /// workgroups of `wg_x × wg_y` threads. K % 4 == 0.
     Vec4 { rows: u32, cols: u32, wg_x: u32, wg_y: u32 },
-    /// `gemm_vec4.wgsl` `gemv`: `split` threads a column, `wg` threads a workgroup. K % 4 == 0, m ≤ 4.
+    /// `gemm_vec4.wgsl` `gemv`: `split` threads a column, `wg` threads a workgroup.
+    /// K % 4 == 0, m ≤ 4 (the pipeline is specialised to m).
     Vec4Gemv { wg: u32, split: u32 },
 }
 
@@ -70,7 +71,8 @@ impl Variant {
                     ok.then_some(Variant::Vec4 { rows, cols, wg_x, wg_y })
                 } else {
                     let (wg, split) = s.strip_prefix("vec4gemv-").and_then(|t| pair(t, '/'))?;
-                    Some(Variant::Vec4Gemv { wg, split })
+                    let ok = split.is_power_of_two() && wg % split == 0 && wg <= 256;
+                    ok.then_some(Variant::Vec4Gemv { wg, split })
                 }
             }
         }
@@ -98,9 +100,8 @@ pub fn candidates(mnk: [usize; 3]) -> Vec<Variant> {
     let all: &[Variant] = if mnk[0] <= GEMV_ROWS {
         &[
             Variant::Vec4Gemv { wg: 64, split: 1 },
-            Variant::Vec4Gemv { wg: 64, split: 4 },
-            Variant::Vec4Gemv { wg: 64, split: 16 },
-            Variant::Vec4Gemv { wg: 256, split: 64 },
+            Variant::Vec4Gemv { wg: 64, split: 8 },
+            Variant::Vec4Gemv { wg: 256, split: 32 },
             Variant::Gemv,
         ]
     } else {
@@ -129,7 +130,9 @@ fn act_code(act: Option<Activation>) -> f64 {
     }
 }
 
-pub fn spec(variant: Variant, act: Option<Activation>, residual: bool) -> KernelSpec {
+/// The pipeline of `variant` for `m` rows (only `Vec4Gemv` is specialised to m).
+pub fn spec(variant: Variant, m: usize, act: Option<Activation>, residual: bool) -> KernelSpec {
+    let rows = m.clamp(1, GEMV_ROWS);
     let mut constants = vec![("ACT", act_code(act)), ("HAS_RES", residual as u8 as f64)];
     let (name, source, entry) = match variant {
         Variant::Tiled => ("gemm", SOURCE, "main"),
@@ -139,7 +142,7 @@ pub fn spec(variant: Variant, act: Option<Activation>, residual: bool) -> Kernel
             ("gemm_vec4", VEC4_SOURCE, "main")
         }
         Variant::Vec4Gemv { wg, split } => {
-            constants.extend([("WG_X", wg as f64), ("SPLIT", split as f64)]);
+            constants.extend([("WG_X", wg as f64), ("SPLIT", split as f64), ("ROWS", rows as f64)]);
             ("gemm_vec4", VEC4_SOURCE, "gemv")
         }
     };
@@ -170,7 +173,8 @@ pub fn variants() -> Vec<KernelSpec> {
     for variant in family() {
         for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
             for res in [false, true] {
-                v.push(spec(variant, act, res));
+                let ms: &[usize] = if matches!(variant, Variant::Vec4Gemv { .. }) { &[1, 2, 3, 4] } else { &[1] };
+                v.extend(ms.iter().map(|&m| spec(variant, m, act, res)));
             }
         }
     }
@@ -226,7 +230,7 @@ pub fn chosen(rec: &Recorder, g: &Gemm) -> Variant {
 pub fn record(rec: &mut Recorder, g: &Gemm) {
     let variant = chosen(rec, g);
     let [m, n, k] = g.mnk;
-    let kernel = rec.kernel(spec(variant, g.act, g.residual.is_some()));
+    let kernel = rec.kernel(spec(variant, m, g.act, g.residual.is_some()));
     let buffers = [g.a, g.w, g.bias, g.residual.unwrap_or(rec.dummy), g.out];
     let params = |k, row_base| Params { m: m as u32, n: n as u32, k, row_base };
     match variant {

@@ -152,6 +152,9 @@ pub enum BenchOp {
     Matmul,
     /// The causal decode step's time against position
     Decode,
+    /// The causal LM of the demo model's shape: a forward pass at each n as a share of the
+    /// 1024^3 GEMM's GFLOP/s (timed alternately), and its decode step at position 1000
+    Lm,
     /// All of the above
     All,
 }

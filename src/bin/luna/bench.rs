@@ -31,7 +31,7 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
     }
     let sweep = Sweep { ns, methods, d: a.d, heads: a.heads, batch: a.batch, layers: a.layers, repeats: a.repeats, max_seconds: a.max_seconds };
     let ops: Vec<BenchOp> = match a.op {
-        BenchOp::All => vec![BenchOp::Layer, BenchOp::Encoder, BenchOp::Matmul, BenchOp::Decode],
+        BenchOp::All => vec![BenchOp::Layer, BenchOp::Encoder, BenchOp::Matmul, BenchOp::Decode, BenchOp::Lm],
         op => vec![op],
     };
     eprintln!("adapter: {adapter}{}", if software { " (a software adapter: only ratios and slopes mean anything)" } else { "" });
@@ -49,6 +49,7 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
             BenchOp::Layer | BenchOp::Encoder => sweep.ns.len() * sweep.methods.len(),
             BenchOp::Matmul => matmul_shapes.len(),
             BenchOp::Decode => decode_positions.len(),
+            BenchOp::Lm => 2 * sweep.ns.len() + 1,
             BenchOp::All => 0,
         })
         .sum();
@@ -90,6 +91,7 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
             BenchOp::Decode => {
                 points.extend(bench::run_decode(&mut engine, a.d, a.heads, a.projection_length[0], &decode_positions, a.repeats.max(10), &mut on_point)?)
             }
+            BenchOp::Lm => points.extend(bench::lm::run_lm(&mut engine, &sweep.ns, 1000, a.repeats, &mut on_point)?),
             BenchOp::All => {}
         }
     }
@@ -107,6 +109,9 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
         }
     }
     println!("{}", report::summary(&points));
+    for line in bench::lm::ratios(&points) {
+        println!("{line}");
+    }
     eprintln!("wrote {}/bench.csv, bench.json and the SVG plots", a.out_dir.display());
     Ok(())
 }
