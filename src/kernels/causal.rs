@@ -89,6 +89,8 @@ pub fn chunk_spec(emit: bool, tile: usize) -> KernelSpec {
 /// Floats of workgroup memory `causal_chunk.wgsl` uses for a tile of `t` tokens
 /// (K, V, Q, A, PC or scores, the masked T×T products, row scales).
 fn pool_floats(t: usize, l: usize, dh: usize) -> usize {
+    // Rows padded to at least 4, widths to multiples of 4, as the shader lays them out.
+    let (t, l, dh) = (t.max(4), l.next_multiple_of(4), dh.next_multiple_of(4));
     3 * t * dh + t * l + t * dh.max(l) + t * t + t
 }
 
