@@ -4,10 +4,11 @@
 //   Sk   += a_t (outer) k_t ;  Sv += a_t (outer) v_t         [l, dh] each
 //   alpha = softmax(q_t · Sk^T / t) ;  o_t = alpha · Sv / t  (only with EMIT)
 // The state lives in global memory, one [2][l][dh] block per (batch, chunk,
-// head). The parallel form runs this twice: first without EMIT from a zero
-// state to get each chunk's sums, then (after causal_scan.wgsl turned the
-// sums into exclusive prefixes) with EMIT from the prefix state. The streaming
-// form is the same kernel on one token with a persistent state block.
+// head). The streaming form is this kernel on one token with a persistent
+// state block. The parallel form runs it twice only where causal_chunk.wgsl's
+// tiles do not fit (large l or dh): first without EMIT from a zero state to get
+// each chunk's sums, then (after causal_scan.wgsl turned the sums into
+// exclusive prefixes) with EMIT from the prefix state.
 // Tokens at or past a sequence's length leave the state alone, so the block of
 // the chunk holding a sequence's last token ends as its final state.
 // Recorded by kernels::causal::parallel (with causal_scan.wgsl) and kernels::causal::step.

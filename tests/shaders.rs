@@ -3,10 +3,11 @@
 //! For every shader specialisation the host can build
 //! (`luna_wgpu::kernels::all_variants()`), naga parses the WGSL, validates it
 //! as core WebGPU (no optional features), checks that its bindings match the
-//! host's bind group layout, applies the variant's override constants, and
-//! translates the result to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12). A
-//! shader change that would break on a backend this machine does not have
-//! fails here, naming the kernel and the specialisation.
+//! host's bind group layout, applies the variant's override constants, checks
+//! that its workgroup memory fits WebGPU's default 16 KiB, and translates the
+//! result to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12). A shader change
+//! that would break on a backend this machine does not have fails here,
+//! naming the kernel and the specialisation.
 //!
 //! A second test makes sure every `shaders/*.wgsl` file is reached by some
 //! variant, so a new shader cannot slip past the first test.
@@ -81,9 +82,28 @@ fn check_variant(spec: &KernelSpec) -> Result<(), String> {
     )
     .map_err(|e| format!("applying override constants failed: {e}"))?;
 
+    check_workgroup_memory(&module)?;
     to_spirv(spec, &module, &info).map_err(|e| format!("SPIR-V translation failed: {e}"))?;
     to_msl(spec, &module, &info).map_err(|e| format!("MSL translation failed: {e}"))?;
     to_hlsl(spec, &module, &info).map_err(|e| format!("HLSL translation failed: {e}"))?;
+    Ok(())
+}
+
+/// WebGPU's default `maxComputeWorkgroupStorageSize`: a kernel that needs more
+/// would fail on adapters that grant only the default (lavapipe grants more,
+/// so the GPU tests here would not notice).
+const MAX_WORKGROUP_BYTES: u32 = 16384;
+
+fn check_workgroup_memory(module: &Module) -> Result<(), String> {
+    let bytes: u32 = module
+        .global_variables
+        .iter()
+        .filter(|(_, var)| var.space == AddressSpace::WorkGroup)
+        .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
+        .sum();
+    if bytes > MAX_WORKGROUP_BYTES {
+        return Err(format!("{bytes} bytes of workgroup memory, over WebGPU's default {MAX_WORKGROUP_BYTES}"));
+    }
     Ok(())
 }
 

@@ -1,20 +1,29 @@
-//! Causal Luna attention (`shaders/causal.wgsl`, `shaders/causal_scan.wgsl`)
-//! and next-token surprisal (`shaders/logprob.wgsl`).
+//! Causal Luna attention (`shaders/causal_chunk.wgsl`, `shaders/causal.wgsl`,
+//! `shaders/causal_scan.wgsl`) and next-token surprisal (`shaders/logprob.wgsl`).
 //!
 //! The parallel form splits each sequence into chunks: a first pass sums each
 //! chunk's state `(Sk, Sv)`, a scan turns the sums into prefixes, and a second
-//! pass walks every chunk from its prefix, emitting outputs. Scratch is
-//! `B · chunks · H · 2 · l · dh` floats: O(n·l·d / chunk), never `[n, dh, l]`.
-//! The streaming form is the second pass on one token with a persistent state.
+//! pass goes through every chunk from its prefix, emitting outputs. Both passes
+//! are `causal_chunk.wgsl`, which takes a chunk in tiles of up to 32 tokens as
+//! small matrix products; where a tile of even 8 tokens would not fit its
+//! workgroup memory (large `l` or `dh`), `causal.wgsl` walks the tokens one by
+//! one instead. Scratch is `B · chunks · H · 2 · l · dh` floats: O(n·l·d / chunk),
+//! never `[n, dh, l]`. The streaming form is `causal.wgsl`'s second pass on
+//! one token with a persistent state.
 
 use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
 
 pub const SOURCE: &str = include_str!("../../shaders/causal.wgsl");
+pub const CHUNK_SOURCE: &str = include_str!("../../shaders/causal_chunk.wgsl");
 pub const SCAN_SOURCE: &str = include_str!("../../shaders/causal_scan.wgsl");
 pub const LOGPROB_SOURCE: &str = include_str!("../../shaders/logprob.wgsl");
 /// Largest projection length the kernel's workgroup arrays hold.
 pub const MAX_PROJECTION: usize = 1024;
+/// Floats of `causal_chunk.wgsl`'s workgroup pool (its `POOL`).
+const CHUNK_POOL: usize = 4032;
+/// Largest tile of `causal_chunk.wgsl`, in tokens.
+const MAX_TILE: usize = 32;
 /// Marks a row with no next token in [`logprob`].
 pub const NO_TARGET: u32 = u32::MAX;
 
@@ -66,6 +75,40 @@ pub fn spec(emit: bool) -> KernelSpec {
     }
 }
 
+/// `causal_chunk.wgsl` summing (`emit = false`) or emitting, in tiles of `tile` tokens.
+pub fn chunk_spec(emit: bool, tile: usize) -> KernelSpec {
+    KernelSpec {
+        name: "causal_chunk",
+        source: CHUNK_SOURCE,
+        entry: "main",
+        storage: &[Access::Read, Access::Read, Access::Read, Access::Write, Access::Write],
+        constants: vec![("EMIT", emit as u8 as f64), ("TILE", tile as f64)],
+    }
+}
+
+/// Floats of workgroup memory `causal_chunk.wgsl` uses for a tile of `t` tokens
+/// (K, V, Q, A, PC or scores, the masked T×T products, row scales).
+fn pool_floats(t: usize, l: usize, dh: usize) -> usize {
+    // Rows padded to at least 4, widths to multiples of 4, as the shader lays them out.
+    let (t, l, dh) = (t.max(4), l.next_multiple_of(4), dh.next_multiple_of(4));
+    3 * t * dh + t * l + t * dh.max(l) + t * t + t
+}
+
+/// The tile `causal_chunk.wgsl` takes for `shape`: the largest power of two up
+/// to 32 and up to the chunk whose arrays fit its pool; `None` (the token by
+/// token `causal.wgsl` instead) when that is under 8 tokens for a chunk of 8 or more.
+pub fn tile(shape: &Shape) -> Option<usize> {
+    let mut t = shape.chunk.min(MAX_TILE).max(1).next_power_of_two();
+    if t > shape.chunk {
+        t /= 2;
+    }
+    while t > 1 && pool_floats(t, shape.proj_len, shape.head_dim) > CHUNK_POOL {
+        t /= 2;
+    }
+    let fits = pool_floats(t, shape.proj_len, shape.head_dim) <= CHUNK_POOL;
+    (fits && t >= shape.chunk.min(8)).then_some(t)
+}
+
 pub fn scan_spec(carry: bool) -> KernelSpec {
     KernelSpec {
         name: "causal_scan",
@@ -87,7 +130,11 @@ pub fn logprob_spec() -> KernelSpec {
 }
 
 pub fn variants() -> Vec<KernelSpec> {
-    vec![spec(false), spec(true), scan_spec(false), scan_spec(true), logprob_spec()]
+    let mut v = vec![spec(false), spec(true), scan_spec(false), scan_spec(true), logprob_spec()];
+    for t in (0..=MAX_TILE.trailing_zeros()).map(|k| 1usize << k) {
+        v.extend([chunk_spec(false, t), chunk_spec(true, t)]);
+    }
+    v
 }
 
 /// Where the per-token inputs lie: one row per token of `stride` floats
@@ -149,9 +196,13 @@ pub struct Causal<'a> {
     pub shape: Shape,
 }
 
-fn pass(rec: &mut Recorder, emit: bool, c: &Causal) {
+/// One pass of `causal_chunk.wgsl` in tiles of `tile` tokens, or (`None`) of `causal.wgsl`.
+fn pass(rec: &mut Recorder, emit: bool, tile: Option<usize>, c: &Causal) {
     let (inp, s) = (c.inputs, c.shape);
-    let kernel = rec.kernel(spec(emit));
+    let kernel = rec.kernel(match tile {
+        Some(t) => chunk_spec(emit, t),
+        None => spec(emit),
+    });
     let total = (s.batch * s.chunks() * s.heads) as u32;
     let params = Params {
         rows: s.rows as u32,
@@ -185,15 +236,21 @@ fn pass(rec: &mut Recorder, emit: bool, c: &Causal) {
 /// `carry` is left holding the state after the last row: a long sequence then
 /// runs segment by segment in memory that does not grow with its length.
 pub fn parallel(rec: &mut Recorder, c: &Causal) {
+    parallel_with(rec, c, tile(&c.shape));
+}
+
+/// [`parallel`] with the tile chosen by the caller (it must fit: see [`tile`]),
+/// or `None` for the token-by-token `causal.wgsl`: for comparing the two.
+pub fn parallel_with(rec: &mut Recorder, c: &Causal, tile: Option<usize>) {
     // Chunk sums from a zero state (the kernel zeroes its block first when not emitting).
-    pass(rec, false, c);
+    pass(rec, false, tile, c);
     let s = c.shape;
     let kernel = rec.kernel(scan_spec(c.carry.is_some()));
     let total = (s.batch * s.heads * s.block()) as u32;
     let params = ScanParams { chunks: s.chunks() as u32, heads: s.heads as u32, block: s.block() as u32, total };
     let groups = rec.grid(total.div_ceil(64));
     rec.dispatch(&kernel, &params, &[c.state, c.carry.unwrap_or(rec.dummy)], groups);
-    pass(rec, true, c);
+    pass(rec, true, tile, c);
 }
 
 /// Records the streaming form: one token per sequence (`shape.rows == 1`,
@@ -201,7 +258,7 @@ pub fn parallel(rec: &mut Recorder, c: &Causal) {
 /// output written to `out`.
 pub fn step(rec: &mut Recorder, c: &Causal) {
     debug_assert!(c.shape.rows == 1 && c.shape.chunk == 1 && c.carry.is_none());
-    pass(rec, true, c);
+    pass(rec, true, None, c);
 }
 
 /// `out[r] = -log2 softmax(logits[r])[target[r]]`, 0 where `target[r] == NO_TARGET`.
