@@ -7,9 +7,10 @@
 //   columns past M and N are read clamped to the last one (always in bounds) and never
 //   written. TR and TC are override constants, so the loops over them have constant
 //   bounds once the pipeline is built and the compiler unrolls them into registers.
-// - `gemv`: for up to 4 rows (a decode step, a short prefill). SPLIT threads share an
-//   output column, each reading every SPLIT-th vec4 of its W row for the ROWS rows of A
-//   at once, then summing their partials through workgroup memory.
+// - `gemv` and `gemv_split`: for up to 4 rows (a decode step, a short prefill). One
+//   thread, or SPLIT threads, an output column, each reading (every SPLIT-th) vec4 of its
+//   W row for the ROWS rows of A at once; `gemv_split` sums the partials through
+//   workgroup memory.
 // Recorded by kernels::gemm::record, which picks the variant (TR, TC, WG_X, WG_Y, SPLIT).
 
 struct Params {
@@ -39,11 +40,18 @@ fn dots(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, y: vec4<f32>
     return vec4<f32>(dot(x0, y), dot(x1, y), dot(x2, y), dot(x3, y));
 }
 
-fn put_column(r0: u32, col: u32, v: vec4<f32>) {
-    put(r0, col, v.x);
-    put(r0 + 1u, col, v.y);
-    put(r0 + 2u, col, v.z);
-    put(r0 + 3u, col, v.w);
+// The gemv's outputs: column `col` of the ROWS rows.
+fn put_column(col: u32, v: vec4<f32>) {
+    put(0u, col, v.x);
+    if (ROWS > 1u) {
+        put(1u, col, v.y);
+    }
+    if (ROWS > 2u) {
+        put(2u, col, v.z);
+    }
+    if (ROWS > 3u) {
+        put(3u, col, v.w);
+    }
 }
 
 const MAX_R: u32 = 8u;
@@ -92,16 +100,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// Partial sums of `gemv`, one vec4 (the up-to-4 rows) per thread.
-var<workgroup> partial: array<vec4<f32>, 256>;
-
-@compute @workgroup_size(WG_X, 1, 1)
-fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let col = (wid.x + wid.y * nwg.x) * (WG_X / SPLIT) + tid / SPLIT;
-    let lane = tid % SPLIT;
+// The gemv's dot products: thread `lane` of SPLIT reads every SPLIT-th vec4 of W row
+// `wrow` (an offset in vec4s) and of the ROWS rows of A.
+fn gemv_partial(wrow: u32, lane: u32) -> vec4<f32> {
     let k4 = p.k4;
-    // Columns past N read the last one (no early return: the barriers below need every thread).
-    let wrow = min(col, p.n - 1u) * k4;
     // Rows of A past ROWS are not read; rows past M repeat the last one (not written).
     let lm = p.m - 1u;
     let a1 = min(1u, lm) * k4;
@@ -121,18 +123,37 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             acc.w += dot(a[a3 + kk], y);
         }
     }
-    if (SPLIT > 1u) {
-        partial[tid] = acc;
-        workgroupBarrier();
-        for (var s = SPLIT / 2u; s > 0u; s >>= 1u) {
-            if (lane < s) {
-                partial[tid] += partial[tid + s];
-            }
-            workgroupBarrier();
+    return acc;
+}
+
+// One thread a column: no workgroup memory, no barrier (llvmpipe runs a shader
+// with barriers as coroutines, which costs more than a short gemv).
+@compute @workgroup_size(WG_X, 1, 1)
+fn gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let col = gid.x + gid.y * nwg.x * WG_X;
+    if (col < p.n) {
+        put_column(col, gemv_partial(col * p.k4, 0u));
+    }
+}
+
+// Partial sums of `gemv_split`, one vec4 (the up-to-4 rows) per thread.
+var<workgroup> partial: array<vec4<f32>, 256>;
+
+// SPLIT threads a column, their partial sums added through workgroup memory.
+@compute @workgroup_size(WG_X, 1, 1)
+fn gemv_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let col = (wid.x + wid.y * nwg.x) * (WG_X / SPLIT) + tid / SPLIT;
+    let lane = tid % SPLIT;
+    // Columns past N read the last one (no early return: the barriers below need every thread).
+    partial[tid] = gemv_partial(min(col, p.n - 1u) * p.k4, lane);
+    workgroupBarrier();
+    for (var s = SPLIT / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            partial[tid] += partial[tid + s];
         }
-        acc = partial[tid];
+        workgroupBarrier();
     }
     if (lane == 0u) {
-        put_column(0u, col, acc);
+        put_column(col, partial[tid]);
     }
 }

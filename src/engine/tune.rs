@@ -6,7 +6,7 @@
 //! adapter has them, else (natively) from the wall clock around a wait; in a
 //! browser without timestamps the defaults stay.
 
-use crate::config::{Config, ModelKind};
+use crate::config::{Activation, Config, ModelKind};
 use crate::engine::weights::causal_columns;
 use crate::engine::Engine;
 use crate::error::Result;
@@ -20,17 +20,22 @@ const SAMPLE_FLOPS: usize = 1 << 26;
 /// Timed runs per candidate after a warm-up (the minimum is kept).
 const RUNS: usize = 2;
 
-/// The `[n, k]` of every GEMM a model's forward pass and decode step run.
-pub(crate) fn gemm_shapes(c: &Config) -> Vec<[usize; 2]> {
-    let (d, f) = (c.embed_dim, c.ffn_embed_dim);
+/// One GEMM of a model's passes: `[n, k]`, activation, residual.
+pub(crate) type GemmUse = ([usize; 2], Option<Activation>, bool);
+
+/// Every GEMM a model's forward pass and decode step run (see `engine::tail`,
+/// `engine::encoder`, `engine::causal`).
+pub(crate) fn gemm_uses(c: &Config) -> Vec<GemmUse> {
+    let (d, f, act, res) = (c.embed_dim, c.ffn_embed_dim, Some(c.activation), c.normalize_before);
     let kvw = if c.tie_kv { d } else { 2 * d };
-    let mut v = vec![[d, d], [f, d], [d, f]];
+    // The layer tail: out_proj, fc1, fc2 (residuals fused only in the pre-norm order).
+    let mut v = vec![([d, d], None, res), ([f, d], act, false), ([d, f], None, res)];
     if c.model == ModelKind::CausalLm {
-        v.extend([[causal_columns(c).4, d], [c.vocab_size, d]]);
+        v.extend([([causal_columns(c).4, d], None, false), ([c.vocab_size, d], None, false)]);
     } else {
-        v.extend([[d + kvw, d], [kvw, d]]);
+        v.extend([([d + kvw, d], None, false), ([d, d], None, false), ([kvw, d], None, false)]);
     }
-    v.sort_unstable();
+    v.sort_unstable_by_key(|u| format!("{u:?}"));
     v.dedup();
     v
 }
@@ -50,27 +55,28 @@ impl Engine {
     /// Tunes the shape classes a model uses (many rows, and for a causal LM
     /// also the few rows of a decode step).
     pub(crate) async fn tune_model(&self, c: &Config) -> Result<()> {
-        let mut shapes = Vec::new();
-        for [n, k] in gemm_shapes(c) {
-            shapes.push([GEMV_ROWS + 1, n, k]);
+        let mut uses = Vec::new();
+        for ([n, k], act, res) in gemm_uses(c) {
+            uses.push(([GEMV_ROWS + 1, n, k], act, res));
             if c.model == ModelKind::CausalLm {
-                shapes.push([1, n, k]);
+                uses.push(([1, n, k], act, res));
             }
         }
-        self.tune_gemms(&shapes).await
+        self.tune_gemms(&uses).await
     }
 
-    /// Times the candidates for each shape's class not tuned yet and keeps the
-    /// fastest. Only the class of `m` matters (few rows or many); the timed
-    /// problem has as many rows as make it [`SAMPLE_FLOPS`].
-    pub async fn tune_gemms(&self, shapes: &[[usize; 3]]) -> Result<()> {
+    /// Times the candidates for each GEMM's class not tuned yet (shape
+    /// `[m, n, k]`, activation, residual) and keeps the fastest. Only the class
+    /// of `m` matters (few rows or many); the timed problem has as many rows as
+    /// make it [`SAMPLE_FLOPS`].
+    pub async fn tune_gemms(&self, uses: &[([usize; 3], Option<Activation>, bool)]) -> Result<()> {
         let tuning = &self.cache.tuning;
         let timestamps = Timestamps::new(&self.ctx);
         if !tuning.enabled() || (cfg!(target_arch = "wasm32") && timestamps.is_none()) {
             return Ok(());
         }
-        for &[m, n, k] in shapes {
-            let class = gemm::class_key([m, n, k]);
+        for &([m, n, k], act, res) in uses {
+            let class = gemm::class_key([m, n, k], act, res);
             if tuning.contains(&class) || n == 0 || k == 0 {
                 continue;
             }
@@ -80,7 +86,7 @@ impl Engine {
             let mut best: Option<(f64, Variant)> = None;
             if candidates.len() > 1 {
                 let scope = ErrorScopes::push(&self.ctx);
-                let timed = self.time_candidates(mnk, &candidates, timestamps.as_ref()).await;
+                let timed = self.time_candidates(mnk, act, res, &candidates, timestamps.as_ref()).await;
                 best = scope.close(&self.ctx, timed).await.unwrap_or(None);
             }
             let choice = best.map_or_else(|| gemm::default_variant(mnk), |(_, v)| v);
@@ -102,7 +108,7 @@ impl Engine {
     }
 
     /// The fastest candidate on one `[m, n, k]` problem (zero-filled buffers).
-    async fn time_candidates(&self, [m, n, k]: [usize; 3], candidates: &[Variant], timestamps: Option<&Timestamps>) -> Result<Option<(f64, Variant)>> {
+    async fn time_candidates(&self, [m, n, k]: [usize; 3], act: Option<Activation>, res: bool, candidates: &[Variant], timestamps: Option<&Timestamps>) -> Result<Option<(f64, Variant)>> {
         let buffer = |floats: usize| {
             self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("gemm tuning"),
@@ -111,12 +117,13 @@ impl Engine {
                 mapped_at_creation: false,
             })
         };
-        let (a, w, bias, out) = (buffer(m * k), buffer(n * k), buffer(n), buffer(m * n));
+        let (a, w, bias, out, residual) = (buffer(m * k), buffer(n * k), buffer(n), buffer(m * n), buffer(m * n));
         let mut best: Option<(f64, Variant)> = None;
         for &variant in candidates {
             let mut fastest = f64::INFINITY;
             for run in 0..=RUNS {
-                let seconds = self.time_one(&Gemm::new(&a, &w, &bias, &out, [m, n, k]).variant(variant), timestamps).await?;
+                let g = Gemm::new(&a, &w, &bias, &out, [m, n, k]).act(act).residual(res.then_some(&residual)).variant(variant);
+                let seconds = self.time_one(&g, timestamps).await?;
                 if run > 0 {
                     fastest = fastest.min(seconds);
                 }

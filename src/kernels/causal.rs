@@ -1,5 +1,6 @@
 //! Causal Luna attention (`shaders/causal_chunk.wgsl`, `shaders/causal.wgsl`,
-//! `shaders/causal_scan.wgsl`) and next-token surprisal (`shaders/logprob.wgsl`).
+//! `shaders/causal_scan.wgsl`, `shaders/causal_step.wgsl`) and next-token
+//! surprisal (`shaders/logprob.wgsl`).
 //!
 //! The parallel form splits each sequence into chunks: a first pass sums each
 //! chunk's state `(Sk, Sv)`, a scan turns the sums into prefixes, and a second
@@ -8,14 +9,16 @@
 //! small matrix products; where a tile of even 8 tokens would not fit its
 //! workgroup memory (large `l` or `dh`), `causal.wgsl` walks the tokens one by
 //! one instead. Scratch is `B · chunks · H · 2 · l · dh` floats: O(n·l·d / chunk),
-//! never `[n, dh, l]`. The streaming form is `causal.wgsl`'s second pass on
-//! one token with a persistent state.
+//! never `[n, dh, l]`. The streaming form is `causal_step.wgsl`: one new token
+//! per sequence folded into a persistent state, each thread owning whole rows
+//! of it, three barriers in all.
 
 use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
 
 pub const SOURCE: &str = include_str!("../../shaders/causal.wgsl");
 pub const CHUNK_SOURCE: &str = include_str!("../../shaders/causal_chunk.wgsl");
+pub const STEP_SOURCE: &str = include_str!("../../shaders/causal_step.wgsl");
 pub const SCAN_SOURCE: &str = include_str!("../../shaders/causal_scan.wgsl");
 pub const LOGPROB_SOURCE: &str = include_str!("../../shaders/logprob.wgsl");
 /// Largest projection length the kernel's workgroup arrays hold.
@@ -129,8 +132,36 @@ pub fn logprob_spec() -> KernelSpec {
     }
 }
 
+pub fn step_spec() -> KernelSpec {
+    KernelSpec {
+        name: "causal_step",
+        source: STEP_SOURCE,
+        entry: "main",
+        storage: &[Access::Read, Access::Read, Access::Read, Access::Write, Access::Write],
+        constants: vec![],
+    }
+}
+
+/// Parameters of `causal_step.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepParams {
+    heads: u32,
+    head_dim: u32,
+    proj_len: u32,
+    x_stride: u32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    pc_off: u32,
+    qp_stride: u32,
+    o_stride: u32,
+    t_base: u32,
+    total: u32,
+}
+
 pub fn variants() -> Vec<KernelSpec> {
-    let mut v = vec![spec(false), spec(true), scan_spec(false), scan_spec(true), logprob_spec()];
+    let mut v = vec![spec(false), spec(true), step_spec(), scan_spec(false), scan_spec(true), logprob_spec()];
     for t in (0..=MAX_TILE.trailing_zeros()).map(|k| 1usize << k) {
         v.extend([chunk_spec(false, t), chunk_spec(true, t)]);
     }
@@ -258,7 +289,26 @@ pub fn parallel_with(rec: &mut Recorder, c: &Causal, tile: Option<usize>) {
 /// output written to `out`.
 pub fn step(rec: &mut Recorder, c: &Causal) {
     debug_assert!(c.shape.rows == 1 && c.shape.chunk == 1 && c.carry.is_none());
-    pass(rec, true, None, c);
+    let (inp, s) = (c.inputs, c.shape);
+    let kernel = rec.kernel(step_spec());
+    let d = (s.heads * s.head_dim) as u32;
+    let total = (s.batch * s.heads) as u32;
+    let params = StepParams {
+        heads: s.heads as u32,
+        head_dim: s.head_dim as u32,
+        proj_len: s.proj_len as u32,
+        x_stride: inp.stride as u32,
+        q_off: inp.q as u32,
+        k_off: inp.k as u32,
+        v_off: inp.v as u32,
+        pc_off: inp.pc as u32,
+        qp_stride: d,
+        o_stride: d,
+        t_base: s.t_base as u32,
+        total,
+    };
+    let groups = rec.grid(total);
+    rec.dispatch(&kernel, &params, &[inp.x, c.qp, c.lengths, c.state, c.out], groups);
 }
 
 /// `out[r] = -log2 softmax(logits[r])[target[r]]`, 0 where `target[r] == NO_TARGET`.

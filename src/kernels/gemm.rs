@@ -89,10 +89,18 @@ impl Variant {
     }
 }
 
-/// The shape class a tuned choice is kept for: "few rows" or "many rows", and N, K.
-pub fn class_key([m, n, k]: [usize; 3]) -> String {
+/// The shape class a tuned choice is kept for: "few rows" or "many rows", N,
+/// K and the epilogue (an activation's cost differs between variants more
+/// than one would guess: timing without it once picked a variant that was 2x
+/// slower with GELU on lavapipe).
+pub fn class_key([m, n, k]: [usize; 3], act: Option<Activation>, residual: bool) -> String {
     let rows = if m <= GEMV_ROWS { "few" } else { "many" };
-    format!("gemm:{rows}:n{n}:k{k}")
+    let act = match act {
+        None => "",
+        Some(Activation::Relu) => ":relu",
+        Some(Activation::Gelu) => ":gelu",
+    };
+    format!("gemm:{rows}:n{n}:k{k}{act}{}", if residual { ":res" } else { "" })
 }
 
 /// The variants worth timing for a shape, fastest-expected first.
@@ -143,7 +151,7 @@ pub fn spec(variant: Variant, m: usize, act: Option<Activation>, residual: bool)
         }
         Variant::Vec4Gemv { wg, split } => {
             constants.extend([("WG_X", wg as f64), ("SPLIT", split as f64), ("ROWS", rows as f64)]);
-            ("gemm_vec4", VEC4_SOURCE, "gemv")
+            ("gemm_vec4", VEC4_SOURCE, if split == 1 { "gemv" } else { "gemv_split" })
         }
     };
     KernelSpec {
@@ -221,7 +229,7 @@ impl<'a> Gemm<'a> {
 /// The member [`record`] runs for `g`: forced, tuned, or the default.
 pub fn chosen(rec: &Recorder, g: &Gemm) -> Variant {
     g.variant
-        .or_else(|| rec.tuned(&class_key(g.mnk)).and_then(|s| Variant::from_name(&s)))
+        .or_else(|| rec.tuned(&class_key(g.mnk, g.act, g.residual.is_some())).and_then(|s| Variant::from_name(&s)))
         .filter(|v| v.fits(g.mnk))
         .unwrap_or_else(|| default_variant(g.mnk))
 }
@@ -252,6 +260,7 @@ pub fn record(rec: &mut Recorder, g: &Gemm) {
             }
         }
         Variant::Vec4Gemv { wg, split } => {
+            // `gemv` rebuilds its column as x + y * (groups in x) * wg, as `grid` lays them out.
             let groups = rec.grid((n as u32).div_ceil(wg / split));
             rec.dispatch(&kernel, &params(k as u32 / 4, 0), &buffers, groups);
         }
