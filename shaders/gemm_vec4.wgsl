@@ -1,6 +1,6 @@
 // GEMM with fused epilogue, K read in vec4s:  C[M,N] = act(A[M,K] · W[N,K]^T + bias[N]) (+ R[M,N])
 // Needs K % 4 == 0 (rows of A and W then start on 16-byte boundaries); shaders/gemm.wgsl
-// serves every other K. Two entry points:
+// serves every other K. W's element type WVec comes from gemm_f32.wgsl or gemm_f16.wgsl. Two entry points:
 // - `main`: no workgroup memory and no barriers. Each thread keeps a TR-row by TC-column
 //   block of C in registers (TR, TC up to 8) and walks K once, reading TR vec4s of A and
 //   TC vec4s of W per step of 4: (TR + TC) loads for 4·TR·TC multiply-adds. Rows and
@@ -30,10 +30,15 @@ override ROWS: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<WVec>; // WVec: vec4<f32> or vec4<f16>
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> res: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
+
+// Four weights, as float32 whatever W is stored in.
+fn wv(i: u32) -> vec4<f32> {
+    return vec4<f32>(w[i]);
+}
 
 // One column's dot products with up to 4 rows of A (`gemv`).
 fn dots(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, y: vec4<f32>) -> vec4<f32> {
@@ -87,7 +92,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             x[i] = a[ar[i] + kk];
         }
         for (var j = 0u; j < TC; j++) {
-            let y = w[wr[j] + kk];
+            let y = wv(wr[j] + kk);
             for (var i = 0u; i < TR; i++) {
                 acc[i][j] += dot(x[i], y);
             }
@@ -111,7 +116,7 @@ fn gemv_partial(wrow: u32, lane: u32) -> vec4<f32> {
     let a3 = min(3u, lm) * k4;
     var acc = vec4<f32>();
     for (var kk = lane; kk < k4; kk += SPLIT) {
-        let y = w[wrow + kk];
+        let y = wv(wrow + kk);
         acc.x += dot(a[kk], y);
         if (ROWS > 1u) {
             acc.y += dot(a[a1 + kk], y);

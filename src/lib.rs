@@ -35,4 +35,5 @@ pub use engine::{CausalOutput, Decoder, Engine, GpuModel, PackWeights};
 pub use error::{LunaError, Result};
 pub use gpu::AdapterChoice;
 pub use input::{Batch, EncoderOutput};
+pub use kernels::gemm::Precision;
 pub use model::Model;

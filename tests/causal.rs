@@ -8,7 +8,7 @@ use common::compare::{self, first_rows, max_err};
 use common::configs;
 use luna_wgpu::init::Rng;
 use luna_wgpu::kernels::causal as kernel;
-use luna_wgpu::{reference, tensors, Batch, Engine, Model};
+use luna_wgpu::{reference, tensors, Batch, Engine, Model, Precision};
 use serde_json::json;
 
 /// Max |a - b| over the meaningful rows, relative to max(1, max |b|).
@@ -287,9 +287,9 @@ fn check_prefill_against_reference(engine: &mut Engine, model: &Model, batch: &B
 
 #[test]
 fn prefill_leaves_the_final_state_after_several_tiles() {
-    // The block of the chunk holding the prompt's last token must end as the
-    // state after it: prompts of several tiles (16 tokens each here), ending
-    // mid-tile, on a tile boundary and mid-chunk.
+    // The decoder state the prompt leaves (the scan's carry) must be the state
+    // after its last token: prompts of several tiles (16 tokens each here),
+    // ending mid-tile, on a tile boundary and mid-chunk.
     let Some(mut engine) = common::engine() else { return };
     let c = configs::causal(json!({"embed_dim": 96, "num_heads": 2, "projection_length": 32, "normalize_before": true}));
     let model = Model::random(&c, 29).unwrap();
@@ -325,4 +325,46 @@ fn long_document_of_the_demo_width_in_segments() {
     }
     engine.set_causal_chunk(64).unwrap();
     engine.set_segment_rows(16384).unwrap();
+}
+
+/// `Precision::F16`: the GEMM weights in float16, all arithmetic in float32.
+/// The logits of the parallel form and of prefill + steps stay within the
+/// 1e-3 of the largest logit that docs/luna.md states, and are visibly not
+/// float32's (the weights really are rounded).
+#[test]
+fn half_precision_weights_within_the_stated_bound() {
+    let Some(mut engine) = common::engine() else { return };
+    if let Err(e) = engine.set_precision(Precision::F16) {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    // The engine is shared by every test here: float32 again afterwards, even on failure.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_half_precision(&mut engine)));
+    engine.set_precision(Precision::F32).unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn check_half_precision(engine: &mut Engine) {
+    let c = configs::causal(json!({"embed_dim": 96, "num_heads": 2, "projection_length": 32, "normalize_before": true, "tie_kv": true}));
+    let model = Model::random(&c, 41).unwrap();
+    let batch = common::random_batch(&c, &[90, 40], 42);
+    let gm = engine.load(&model).unwrap();
+    let out = engine.causal_forward_blocking(&gm, &batch).unwrap();
+    let want = reference::causal_lm_forward(&model, &batch);
+    let e = logits_err(&out.logits, &want, &batch, c.vocab_size);
+    eprintln!("f16 weights, parallel form: {e:.2e}");
+    assert!(e < 1e-3, "f16 logits error {e}");
+    assert!(e > 1e-6, "f16 logits error {e}: the weights were not rounded to float16");
+    let single = common::random_batch(&c, &[50], 43);
+    let want = reference::causal_lm_forward(&model, &single);
+    let (mut dec, _) = engine.prefill_blocking(&gm, &single.tokens[..20]).unwrap();
+    for t in 20..50 {
+        let logits = engine.step_blocking(&gm, &mut dec, single.tokens[t]).unwrap();
+        let w = &want[t * c.vocab_size..(t + 1) * c.vocab_size];
+        let mag = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let e = logits.iter().zip(w).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / mag;
+        assert!(e < 1e-3, "f16 step {t}: logits error {e}");
+    }
 }

@@ -36,7 +36,7 @@ fn gemm_matches_reference() {
         (2, 65, 513), (5, 3, 2), (1, 9, 4), (3, 70, 516), (70, 259, 8), (129, 33, 1028),
     ];
     for &(m, n, k) in &shapes {
-        for variant in gemm::family().into_iter().filter(|v| v.fits([m, n, k])) {
+        for variant in gemm::family().into_iter().filter(|v| v.fits([m, n, k], false)) {
             for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
                 for residual in [false, true] {
                     let lin = Linear { out: n, inp: k, weight: rng.fill(n * k, 1.0), bias: rng.fill(n, 1.0) };
@@ -71,6 +71,63 @@ fn gemm_matches_reference() {
             }
         }
     }
+}
+
+/// Float16 weights (`Precision::F16`), float32 arithmetic: every vec4 member
+/// against the float64 reference on the float32 weights, within the bound
+/// docs/luna.md states (2e-3 of the largest output).
+#[test]
+fn gemm_half_weights_within_bound() {
+    let Some(engine) = common::engine() else { return };
+    if !engine.ctx.device.features().contains(wgpu::Features::SHADER_F16) {
+        eprintln!("skipped: the adapter has no shader-f16");
+        return;
+    }
+    let mut rng = Rng::new(11);
+    let mut worst = 0f64;
+    for &(m, n, k) in &[(1, 9, 4), (3, 70, 516), (70, 259, 8), (129, 33, 1028), (4, 300, 192)] {
+        for variant in gemm::family().into_iter().filter(|v| v.fits([m, n, k], true)) {
+            for (act, residual) in [(None, false), (Some(Activation::Gelu), false), (None, true)] {
+                let lin = Linear { out: n, inp: k, weight: rng.fill(n * k, 1.0), bias: rng.fill(n, 1.0) };
+                let a = rng.fill(m * k, 1.0);
+                let r = rng.fill(m * n, 1.0);
+                let mut want = ops::linear(&to64(&a), m, &lin);
+                for (i, v) in want.iter_mut().enumerate() {
+                    if let Some(act) = act {
+                        *v = ops::activation(act, *v);
+                    }
+                    if residual {
+                        *v += r[i] as f64;
+                    }
+                }
+                let bits: Vec<u16> = lin.weight.iter().map(|&w| half::f16::from_f32(w).to_bits()).collect();
+                let (ab, wb, bb, rb) = (
+                    engine.upload("a", &a).unwrap(),
+                    engine.upload("w", &bits).unwrap(),
+                    engine.upload("b", &lin.bias).unwrap(),
+                    engine.upload("r", &r).unwrap(),
+                );
+                let out = engine.upload("c", &vec![f32::NAN; m * n]).unwrap();
+                let mut rec = engine.recorder();
+                let g = Gemm::new(&ab.buffer, &wb.buffer, &bb.buffer, &out.buffer, [m, n, k])
+                    .residual(residual.then_some(&rb.buffer))
+                    .act(act)
+                    .half_weights(true)
+                    .variant(variant);
+                gemm::record(&mut rec, &g);
+                rec.submit();
+                let got = engine.read_blocking(&[(&out.buffer, m * n)]).unwrap().remove(0);
+                let e = rel_err(&got, &want);
+                worst = worst.max(e);
+                assert!(e < 2e-3, "f16 gemm {} {m}x{n}x{k} act {act:?} residual {residual}: error {e}", variant.name());
+                // It is float16 that is read: the error is well above float32's.
+                if k >= 192 {
+                    assert!(e > 1e-6, "f16 gemm {} {m}x{n}x{k}: error {e} looks like float32 weights", variant.name());
+                }
+            }
+        }
+    }
+    eprintln!("worst f16 gemm error: {worst:.2e}");
 }
 
 #[test]

@@ -51,7 +51,7 @@ pub fn run_lm(engine: &mut Engine, ns: &[usize], decode_at: usize, repeats: usiz
     let config = demo_config(max + 1)?;
     let gm = engine.load(&Model::random(&config, 5)?)?;
     let [m, n, k] = GEMM;
-    pollster::block_on(engine.tune_gemms(&[(GEMM, None, false)]))?;
+    pollster::block_on(engine.tune_gemms(&[gemm::Class::plain(GEMM)]))?;
     let (a, w, bias, c) = (engine.upload("a", &vec![0.5f32; m * k])?, engine.upload("w", &vec![0.5f32; n * k])?, engine.upload("b", &vec![0f32; n])?, engine.upload("c", &vec![0f32; m * n])?);
     let timestamps = Timestamps::new(&engine.ctx);
     let time_gemm = |e: &mut Engine| {

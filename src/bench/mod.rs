@@ -265,7 +265,7 @@ pub fn run_sweep(engine: &mut Engine, sweep: &Sweep, layers: usize, on_point: &m
 pub fn run_matmul(engine: &mut Engine, shapes: &[[usize; 3]], repeats: usize, on_point: &mut dyn FnMut(&Point)) -> Result<Vec<Point>> {
     let mut points = Vec::new();
     for &[m, n, k] in shapes {
-        pollster::block_on(engine.tune_gemms(&[([m, n, k], None, false)]))?;
+        pollster::block_on(engine.tune_gemms(&[gemm::Class::plain([m, n, k])]))?;
         let mut p = Point::new("matmul", "gemm");
         p.shape = Some([m, n, k]);
         p.timer = timer_name(engine);

@@ -90,7 +90,7 @@ fn run_peer(engine: &Engine, p: &PeerPipeline, grid: [u32; 3], timestamps: Optio
 /// each after a warm-up; returns a point for each (ours first).
 pub fn run_matmul_peer(engine: &mut Engine, peer: &Peer, mnk: [usize; 3], repeats: usize) -> Result<Vec<Point>> {
     let [m, n, k] = mnk;
-    pollster::block_on(engine.tune_gemms(&[(mnk, None, false)]))?;
+    pollster::block_on(engine.tune_gemms(&[gemm::Class::plain(mnk)]))?;
     let pp = peer_pipeline(engine, peer, mnk)?;
     let a = engine.upload("a", &vec![0.5f32; m * k])?;
     let w = engine.upload("w", &vec![0.5f32; n * k])?;

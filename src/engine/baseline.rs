@@ -28,7 +28,7 @@
 
 use crate::engine::context::Engine;
 use crate::engine::tail::{Dims, Scratch};
-use crate::engine::weights::GpuBlock;
+use crate::engine::weights::{GpuBlock, GpuLinear};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
 use crate::gpu::context::GpuContext;
@@ -37,7 +37,7 @@ use crate::gpu::recorder::Recorder;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gpu::recorder::Timestamps;
 use crate::gpu::scope::ErrorScopes;
-use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::gemm;
 use crate::kernels::softmax::{self as kernel, Attention, Shape, View};
 
 pub use crate::kernels::softmax::Kind;
@@ -45,8 +45,7 @@ pub use crate::softmax_model::{SoftmaxConfig, SoftmaxLayer};
 
 struct GpuSoftmaxLayer {
     /// `[q_proj; k_proj; v_proj]` stacked: X is read once for all three.
-    wqkv: Tracked,
-    bqkv: Tracked,
+    qkv_proj: GpuLinear,
     /// Output projection, FFN and LayerNorms: the same code as Luna's layers.
     block: GpuBlock,
 }
@@ -134,9 +133,9 @@ impl Engine {
         let uploaded: Result<Vec<GpuSoftmaxLayer>> = layers
             .iter()
             .map(|l| {
-                let (wqkv, bqkv) = self.stacked("sm_wqkv", &[&l.q_proj, &l.k_proj, &l.v_proj])?;
+                let qkv_proj = self.stacked("sm_wqkv", &[&l.q_proj, &l.k_proj, &l.v_proj])?;
                 let block = self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?;
-                Ok(GpuSoftmaxLayer { wqkv, bqkv, block })
+                Ok(GpuSoftmaxLayer { qkv_proj, block })
             })
             .collect();
         let layers = scope.close(&self.ctx, uploaded).await?;
@@ -262,7 +261,7 @@ fn record_layers(rec: &mut Recorder, enc: &SoftmaxEncoder, mut s: Scratch, mask:
     for i in 0..c.num_layers {
         let l = enc.layer(i);
         let input = s.attention_input(rec, &l.block);
-        gemm::record(rec, &Gemm::new(input, &l.wqkv.buffer, &l.bqkv.buffer, &s.proj, [rows, w, d]));
+        gemm::record(rec, &l.qkv_proj.gemm(input, &s.proj, rows));
         kernel::record(rec, kind, &Attention {
             q: View { buffer: &s.proj, stride: w, offset: 0 },
             k: View { buffer: &s.proj, stride: w, offset: d },

@@ -193,7 +193,7 @@ impl<'a> Run<'a> {
             if let Some(hook) = attention_input.as_mut() {
                 hook(rec, i, ax);
             }
-            gemm::record(rec, &Gemm::new(ax, &l.wx.buffer, &l.bx.buffer, &s.proj, [rows, width, d]));
+            gemm::record(rec, &l.x_proj.gemm(ax, &s.proj, rows));
             let inputs = Inputs { x: &s.proj, stride: width, q, k, v, pc };
             match self.states {
                 None => {

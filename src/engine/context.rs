@@ -2,12 +2,12 @@
 //! scratch workspace and its memory accounting; the uploads, readbacks and
 //! the closing of a call that every pass of the engine shares.
 
-use crate::error::Result;
+use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, MemoryStats, Tracked, Workspace};
 use crate::gpu::context::{AdapterChoice, GpuContext};
 use crate::gpu::pipelines::PipelineCache;
 use crate::gpu::tuning::Tuning;
-use crate::kernels::gemm;
+use crate::kernels::gemm::{self, Precision};
 use crate::gpu::recorder::Recorder;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gpu::recorder::Timestamps;
@@ -28,6 +28,8 @@ pub struct Engine {
     pub(crate) causal_chunk: usize,
     /// Most tokens per segment when one long sequence runs segment by segment.
     pub(crate) segment: usize,
+    /// How models uploaded from now on store their GEMM weights.
+    pub(crate) precision: Precision,
 }
 
 impl Engine {
@@ -46,7 +48,25 @@ impl Engine {
         let stats = Arc::new(MemoryStats::default());
         let dummy = buffers::upload(&ctx, &stats, "dummy", &[0u32; 4]).expect("16 bytes fit any device");
         let cache = PipelineCache::new(Tuning::new(&ctx.info, gemm::shader_version()));
-        Engine { workspace: Workspace::new(stats.clone()), cache, stats, dummy, ctx, causal_chunk: 64, segment: SEGMENT }
+        Engine { workspace: Workspace::new(stats.clone()), cache, stats, dummy, ctx, causal_chunk: 64, segment: SEGMENT, precision: Precision::F32 }
+    }
+
+    /// How models uploaded from now on store their GEMM weights: float32 (the
+    /// default), or float16 with float32 arithmetic, which needs the adapter's
+    /// `shader-f16` (see docs/luna.md, "Tolerances", for what it costs in accuracy).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::F16 && !self.ctx.device.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(LunaError::Unsupported(format!(
+                "float16 weights need the shader-f16 feature, which {} does not offer; use float32",
+                crate::gpu::context::describe(&self.ctx.info)
+            )));
+        }
+        self.precision = precision;
+        Ok(())
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Bytes of GPU buffers the engine holds now, and the most it has held.

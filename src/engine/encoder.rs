@@ -15,7 +15,7 @@ use crate::gpu::recorder::{Recorder, Timestamps};
 use crate::gpu::scope::ErrorScopes;
 use crate::input::{Batch, EncoderOutput};
 use crate::kernels::attention::{self, Attention, Shape, View};
-use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::gemm;
 use crate::kernels::{embed, layernorm, softmax};
 
 impl Engine {
@@ -172,8 +172,8 @@ impl Engine {
             } else {
                 &p
             };
-            gemm::record(&mut rec, &Gemm::new(ax, &l.wx.buffer, &l.bx.buffer, &s.proj, [token_rows, wx, d]));
-            gemm::record(&mut rec, &Gemm::new(ap, &l.wpq.buffer, &l.bpq.buffer, &qp, [packed_rows, d, d]));
+            gemm::record(&mut rec, &l.x_proj.gemm(ax, &s.proj, token_rows));
+            gemm::record(&mut rec, &l.pq_proj.gemm(ap, &qp, packed_rows));
             // Pack: P rows read the whole sequence (Hp heads, padding masked).
             let v_pack = if c.tie_kv { d } else { 2 * d };
             attention::record(&mut rec, &Attention {
@@ -187,7 +187,7 @@ impl Engine {
                 scratch: &partial,
             });
             // Unpack: every token reads the packed rows (H heads, masked P rows excluded).
-            gemm::record(&mut rec, &Gemm::new(&yp, &l.wkv.buffer, &l.bkv.buffer, &kv, [packed_rows, kvw, d]));
+            gemm::record(&mut rec, &l.kv_proj.gemm(&yp, &kv, packed_rows));
             let unpack = Attention {
                 q: View { buffer: &s.proj, stride: wx, offset: 0 },
                 k: View { buffer: &kv, stride: kvw, offset: 0 },

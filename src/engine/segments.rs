@@ -128,7 +128,7 @@ impl Engine {
                         }
                     }
                 };
-                let hooks = Hooks { attention_input: Some(&mut capture), ..Hooks::default() };
+                let hooks = Hooks { attention_input: Some(&mut capture) };
                 let x = run.record(&mut rec, workspace, &tokens[start..end], &positions, &[rows as u32], hooks)?;
                 if let Some(all) = &bits_all {
                     let bits = run.surprisal(&mut rec, workspace, &x, &targets);

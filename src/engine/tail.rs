@@ -8,7 +8,7 @@ use crate::engine::weights::{GpuBlock, GpuNorm};
 use crate::gpu::buffers::Workspace;
 use crate::gpu::context::GpuContext;
 use crate::gpu::recorder::Recorder;
-use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::gemm;
 use crate::kernels::layernorm;
 
 /// Shapes and options of a stack of layers over `rows` token rows.
@@ -76,20 +76,20 @@ impl Scratch {
     /// post-norm `x = LN(x + out(o)); x = LN(x + fc2(act(fc1(x))))`,
     /// pre-norm `x = x + out(o); x = x + fc2(act(fc1(LN(x))))`.
     pub(crate) fn record_tail(&mut self, rec: &mut Recorder, b: &GpuBlock) {
-        let Dims { rows, d, ffn, pre_norm, act, .. } = self.dims;
+        let Dims { rows, pre_norm, act, .. } = self.dims;
         let act = Some(act);
         if pre_norm {
-            gemm::record(rec, &Gemm::new(&self.o, &b.wout.buffer, &b.bout.buffer, &self.x_alt, [rows, d, d]).residual(Some(&self.x)));
+            gemm::record(rec, &b.out_proj.gemm(&self.o, &self.x_alt, rows).residual(Some(&self.x)));
             std::mem::swap(&mut self.x, &mut self.x_alt);
             self.ln(rec, &self.x, None, &b.ln_final, &self.xn);
-            gemm::record(rec, &Gemm::new(&self.xn, &b.w1.buffer, &b.b1.buffer, &self.proj, [rows, ffn, d]).act(act));
-            gemm::record(rec, &Gemm::new(&self.proj, &b.w2.buffer, &b.b2.buffer, &self.x_alt, [rows, d, ffn]).residual(Some(&self.x)));
+            gemm::record(rec, &b.fc1.gemm(&self.xn, &self.proj, rows).act(act));
+            gemm::record(rec, &b.fc2.gemm(&self.proj, &self.x_alt, rows).residual(Some(&self.x)));
         } else {
-            gemm::record(rec, &Gemm::new(&self.o, &b.wout.buffer, &b.bout.buffer, &self.y, [rows, d, d]));
+            gemm::record(rec, &b.out_proj.gemm(&self.o, &self.y, rows));
             self.ln(rec, &self.x, Some(&self.y), &b.ln_attn, &self.x_alt);
             std::mem::swap(&mut self.x, &mut self.x_alt);
-            gemm::record(rec, &Gemm::new(&self.x, &b.w1.buffer, &b.b1.buffer, &self.proj, [rows, ffn, d]).act(act));
-            gemm::record(rec, &Gemm::new(&self.proj, &b.w2.buffer, &b.b2.buffer, &self.y, [rows, d, ffn]));
+            gemm::record(rec, &b.fc1.gemm(&self.x, &self.proj, rows).act(act));
+            gemm::record(rec, &b.fc2.gemm(&self.proj, &self.y, rows));
             self.ln(rec, &self.x, Some(&self.y), &b.ln_final, &self.x_alt);
         }
         std::mem::swap(&mut self.x, &mut self.x_alt);

@@ -12,7 +12,7 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::gpu::recorder::Timestamps;
 use crate::gpu::scope::ErrorScopes;
-use crate::kernels::gemm::{self, Gemm, Variant, GEMV_ROWS};
+use crate::kernels::gemm::{self, half_weights, Class, Gemm, Precision, Variant, GEMV_ROWS};
 
 /// FLOPs of one timed GEMM: enough to dwarf a dispatch's fixed cost, small
 /// enough that a shape class tunes in well under a second on a software adapter.
@@ -21,11 +21,11 @@ const SAMPLE_FLOPS: usize = 1 << 26;
 const RUNS: usize = 2;
 
 /// One GEMM of a model's passes: `[n, k]`, activation, residual.
-pub(crate) type GemmUse = ([usize; 2], Option<Activation>, bool);
+type GemmUse = ([usize; 2], Option<Activation>, bool);
 
 /// Every GEMM a model's forward pass and decode step run (see `engine::tail`,
 /// `engine::encoder`, `engine::causal`).
-pub(crate) fn gemm_uses(c: &Config) -> Vec<GemmUse> {
+fn gemm_uses(c: &Config) -> Vec<GemmUse> {
     let (d, f, act, res) = (c.embed_dim, c.ffn_embed_dim, Some(c.activation), c.normalize_before);
     let kvw = if c.tie_kv { d } else { 2 * d };
     // The layer tail: out_proj, fc1, fc2 (residuals fused only in the pre-norm order).
@@ -54,43 +54,46 @@ impl Engine {
 
     /// Tunes the shape classes a model uses (many rows, and for a causal LM
     /// also the few rows of a decode step).
-    pub(crate) async fn tune_model(&self, c: &Config) -> Result<()> {
-        let mut uses = Vec::new();
-        for ([n, k], act, res) in gemm_uses(c) {
-            uses.push(([GEMV_ROWS + 1, n, k], act, res));
+    pub(crate) async fn tune_model(&self, c: &Config, precision: Precision) -> Result<()> {
+        let mut classes = Vec::new();
+        for ([n, k], act, residual) in gemm_uses(c) {
+            // The logits' weight (the token embedding, or its untied twin) stays float32.
+            let half = half_weights(precision, k) && n != c.vocab_size;
+            classes.push(Class { mnk: [GEMV_ROWS + 1, n, k], act, residual, half });
             if c.model == ModelKind::CausalLm {
-                uses.push(([1, n, k], act, res));
+                classes.push(Class { mnk: [1, n, k], act, residual, half });
             }
         }
-        self.tune_gemms(&uses).await
+        self.tune_gemms(&classes).await
     }
 
     /// Times the candidates for each GEMM's class not tuned yet (shape
     /// `[m, n, k]`, activation, residual) and keeps the fastest. Only the class
     /// of `m` matters (few rows or many); the timed problem has as many rows as
     /// make it [`SAMPLE_FLOPS`].
-    pub async fn tune_gemms(&self, uses: &[([usize; 3], Option<Activation>, bool)]) -> Result<()> {
+    pub async fn tune_gemms(&self, classes: &[Class]) -> Result<()> {
         let tuning = &self.cache.tuning;
         let timestamps = Timestamps::new(&self.ctx);
         if !tuning.enabled() || (cfg!(target_arch = "wasm32") && timestamps.is_none()) {
             return Ok(());
         }
-        for &([m, n, k], act, res) in uses {
-            let class = gemm::class_key([m, n, k], act, res);
-            if tuning.contains(&class) || n == 0 || k == 0 {
+        for class in classes {
+            let [m, n, k] = class.mnk;
+            let key = class.key();
+            if tuning.contains(&key) || n == 0 || k == 0 {
                 continue;
             }
             let rows = if m <= GEMV_ROWS { 1 } else { (SAMPLE_FLOPS / (2 * n * k)).clamp(64, 16384) };
             let mnk = [rows, n, k];
-            let candidates: Vec<Variant> = gemm::candidates(mnk).into_iter().filter(|v| self.fits_limits(v)).collect();
+            let candidates: Vec<Variant> = gemm::candidates(mnk, class.half).into_iter().filter(|v| self.fits_limits(v)).collect();
             let mut best: Option<(f64, Variant)> = None;
             if candidates.len() > 1 {
                 let scope = ErrorScopes::push(&self.ctx);
-                let timed = self.time_candidates(mnk, act, res, &candidates, timestamps.as_ref()).await;
+                let timed = self.time_candidates(Class { mnk, ..*class }, &candidates, timestamps.as_ref()).await;
                 best = scope.close(&self.ctx, timed).await.unwrap_or(None);
             }
-            let choice = best.map_or_else(|| gemm::default_variant(mnk), |(_, v)| v);
-            tuning.set(&class, &choice.name());
+            let choice = best.map_or_else(|| gemm::default_variant(mnk, class.half), |(_, v)| v);
+            tuning.set(&key, &choice.name());
         }
         Ok(())
     }
@@ -108,7 +111,8 @@ impl Engine {
     }
 
     /// The fastest candidate on one `[m, n, k]` problem (zero-filled buffers).
-    async fn time_candidates(&self, [m, n, k]: [usize; 3], act: Option<Activation>, res: bool, candidates: &[Variant], timestamps: Option<&Timestamps>) -> Result<Option<(f64, Variant)>> {
+    async fn time_candidates(&self, class: Class, candidates: &[Variant], timestamps: Option<&Timestamps>) -> Result<Option<(f64, Variant)>> {
+        let [m, n, k] = class.mnk;
         let buffer = |floats: usize| {
             self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("gemm tuning"),
@@ -118,12 +122,12 @@ impl Engine {
             })
         };
         let (a, w, bias, out, residual) = (buffer(m * k), buffer(n * k), buffer(n), buffer(m * n), buffer(m * n));
+        let g = Gemm::new(&a, &w, &bias, &out, [m, n, k]).act(class.act).residual(class.residual.then_some(&residual)).half_weights(class.half);
         let mut best: Option<(f64, Variant)> = None;
         for &variant in candidates {
             let mut fastest = f64::INFINITY;
             for run in 0..=RUNS {
-                let g = Gemm::new(&a, &w, &bias, &out, [m, n, k]).act(act).residual(res.then_some(&residual)).variant(variant);
-                let seconds = self.time_one(&g, timestamps).await?;
+                let seconds = self.time_one(&g.variant(variant), timestamps).await?;
                 if run > 0 {
                     fastest = fastest.min(seconds);
                 }

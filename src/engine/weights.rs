@@ -6,8 +6,9 @@
 use crate::config::{Config, ModelKind};
 use crate::engine::context::Engine;
 use crate::error::{LunaError, Result};
-use crate::gpu::buffers::Tracked;
+use crate::gpu::buffers::{self, Tracked};
 use crate::gpu::scope::ErrorScopes;
+use crate::kernels::gemm::{self, Gemm};
 use crate::kernels::{attention, causal};
 use crate::math;
 use crate::model::{KvProj, Linear, Model, Norm};
@@ -25,15 +26,30 @@ impl GpuNorm {
     }
 }
 
+/// A Linear layer (or several stacked) on the GPU, read by the GEMM: weight
+/// `[n, k]` and bias `[n]`. The weight is float16 when the model was uploaded
+/// at [`gemm::Precision::F16`] and `k % 4 == 0` ([`gemm::half_weights`]), else float32.
+pub(crate) struct GpuLinear {
+    pub(crate) w: Tracked,
+    pub(crate) b: Tracked,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) half: bool,
+}
+
+impl GpuLinear {
+    /// `out[m, n] = a[m, k] · w^T + b`; add an activation or a residual to the returned [`Gemm`].
+    pub(crate) fn gemm<'a>(&'a self, a: &'a wgpu::Buffer, out: &'a wgpu::Buffer, m: usize) -> Gemm<'a> {
+        Gemm::new(a, &self.w.buffer, &self.b.buffer, out, [m, self.n, self.k]).half_weights(self.half)
+    }
+}
+
 /// The weights of a layer's tail: output projection, FFN and X's LayerNorms
 /// (recorded by `engine::tail`).
 pub(crate) struct GpuBlock {
-    pub(crate) wout: Tracked,
-    pub(crate) bout: Tracked,
-    pub(crate) w1: Tracked,
-    pub(crate) b1: Tracked,
-    pub(crate) w2: Tracked,
-    pub(crate) b2: Tracked,
+    pub(crate) out_proj: GpuLinear,
+    pub(crate) fc1: GpuLinear,
+    pub(crate) fc2: GpuLinear,
     /// `self_attn_layer_norm`: after the attention (post-norm) or before it (pre-norm).
     pub(crate) ln_attn: GpuNorm,
     pub(crate) ln_final: GpuNorm,
@@ -42,13 +58,10 @@ pub(crate) struct GpuBlock {
 /// One encoder layer.
 pub(crate) struct GpuLayer {
     /// `[q_proj; pack k; pack v]` stacked (pack k = v when tied): X is read once for all three.
-    pub(crate) wx: Tracked,
-    pub(crate) bx: Tracked,
-    pub(crate) wpq: Tracked,
-    pub(crate) bpq: Tracked,
+    pub(crate) x_proj: GpuLinear,
+    pub(crate) pq_proj: GpuLinear,
     /// `[k; v]` of the unpack (one block when tied).
-    pub(crate) wkv: Tracked,
-    pub(crate) bkv: Tracked,
+    pub(crate) kv_proj: GpuLinear,
     /// `self_atten_proj_layer_norm`.
     pub(crate) ln_proj: GpuNorm,
     pub(crate) block: GpuBlock,
@@ -57,8 +70,7 @@ pub(crate) struct GpuLayer {
 /// One causal LM layer.
 pub(crate) struct GpuCausalLayer {
     /// `[q_proj · dh^-0.5; c (or k; v); pc_proj]` stacked: X is read once for all.
-    pub(crate) wx: Tracked,
-    pub(crate) bx: Tracked,
+    pub(crate) x_proj: GpuLinear,
     /// `Q_P · dh^-0.5`, `[l, d]`: P is fixed, so this is computed once at load.
     pub(crate) qp: Tracked,
     pub(crate) block: GpuBlock,
@@ -142,18 +154,31 @@ impl Engine {
         Ok(GpuNorm { weight: self.up("ln.weight", &n.weight)?, bias: self.up("ln.bias", &n.bias)? })
     }
 
-    /// Stacks Linear layers that read the same input into one weight and bias.
-    pub(crate) fn stacked(&self, label: &str, parts: &[&Linear]) -> Result<(Tracked, Tracked)> {
-        let w: Vec<f32> = parts.iter().flat_map(|l| l.weight.iter().copied()).collect();
+    /// Stacks Linear layers that read the same input into one weight and bias,
+    /// the weight in float16 where [`gemm::half_weights`] says so.
+    pub(crate) fn stacked(&self, label: &str, parts: &[&Linear]) -> Result<GpuLinear> {
+        let k = parts[0].inp;
+        let n = parts.iter().map(|l| l.out).sum();
+        let weights = parts.iter().flat_map(|l| l.weight.iter().copied());
+        let half = gemm::half_weights(self.precision, k);
+        let w = if half {
+            let bits: Vec<u16> = weights.map(|v| half::f16::from_f32(v).to_bits()).collect();
+            buffers::upload(&self.ctx, &self.stats, label, &bits)?
+        } else {
+            self.up(label, &weights.collect::<Vec<f32>>())?
+        };
         let b: Vec<f32> = parts.iter().flat_map(|l| l.bias.iter().copied()).collect();
-        Ok((self.up(label, &w)?, self.up(label, &b)?))
+        Ok(GpuLinear { w, b: self.up(label, &b)?, n, k, half })
     }
 
     pub(crate) fn load_block(&self, out_proj: &Linear, fc1: &Linear, fc2: &Linear, ln_attn: &Norm, ln_final: &Norm) -> Result<GpuBlock> {
-        let (wout, bout) = self.stacked("out_proj", &[out_proj])?;
-        let (w1, b1) = self.stacked("fc1", &[fc1])?;
-        let (w2, b2) = self.stacked("fc2", &[fc2])?;
-        Ok(GpuBlock { wout, bout, w1, b1, w2, b2, ln_attn: self.norm(ln_attn)?, ln_final: self.norm(ln_final)? })
+        Ok(GpuBlock {
+            out_proj: self.stacked("out_proj", &[out_proj])?,
+            fc1: self.stacked("fc1", &[fc1])?,
+            fc2: self.stacked("fc2", &[fc2])?,
+            ln_attn: self.norm(ln_attn)?,
+            ln_final: self.norm(ln_final)?,
+        })
     }
 
     /// Uploads a model's weights (blocking form of [`Engine::load_async`]).
@@ -178,7 +203,7 @@ impl Engine {
         let scope = ErrorScopes::push(&self.ctx);
         let uploaded = self.upload_model(model);
         let gpu_model = scope.close(&self.ctx, uploaded).await?;
-        self.tune_model(c).await?;
+        self.tune_model(c, self.precision).await?;
         Ok(gpu_model)
     }
 
@@ -189,16 +214,13 @@ impl Engine {
         for l in &model.layers {
             let mut xparts = vec![&l.q_proj];
             xparts.extend(kv_parts(&l.pack_kv));
-            let (wx, bx) = self.stacked("wx", &xparts)?;
-            let (wpq, bpq) = self.stacked("wpq", &[&l.pq_proj])?;
-            let (wkv, bkv) = self.stacked("wkv", &kv_parts(&l.unpack_kv))?;
+            let x_proj = self.stacked("wx", &xparts)?;
+            let pq_proj = self.stacked("wpq", &[&l.pq_proj])?;
+            let kv_proj = self.stacked("wkv", &kv_parts(&l.unpack_kv))?;
             layers.push(GpuLayer {
-                wx,
-                bx,
-                wpq,
-                bpq,
-                wkv,
-                bkv,
+                x_proj,
+                pq_proj,
+                kv_proj,
                 ln_proj: self.norm(&l.self_atten_proj_layer_norm)?,
                 block: self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?,
             });
@@ -251,11 +273,10 @@ impl Engine {
             let mut parts = vec![&q_scaled];
             parts.extend(kv_parts(&l.kv));
             parts.push(&l.pc_proj);
-            let (wx, bx) = self.stacked("causal wx", &parts)?;
+            let x_proj = self.stacked("causal wx", &parts)?;
             let qp: Vec<f32> = math::causal_pack_queries(model, &p, i).iter().map(|&v| v as f32).collect();
             layers.push(GpuCausalLayer {
-                wx,
-                bx,
+                x_proj,
                 qp: self.up("qp", &qp)?,
                 block: self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?,
             });

@@ -37,7 +37,8 @@ pub struct KernelSpec {
 
 impl KernelSpec {
     fn key(&self) -> String {
-        let mut k = format!("{}:{}", self.name, self.entry);
+        // The source's address tells apart variants of one file with different prefixes.
+        let mut k = format!("{}@{:x}+{}:{}", self.name, self.source.as_ptr() as usize, self.source.len(), self.entry);
         for (n, v) in &self.constants {
             k.push_str(&format!(":{n}={v}"));
         }
@@ -55,7 +56,8 @@ pub struct Kernel {
 /// Pipelines by shader and specialisation; shader modules by source; tuned choices.
 pub struct PipelineCache {
     pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    /// By source text (two variants of one shader file can differ in what is prepended to it).
+    modules: Mutex<HashMap<(usize, usize), wgpu::ShaderModule>>,
     pub tuning: Tuning,
 }
 
@@ -83,7 +85,7 @@ impl PipelineCache {
             .modules
             .lock()
             .unwrap()
-            .entry(spec.name)
+            .entry((spec.source.as_ptr() as usize, spec.source.len()))
             .or_insert_with(|| {
                 let desc = wgpu::ShaderModuleDescriptor { label: Some(spec.name), source: wgpu::ShaderSource::Wgsl(spec.source.into()) };
                 // SAFETY: only loop bounding is off, and every loop in our

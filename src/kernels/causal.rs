@@ -101,7 +101,7 @@ fn pool_floats(t: usize, l: usize, dh: usize) -> usize {
 /// to 32 and up to the chunk whose arrays fit its pool; `None` (the token by
 /// token `causal.wgsl` instead) when that is under 8 tokens for a chunk of 8 or more.
 pub fn tile(shape: &Shape) -> Option<usize> {
-    let mut t = shape.chunk.min(MAX_TILE).max(1).next_power_of_two();
+    let mut t = shape.chunk.clamp(1, MAX_TILE).next_power_of_two();
     if t > shape.chunk {
         t /= 2;
     }

@@ -13,7 +13,11 @@ use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
 
 pub const SOURCE: &str = concat!(include_str!("../../shaders/gemm_epilogue.wgsl"), include_str!("../../shaders/gemm.wgsl"));
-pub const VEC4_SOURCE: &str = concat!(include_str!("../../shaders/gemm_epilogue.wgsl"), include_str!("../../shaders/gemm_vec4.wgsl"));
+pub const VEC4_SOURCE: &str =
+    concat!(include_str!("../../shaders/gemm_f32.wgsl"), include_str!("../../shaders/gemm_epilogue.wgsl"), include_str!("../../shaders/gemm_vec4.wgsl"));
+/// `gemm_vec4.wgsl` reading float16 weights (needs the device's `shader-f16`).
+pub const VEC4_F16_SOURCE: &str =
+    concat!(include_str!("../../shaders/gemm_f16.wgsl"), include_str!("../../shaders/gemm_epilogue.wgsl"), include_str!("../../shaders/gemm_vec4.wgsl"));
 /// Output tile of the `Tiled` variant.
 const TILE: u32 = 64;
 /// Up to this many rows form the "few rows" shape class (gemv variants).
@@ -78,33 +82,50 @@ impl Variant {
         }
     }
 
-    /// Whether this variant computes `[m, n, k]` (vec4 loads need K % 4 == 0;
-    /// the vec4 gemv holds at most 4 rows).
-    pub fn fits(&self, [m, _, k]: [usize; 3]) -> bool {
+    /// Whether this variant computes `[m, n, k]` with float16 weights or not
+    /// (vec4 loads need K % 4 == 0; the vec4 gemv holds at most 4 rows; only
+    /// the vec4 variants read float16).
+    pub fn fits(&self, [m, _, k]: [usize; 3], half: bool) -> bool {
         match self {
-            Variant::Tiled | Variant::Gemv => true,
+            Variant::Tiled | Variant::Gemv => !half,
             Variant::Vec4 { .. } => k.is_multiple_of(4),
             Variant::Vec4Gemv { .. } => k.is_multiple_of(4) && m <= GEMV_ROWS,
         }
     }
 }
 
-/// The shape class a tuned choice is kept for: "few rows" or "many rows", N,
-/// K and the epilogue (an activation's cost differs between variants more
-/// than one would guess: timing without it once picked a variant that was 2x
-/// slower with GELU on lavapipe).
-pub fn class_key([m, n, k]: [usize; 3], act: Option<Activation>, residual: bool) -> String {
-    let rows = if m <= GEMV_ROWS { "few" } else { "many" };
-    let act = match act {
-        None => "",
-        Some(Activation::Relu) => ":relu",
-        Some(Activation::Gelu) => ":gelu",
-    };
-    format!("gemm:{rows}:n{n}:k{k}{act}{}", if residual { ":res" } else { "" })
+/// What a tuned choice is kept for: the shape class ("few rows" or "many
+/// rows", N, K), the epilogue and the weights' precision. The epilogue counts:
+/// timed without its GELU, a variant once won that then ran 2x slower with it
+/// on lavapipe.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Class {
+    pub mnk: [usize; 3],
+    pub act: Option<Activation>,
+    pub residual: bool,
+    pub half: bool,
+}
+
+impl Class {
+    /// No activation, no residual, float32 weights.
+    pub fn plain(mnk: [usize; 3]) -> Class {
+        Class { mnk, act: None, residual: false, half: false }
+    }
+
+    pub fn key(&self) -> String {
+        let [m, n, k] = self.mnk;
+        let rows = if m <= GEMV_ROWS { "few" } else { "many" };
+        let act = match self.act {
+            None => "",
+            Some(Activation::Relu) => ":relu",
+            Some(Activation::Gelu) => ":gelu",
+        };
+        format!("gemm:{rows}:n{n}:k{k}{act}{}{}", if self.residual { ":res" } else { "" }, if self.half { ":f16" } else { "" })
+    }
 }
 
 /// The variants worth timing for a shape, fastest-expected first.
-pub fn candidates(mnk: [usize; 3]) -> Vec<Variant> {
+pub fn candidates(mnk: [usize; 3], half: bool) -> Vec<Variant> {
     let all: &[Variant] = if mnk[0] <= GEMV_ROWS {
         &[
             Variant::Vec4Gemv { wg: 64, split: 1 },
@@ -122,12 +143,27 @@ pub fn candidates(mnk: [usize; 3]) -> Vec<Variant> {
             Variant::Tiled,
         ]
     };
-    all.iter().copied().filter(|v| v.fits(mnk)).collect()
+    all.iter().copied().filter(|v| v.fits(mnk, half)).collect()
 }
 
-/// What runs when nothing was tuned: the first candidate.
-pub fn default_variant(mnk: [usize; 3]) -> Variant {
-    candidates(mnk)[0]
+/// What runs when nothing was tuned: the first candidate. Float16 weights
+/// only exist where K % 4 == 0 ([`half_weights`]), so there always is one.
+pub fn default_variant(mnk: [usize; 3], half: bool) -> Variant {
+    candidates(mnk, half).first().copied().unwrap_or(Variant::Tiled)
+}
+
+/// Float32 or float16 weights on the GPU (see `shaders/gemm_f16.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+/// Whether a weight with `k` columns is stored as float16 at `precision`:
+/// the vec4 variants read float16, and they need K % 4 == 0.
+pub fn half_weights(precision: Precision, k: usize) -> bool {
+    precision == Precision::F16 && k.is_multiple_of(4)
 }
 
 fn act_code(act: Option<Activation>) -> f64 {
@@ -138,8 +174,10 @@ fn act_code(act: Option<Activation>) -> f64 {
     }
 }
 
-/// The pipeline of `variant` for `m` rows (only `Vec4Gemv` is specialised to m).
-pub fn spec(variant: Variant, m: usize, act: Option<Activation>, residual: bool) -> KernelSpec {
+/// The pipeline of `variant` for `m` rows (only `Vec4Gemv` is specialised to
+/// m) reading float32 or (`half`) float16 weights.
+pub fn spec(variant: Variant, m: usize, act: Option<Activation>, residual: bool, half: bool) -> KernelSpec {
+    let vec4 = if half { VEC4_F16_SOURCE } else { VEC4_SOURCE };
     let rows = m.clamp(1, GEMV_ROWS);
     let mut constants = vec![("ACT", act_code(act)), ("HAS_RES", residual as u8 as f64)];
     let (name, source, entry) = match variant {
@@ -147,11 +185,11 @@ pub fn spec(variant: Variant, m: usize, act: Option<Activation>, residual: bool)
         Variant::Gemv => ("gemm", SOURCE, "gemv"),
         Variant::Vec4 { rows, cols, wg_x, wg_y } => {
             constants.extend([("WG_X", wg_x as f64), ("WG_Y", wg_y as f64), ("TR", rows as f64), ("TC", cols as f64)]);
-            ("gemm_vec4", VEC4_SOURCE, "main")
+            ("gemm_vec4", vec4, "main")
         }
         Variant::Vec4Gemv { wg, split } => {
             constants.extend([("WG_X", wg as f64), ("SPLIT", split as f64), ("ROWS", rows as f64)]);
-            ("gemm_vec4", VEC4_SOURCE, if split == 1 { "gemv" } else { "gemv_split" })
+            ("gemm_vec4", vec4, if split == 1 { "gemv" } else { "gemv_split" })
         }
     };
     KernelSpec {
@@ -165,13 +203,13 @@ pub fn spec(variant: Variant, m: usize, act: Option<Activation>, residual: bool)
 
 /// Changes whenever a GEMM shader does (tuned choices are kept per version).
 pub fn shader_version() -> u64 {
-    crate::gpu::tuning::shader_version(&[SOURCE, VEC4_SOURCE])
+    crate::gpu::tuning::shader_version(&[SOURCE, VEC4_SOURCE, VEC4_F16_SOURCE])
 }
 
 /// Every member of the family (the candidates of both shape classes).
 pub fn family() -> Vec<Variant> {
-    let mut all = candidates([GEMV_ROWS + 1, 1, 4]);
-    all.extend(candidates([1, 1, 4]));
+    let mut all = candidates([GEMV_ROWS + 1, 1, 4], false);
+    all.extend(candidates([1, 1, 4], false));
     all
 }
 
@@ -181,8 +219,10 @@ pub fn variants() -> Vec<KernelSpec> {
     for variant in family() {
         for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
             for res in [false, true] {
-                let ms: &[usize] = if matches!(variant, Variant::Vec4Gemv { .. }) { &[1, 2, 3, 4] } else { &[1] };
-                v.extend(ms.iter().map(|&m| spec(variant, m, act, res)));
+                for half in [false, true].into_iter().filter(|&h| variant.fits([1, 1, 4], h) || variant.fits([GEMV_ROWS + 1, 1, 4], h)) {
+                    let ms: &[usize] = if matches!(variant, Variant::Vec4Gemv { .. }) { &[1, 2, 3, 4] } else { &[1] };
+                    v.extend(ms.iter().map(|&m| spec(variant, m, act, res, half)));
+                }
             }
         }
     }
@@ -202,12 +242,14 @@ pub struct Gemm<'a> {
     pub act: Option<Activation>,
     /// Forces a family member (it must [`Variant::fits`] the shape); `None` lets the tuning choose.
     pub variant: Option<Variant>,
+    /// `w` holds float16 (see [`half_weights`]).
+    pub half: bool,
 }
 
 impl<'a> Gemm<'a> {
     /// `out[m, n] = a[m, k] · w[n, k]^T + bias[n]`, no activation, no residual.
     pub fn new(a: &'a wgpu::Buffer, w: &'a wgpu::Buffer, bias: &'a wgpu::Buffer, out: &'a wgpu::Buffer, mnk: [usize; 3]) -> Gemm<'a> {
-        Gemm { a, w, bias, out, mnk, residual: None, act: None, variant: None }
+        Gemm { a, w, bias, out, mnk, residual: None, act: None, variant: None, half: false }
     }
 
     /// Adds `residual[m, n]` to the output (after the activation).
@@ -220,6 +262,15 @@ impl<'a> Gemm<'a> {
         Gemm { act, ..self }
     }
 
+    /// Marks `w` as float16 (only the vec4 variants read it).
+    pub fn half_weights(self, half: bool) -> Gemm<'a> {
+        Gemm { half, ..self }
+    }
+
+    pub fn class(&self) -> Class {
+        Class { mnk: self.mnk, act: self.act, residual: self.residual.is_some(), half: self.half }
+    }
+
     /// Runs this family member whatever the tuning says.
     pub fn variant(self, variant: Variant) -> Gemm<'a> {
         Gemm { variant: Some(variant), ..self }
@@ -229,16 +280,16 @@ impl<'a> Gemm<'a> {
 /// The member [`record`] runs for `g`: forced, tuned, or the default.
 pub fn chosen(rec: &Recorder, g: &Gemm) -> Variant {
     g.variant
-        .or_else(|| rec.tuned(&class_key(g.mnk, g.act, g.residual.is_some())).and_then(|s| Variant::from_name(&s)))
-        .filter(|v| v.fits(g.mnk))
-        .unwrap_or_else(|| default_variant(g.mnk))
+        .or_else(|| rec.tuned(&g.class().key()).and_then(|s| Variant::from_name(&s)))
+        .filter(|v| v.fits(g.mnk, g.half))
+        .unwrap_or_else(|| default_variant(g.mnk, g.half))
 }
 
 /// Records one [`Gemm`].
 pub fn record(rec: &mut Recorder, g: &Gemm) {
     let variant = chosen(rec, g);
     let [m, n, k] = g.mnk;
-    let kernel = rec.kernel(spec(variant, m, g.act, g.residual.is_some()));
+    let kernel = rec.kernel(spec(variant, m, g.act, g.residual.is_some(), g.half));
     let buffers = [g.a, g.w, g.bias, g.residual.unwrap_or(rec.dummy), g.out];
     let params = |k, row_base| Params { m: m as u32, n: n as u32, k, row_base };
     match variant {

@@ -10,8 +10,22 @@ pub struct Cli {
     /// Adapter to use, by name, backend (vulkan, metal, dx12, gl) or type (cpu, discretegpu); default: LUNA_ADAPTER, else the best one
     #[arg(long, global = true)]
     pub adapter: Option<String>,
+    /// How the GPU stores GEMM weights: f32, or f16 (float32 arithmetic; needs the adapter's
+    /// shader-f16; about 1e-3 relative error, see docs/luna.md, "Tolerances")
+    #[arg(long, global = true, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
+    /// Run each GEMM's default variant instead of timing the candidates on this adapter at
+    /// first use (choices are cached in ~/.cache/luna-wgpu/tuning.json; LUNA_AUTOTUNE=0 does the same)
+    #[arg(long, global = true)]
+    pub no_autotune: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    F16,
 }
 
 #[derive(Subcommand)]

@@ -6,13 +6,13 @@ use crate::args::{BenchArgs, BenchOp};
 use luna_wgpu::bench::{self, Method, Sweep};
 use luna_wgpu::gpu::context::describe;
 use luna_wgpu::bench::report;
-use luna_wgpu::{tensors, AdapterChoice, Engine, LunaError, Result};
+use luna_wgpu::{tensors, AdapterChoice, LunaError, Result};
 
 pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
     if a.d == 0 || a.heads == 0 || !a.d.is_multiple_of(a.heads) || a.batch == 0 || a.layers == 0 || a.projection_length.contains(&0) {
         return Err(LunaError::Input("--d must be a positive multiple of --heads; --batch, --layers and every --projection-length at least 1".into()));
     }
-    let mut engine = Engine::new_blocking(choice)?;
+    let mut engine = crate::device::new_engine(choice)?;
     let adapter = describe(&engine.ctx.info);
     let software = engine.ctx.info.device_type == wgpu::DeviceType::Cpu;
     let max_n = a.max_n.unwrap_or(if software { 8192 } else { 65536 });

@@ -3,7 +3,31 @@
 //! no adapter or the GPU engine cannot run the model; `gpu` never falls back.
 
 use clap::ValueEnum;
-use luna_wgpu::{AdapterChoice, Engine, LunaError, Result};
+use luna_wgpu::{AdapterChoice, Engine, LunaError, Precision, Result};
+use std::sync::OnceLock;
+
+/// The global flags that configure an engine (`--precision`, `--no-autotune`).
+pub struct Options {
+    pub precision: Precision,
+    pub autotune: bool,
+}
+
+static OPTIONS: OnceLock<Options> = OnceLock::new();
+
+/// Set once by `main` from the command line.
+pub fn set_options(options: Options) {
+    let _ = OPTIONS.set(options);
+}
+
+/// Opens the adapter and applies the global flags.
+pub fn new_engine(choice: &AdapterChoice) -> Result<Engine> {
+    let mut engine = Engine::new_blocking(choice)?;
+    if let Some(o) = OPTIONS.get() {
+        engine.set_autotune(o.autotune);
+        engine.set_precision(o.precision)?;
+    }
+    Ok(engine)
+}
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 pub enum Device {
@@ -19,8 +43,8 @@ pub enum Device {
 pub fn open_engine(choice: &AdapterChoice, device: Device) -> Result<Option<Engine>> {
     match device {
         Device::Cpu => Ok(None),
-        Device::Gpu => Ok(Some(Engine::new_blocking(choice)?)),
-        Device::Auto => match Engine::new_blocking(choice) {
+        Device::Gpu => Ok(Some(new_engine(choice)?)),
+        Device::Auto => match new_engine(choice) {
             Ok(e) => Ok(Some(e)),
             Err(e @ LunaError::NoAdapter(_)) => {
                 eprintln!("warning: {e}\nwarning: falling back to the float64 CPU reference (slow)");

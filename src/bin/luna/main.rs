@@ -13,9 +13,9 @@ mod score;
 mod serve;
 mod timing;
 
-use args::{Cli, Command};
+use args::{Cli, Command, PrecisionArg};
 use clap::Parser;
-use luna_wgpu::{AdapterChoice, Result};
+use luna_wgpu::{AdapterChoice, Precision, Result};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -31,6 +31,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let choice = AdapterChoice::from_arg_or_env(cli.adapter);
+    let precision = match cli.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F16 => Precision::F16,
+    };
+    device::set_options(device::Options { precision, autotune: !cli.no_autotune });
     match cli.command {
         Command::Info => info::run(&choice),
         Command::Forward(args) => forward::run(&choice, args),
