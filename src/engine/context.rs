@@ -77,6 +77,7 @@ impl Engine {
     /// Gives back the scratch buffers (they are reallocated on the next call).
     pub fn release_workspace(&mut self) {
         self.workspace.clear();
+        self.ctx.reuse.forget_bind_groups();
     }
 
     pub fn reset_peak_memory(&self) {
@@ -121,6 +122,7 @@ impl Engine {
         let result = scope.close(&self.ctx, result).await;
         if result.is_err() {
             self.workspace.clear();
+            self.ctx.reuse.forget_bind_groups();
         }
         result
     }

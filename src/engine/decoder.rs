@@ -72,6 +72,7 @@ impl Engine {
         // token at the demo model's shape after a 1000-token prompt).
         if n > 1 {
             self.workspace.clear();
+            self.ctx.reuse.forget_bind_groups();
         }
         Ok((Decoder { position: n, model_id: model.id, states }, logits))
     }

@@ -200,6 +200,8 @@ impl Engine {
                 )));
             }
         }
+        // Bind groups of an earlier model's dispatches would keep its weights alive.
+        self.ctx.reuse.forget_bind_groups();
         let scope = ErrorScopes::push(&self.ctx);
         let uploaded = self.upload_model(model);
         let gpu_model = scope.close(&self.ctx, uploaded).await?;

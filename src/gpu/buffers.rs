@@ -126,7 +126,10 @@ impl Workspace {
                 return t.buffer.clone();
             }
         }
-        self.buffers.remove(name);
+        if self.buffers.remove(name).is_some() {
+            // Cached bind groups would keep the old buffer alive.
+            ctx.reuse.forget_bind_groups();
+        }
         let buffer = storage(ctx, name, need);
         self.stats.add(need);
         self.buffers.insert(name, Tracked { buffer: buffer.clone(), stats: self.stats.clone() });
@@ -147,12 +150,7 @@ pub async fn read_f32(ctx: &GpuContext, sources: &[(&wgpu::Buffer, usize)]) -> R
     let mut staging = Vec::new();
     for (src, len) in sources {
         let bytes = padded(*len as u64 * 4);
-        let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("staging"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let buf = ctx.reuse.staging(&ctx.device, bytes);
         encoder.copy_buffer_to_buffer(src, 0, &buf, 0, bytes.min(src.size()));
         staging.push(buf);
     }
@@ -181,6 +179,9 @@ pub async fn read_f32(ctx: &GpuContext, sources: &[(&wgpu::Buffer, usize)]) -> R
         out.push(bytemuck::cast_slice::<u8, f32>(&view)[..*len].to_vec());
         drop(view);
         buf.unmap();
+    }
+    for buf in staging {
+        ctx.reuse.give_back(buf);
     }
     Ok(out)
 }

@@ -3,6 +3,7 @@
 
 use crate::error::{LunaError, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Which adapter to use: `None` picks the best one (hardware before software;
@@ -30,6 +31,112 @@ pub struct GpuContext {
     pub features: wgpu::Features,
     lost: Arc<AtomicBool>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Host-side buffers reused between submissions (see [`Reuse`]).
+    pub(crate) reuse: Reuse,
+}
+
+/// What the host would otherwise create for every submission and every
+/// readback: the uniform buffer holding the dispatches' parameters (grown,
+/// never shrunk; rewriting it for the next submission is safe because a
+/// queue write is ordered after the submissions before it), a few mappable
+/// staging buffers for readback, and the bind groups of recent dispatches
+/// (a decode step binds the same buffers at the same offsets every token).
+///
+/// A cached bind group holds handles to its buffers, but the engine's buffers
+/// are destroyed explicitly when dropped (`Tracked`), which frees their memory
+/// whatever still refers to them, and buffer identities are never reused, so
+/// a stale entry can never match a new dispatch. The cache is still emptied
+/// when the engine's scratch is replaced or given back, when a model is
+/// uploaded, and when it passes [`BIND_GROUPS_KEPT`] entries.
+#[derive(Default)]
+pub(crate) struct Reuse {
+    params: Mutex<Option<wgpu::Buffer>>,
+    staging: Mutex<Vec<wgpu::Buffer>>,
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+}
+
+/// Everything a dispatch's bind group is made of.
+#[derive(PartialEq, Eq, Hash)]
+pub(crate) struct BindKey {
+    pub(crate) layout: wgpu::BindGroupLayout,
+    pub(crate) params: wgpu::Buffer,
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
+    pub(crate) storage: Vec<wgpu::Buffer>,
+}
+
+/// Bind groups kept at most.
+const BIND_GROUPS_KEPT: usize = 512;
+
+/// Staging buffers kept for reuse: at most this many, each at most [`STAGING_MAX`] bytes.
+const STAGING_KEPT: usize = 8;
+const STAGING_MAX: u64 = 16 << 20;
+
+impl Reuse {
+    /// The parameters buffer, at least `bytes` long.
+    pub(crate) fn params(&self, device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+        let mut slot = self.params.lock().unwrap();
+        match slot.as_ref() {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let b = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: bytes.max(256).next_power_of_two(),
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                *slot = Some(b.clone());
+                b
+            }
+        }
+    }
+
+    /// A mappable staging buffer of at least `bytes`: the smallest kept one that fits, or a new one.
+    pub(crate) fn staging(&self, device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+        let mut kept = self.staging.lock().unwrap();
+        let best = kept.iter().enumerate().filter(|(_, b)| b.size() >= bytes).min_by_key(|(_, b)| b.size()).map(|(i, _)| i);
+        if let Some(i) = best {
+            return kept.swap_remove(i);
+        }
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// The bind group for `key`, made by `make` unless a recent dispatch had the same.
+    pub(crate) fn bind_group(&self, key: BindKey, make: impl FnOnce(&BindKey) -> wgpu::BindGroup) -> wgpu::BindGroup {
+        let mut groups = self.bind_groups.lock().unwrap();
+        if let Some(g) = groups.get(&key) {
+            return g.clone();
+        }
+        if groups.len() >= BIND_GROUPS_KEPT {
+            groups.clear();
+        }
+        let g = make(&key);
+        groups.insert(key, g.clone());
+        g
+    }
+
+    /// Drops every cached bind group (and with them their hold on buffers).
+    pub(crate) fn forget_bind_groups(&self) {
+        self.bind_groups.lock().unwrap().clear();
+    }
+
+    /// Hands an unmapped staging buffer back for the next readback.
+    pub(crate) fn give_back(&self, buffer: wgpu::Buffer) {
+        let mut kept = self.staging.lock().unwrap();
+        if buffer.size() <= STAGING_MAX {
+            kept.push(buffer);
+            if kept.len() > STAGING_KEPT {
+                // Drop the smallest: the large ones are the costly ones to make.
+                let smallest = kept.iter().enumerate().min_by_key(|(_, b)| b.size()).map(|(i, _)| i).unwrap_or(0);
+                kept.swap_remove(smallest);
+            }
+        }
+    }
 }
 
 fn backend_rank(b: wgpu::Backend) -> u32 {
@@ -146,7 +253,7 @@ impl GpuContext {
             log::error!("uncaptured GPU error: {e}");
             errors2.lock().unwrap().push(e.to_string());
         }));
-        Ok(GpuContext { adapter, device, queue, info, limits, features, lost, errors })
+        Ok(GpuContext { adapter, device, queue, info, limits, features, lost, errors, reuse: Reuse::default() })
     }
 
     /// Fails if the device has been lost (the engine must then be recreated).

@@ -1,8 +1,10 @@
 //! Records a sequence of kernel dispatches and submits them as one command
 //! buffer: every dispatch's uniform parameters go into one buffer, each at its
-//! own 256-byte-aligned offset, so nothing is written between dispatches.
+//! own 256-byte-aligned offset, so nothing is written between dispatches. The
+//! buffer is the context's, reused from one submission to the next, and so
+//! are the bind groups of dispatches that bind the same buffers again.
 
-use super::context::GpuContext;
+use super::context::{BindKey, GpuContext};
 use super::pipelines::{Kernel, KernelSpec, PipelineCache};
 use std::sync::Arc;
 
@@ -125,33 +127,33 @@ impl<'a> Recorder<'a> {
         if self.ops.is_empty() {
             return;
         }
-        let uniforms = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("params"),
-            size: (self.params.len() as u64).max(16),
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let uniforms = ctx.reuse.params(&ctx.device, self.params.len() as u64);
         ctx.queue.write_buffer(&uniforms, 0, &self.params);
         let groups: Vec<Option<wgpu::BindGroup>> = self
             .ops
             .iter()
             .map(|op| {
                 let Op::Dispatch(d) = op else { return None };
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &uniforms,
-                        offset: d.params_offset,
-                        size: wgpu::BufferSize::new(d.params_size),
-                    }),
-                }];
-                for (i, b) in d.buffers.iter().enumerate() {
-                    entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
-                }
-                Some(ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(d.kernel.spec.name),
-                    layout: &d.kernel.layout,
-                    entries: &entries,
+                let key = BindKey {
+                    layout: d.kernel.layout.clone(),
+                    params: uniforms.clone(),
+                    offset: d.params_offset,
+                    size: d.params_size,
+                    storage: d.buffers.clone(),
+                };
+                Some(ctx.reuse.bind_group(key, |k| {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &k.params,
+                            offset: k.offset,
+                            size: wgpu::BufferSize::new(k.size),
+                        }),
+                    }];
+                    for (i, b) in k.storage.iter().enumerate() {
+                        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+                    }
+                    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(d.kernel.spec.name), layout: &k.layout, entries: &entries })
                 }))
             })
             .collect();
