@@ -15,7 +15,8 @@ use std::sync::Mutex;
 pub struct Tuning {
     enabled: AtomicBool,
     choices: Mutex<HashMap<String, String>>,
-    /// Identifies adapter, driver and shader version in the cache file.
+    /// Identifies adapter, driver and shader version in the cache file (natively).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     key: String,
 }
 
