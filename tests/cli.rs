@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cli::{assert_fails, assert_fails_first, assert_ok, forward, luna, read, read_counts, s, stderr, write_tokens, TempDir};
+use common::cli::{assert_fails, assert_fails_first, assert_ok, forward, luna, luna_command, read, read_counts, s, stderr, write_tokens, TempDir};
 use common::compare::max_diff;
 use common::{fixture, has_gpu};
 use luna_wgpu::model::Model;
@@ -263,6 +263,8 @@ fn bench_writes_every_point_and_its_plots() {
     assert_eq!(count("encoder"), 6, "{csv}");
     assert!(count("matmul") >= 5, "{csv}");
     assert_eq!(count("decode"), 2, "{csv}");
+    // lm: the causal LM and the GEMM at each of the 2 lengths, and the decode step.
+    assert_eq!(count("lm"), 5, "{csv}");
     for r in &rows {
         let cols: Vec<&str> = r.split(',').collect();
         let median: f64 = cols[11].parse().unwrap();
@@ -275,6 +277,52 @@ fn bench_writes_every_point_and_its_plots() {
     assert!(svg.contains("luna-4: slope") && svg.contains("softmax-naive: slope"), "{svg}");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("log-log slopes"), "{stdout}");
+}
+
+/// A plain GEMM of our own in the peer interface (`C = A · B`, bindings 0, 1, 2),
+/// for 64³: enough to test the comparison harness without anyone else's code.
+const NAIVE_PEER: &str = "
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@compute @workgroup_size(8, 8, 1)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    var acc = 0.0;
+    for (var k = 0u; k < 64u; k++) {
+        acc += a[g.y * 64u + k] * b[k * 64u + g.x];
+    }
+    c[g.y * 64u + g.x] = acc * SCALE;
+}
+";
+
+#[test]
+fn bench_times_a_peer_gemm_beside_ours_and_checks_it() {
+    if !has_gpu() {
+        return;
+    }
+    let dir = TempDir::new("peer");
+    let (good, bad) = (dir.path("naive.wgsl"), dir.path("wrong.wgsl"));
+    std::fs::write(&good, NAIVE_PEER.replace("SCALE", "1.0")).unwrap();
+    std::fs::write(&bad, NAIVE_PEER.replace("SCALE", "2.0")).unwrap();
+    let tuning = dir.path("tuning.json");
+    let run = |peer: &std::path::Path, extra: &[&str]| {
+        let mut c = luna_command();
+        c.env("LUNA_TUNING_CACHE", &tuning).args(extra);
+        c.args(["bench", "--op", "matmul", "--peer-grid", "8,8,1", "--peer-shape", "64,64,64", "--repeats", "2"]);
+        c.args(["--peer-wgsl", &s(peer), "--out-dir", &s(&dir.path("out"))]);
+        c.output().unwrap()
+    };
+    let o = run(&good, &[]);
+    assert_ok(&o, "luna bench --peer-wgsl");
+    let csv = std::fs::read_to_string(dir.path("out").join("bench.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.starts_with("matmul,gemm:")), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("matmul,peer:naive")), "{csv}");
+    // The tuning ran for this shape and left its choice in the cache file.
+    let cache = std::fs::read_to_string(&tuning).unwrap();
+    assert!(cache.contains("\"gemm:many:n64:k64\""), "{cache}");
+    // A peer that computes something else is reported, not timed.
+    let o = run(&bad, &["--no-autotune"]);
+    assert_fails(&o, &["the peer computed"]);
 }
 
 #[test]
