@@ -20,8 +20,10 @@ const SAMPLE_FLOPS: usize = 1 << 26;
 /// Timed runs per candidate after a warm-up (the minimum is kept).
 const RUNS: usize = 2;
 
-/// One GEMM of a model's passes: `[n, k]`, activation, residual.
-type GemmUse = ([usize; 2], Option<Activation>, bool);
+/// One GEMM of a model's passes: `[n, k]`, activation, residual, and whether
+/// its weight is a stacked Linear (float16 at `Precision::F16`) rather than
+/// the logits' float32 token table.
+type GemmUse = ([usize; 2], Option<Activation>, bool, bool);
 
 /// Every GEMM a model's forward pass and decode step run (see `engine::tail`,
 /// `engine::encoder`, `engine::causal`).
@@ -29,11 +31,11 @@ fn gemm_uses(c: &Config) -> Vec<GemmUse> {
     let (d, f, act, res) = (c.embed_dim, c.ffn_embed_dim, Some(c.activation), c.normalize_before);
     let kvw = if c.tie_kv { d } else { 2 * d };
     // The layer tail: out_proj, fc1, fc2 (residuals fused only in the pre-norm order).
-    let mut v = vec![([d, d], None, res), ([f, d], act, false), ([d, f], None, res)];
+    let mut v = vec![([d, d], None, res, true), ([f, d], act, false, true), ([d, f], None, res, true)];
     if c.model == ModelKind::CausalLm {
-        v.extend([([causal_columns(c).4, d], None, false), ([c.vocab_size, d], None, false)]);
+        v.extend([([causal_columns(c).4, d], None, false, true), ([c.vocab_size, d], None, false, false)]);
     } else {
-        v.extend([([d + kvw, d], None, false), ([d, d], None, false), ([kvw, d], None, false)]);
+        v.extend([([d + kvw, d], None, false, true), ([d, d], None, false, true), ([kvw, d], None, false, true)]);
     }
     v.sort_unstable_by_key(|u| format!("{u:?}"));
     v.dedup();
@@ -56,9 +58,8 @@ impl Engine {
     /// also the few rows of a decode step).
     pub(crate) async fn tune_model(&self, c: &Config, precision: Precision) -> Result<()> {
         let mut classes = Vec::new();
-        for ([n, k], act, residual) in gemm_uses(c) {
-            // The logits' weight (the token embedding, or its untied twin) stays float32.
-            let half = half_weights(precision, k) && n != c.vocab_size;
+        for ([n, k], act, residual, linear) in gemm_uses(c) {
+            let half = linear && half_weights(precision, k);
             classes.push(Class { mnk: [GEMV_ROWS + 1, n, k], act, residual, half });
             if c.model == ModelKind::CausalLm {
                 classes.push(Class { mnk: [1, n, k], act, residual, half });
