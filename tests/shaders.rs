@@ -2,7 +2,8 @@
 //!
 //! For every shader specialisation the host can build
 //! (`luna_wgpu::kernels::all_variants()`), naga parses the WGSL, validates it
-//! as core WebGPU (no optional features), checks that its bindings match the
+//! as core WebGPU (no optional features but `shader-f16` for the variants that
+//! declare `enable f16`), checks that its bindings match the
 //! host's bind group layout, applies the variant's override constants, checks
 //! that its workgroup memory fits WebGPU's default 16 KiB, and translates the
 //! result to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12). A shader change
@@ -41,8 +42,11 @@ fn check_variant(spec: &KernelSpec) -> Result<(), String> {
             e.emit_to_string_with_path(spec.source, &path)
         )
     })?;
-    // No capabilities: the shader must be core WebGPU, needing no optional feature.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    // No capabilities: the shader must be core WebGPU, needing no optional
+    // feature; except the float16-weight variants (`enable f16;`), which the
+    // host builds only on a device with `shader-f16` (`Engine::set_precision`).
+    let caps = if spec.source.contains("enable f16;") { Capabilities::SHADER_FLOAT16 } else { Capabilities::empty() };
+    let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .map_err(|e| {
             format!(
