@@ -24,9 +24,8 @@
 // state or A then feeds RB rows' multiply-adds, the scores and the softmax
 // stay in the thread's registers, and the loops over a row's columns have
 // bounds the pipeline fixes (DH, L), so they unroll. Only A (shared by every
-// row) and per-row scratch go through workgroup memory. A tile costs one
-// barrier when emitting (plus three when the chunk has more tiles) and two
-// when summing.
+// row) and per-row scratch go through workgroup memory. A tile costs two
+// barriers (when emitting, three more if the chunk has a tile after it).
 
 struct Params {
     rows: u32,        // token rows per sequence (n)
