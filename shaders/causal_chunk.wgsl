@@ -1,23 +1,31 @@
 // Causal Luna attention in chunkwise matrix form (docs/luna.md, "Causal
 // attention", the parallel form). One workgroup per (batch, chunk, head); it
-// walks its chunk in tiles of TILE tokens, each tile a few small matrix
-// products in workgroup memory with a handful of barriers (not a walk token by
-// token). For a tile with rows t, prefix state (Sk0, Sv0) (both [l, dh]):
+// walks its chunk in tiles of TILE tokens (up to 64). For a tile with rows t
+// and the prefix state (Sk0, Sv0) (both [l, dh]):
 //   A     = softplus_ln2(PC · Qp^T)                               [T, l]
-//   M     = mask_{s<=t}(Q · K^T)                                  [T, T]
-//   score = (Q · Sk0^T + M · A) / t                               [T, l]
+//   score = (Q · Sk0^T + mask_{s<=t}(Q · K^T) · A) / t            [T, l]
 //   e     = exp(score - rowmax) ;  alpha = e / rowsum
-//   M'    = mask_{s<=t}(e · A^T)                                  [T, T]
-//   O     = (e · Sv0 + M' · V) / rowsum / t                       [T, dh]
+//   O     = (e · Sv0 + mask_{s<=t}(e · A^T) · V) / rowsum / t     [T, dh]
 //   Sk0  += A^T · K ;  Sv0 += A^T · V
 // Without EMIT only A and the state sums are formed, from a zero state: the
 // chunk sums that causal_scan.wgsl turns into prefixes. With EMIT the block
 // starts as the chunk's prefix and grows tile by tile up to the chunk's last
 // tile, whose own terms are never added (nothing reads them: a sequence's final
-// state is causal_scan.wgsl's carry). causal.wgsl serves the shapes whose tiles
-// do not fit the pool below.
+// state is causal_scan.wgsl's carry). causal.wgsl serves the shapes this one
+// does not take (kernels::causal::tile).
 // Tokens at or past a sequence's length, or past `rows`, get a = 0 and no output.
 // Recorded by kernels::causal::parallel.
+//
+// Shaped for what a SIMD software adapter (llvmpipe) makes costly: every load
+// from a buffer or workgroup memory is a per-lane one, whether or not its
+// address is the same for all lanes, and a vec4 costs about twice a float. So
+// every operand is read in vec4s (DH and the buffers' strides are multiples of
+// 4), and each thread owns RB whole token rows: a vec4 read of K, V, Qp, the
+// state or A then feeds RB rows' multiply-adds, the scores and the softmax
+// stay in the thread's registers, and the loops over a row's columns have
+// bounds the pipeline fixes (DH, L), so they unroll. Only A (shared by every
+// row) and per-row scratch go through workgroup memory. A tile costs two
+// barriers (when emitting, three more if the chunk has a tile after it).
 
 struct Params {
     rows: u32,        // token rows per sequence (n)
@@ -39,50 +47,41 @@ struct Params {
 }
 
 override EMIT: bool = true;
-// Tokens per tile: the host picks the largest power of two up to 32 (and up to
-// the chunk) whose arrays fit POOL (kernels::causal::tile).
-override TILE: u32 = 16u;
+// Tokens per tile: the host picks the largest power of two up to 64 (and up to
+// the chunk) whose arrays fit POOL4 (kernels::causal::tile).
+override TILE: u32 = 64u;
+// The head width (a multiple of 4, up to 4 MAX_DQ) and l (up to 4 MAX_LQ).
+override DH: u32 = 48u;
+override L: u32 = 32u;
 
 const WG: u32 = 64u;
-// Floats of workgroup memory: 15.75 KiB, under WebGPU's default 16 KiB.
-const POOL: u32 = 4032u;
+// Token rows per thread.
+const RB: u32 = 2u;
+const MAX_DQ: u32 = 32u;
+const MAX_LQ: u32 = 32u;
+// vec4s of workgroup memory: 16 KiB, WebGPU's default limit.
+const POOL4: u32 = 1024u;
 const LN2: f32 = 0.69314718055994531;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> qp: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> qp: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> lengths: array<u32>;
-@group(0) @binding(4) var<storage, read_write> state: array<f32>;
-@group(0) @binding(5) var<storage, read_write> o: array<f32>;
+@group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;
 
-// Row-major tiles, rows padded to a multiple of 4 (tp = max(TILE, 4)) and
-// widths to multiples of 4 (dp, lp), padding zero:
-// K [tp, dp] | V [tp, dp] | Q [tp, dp] | A [tp, lp] | PC [tp, dp], later e [tp, lp] | M [tp, tp] | 1/(rowsum t) [tp]
-var<workgroup> pool: array<f32, POOL>;
-var<workgroup> seq_len: u32;
+// A [TILE, lq] | W [TILE, lq] (each row its thread's: Q Sk0^T, then e), in vec4s
+// of columns; padding columns zero. The last vec4 first carries the sequence length.
+var<workgroup> pool: array<vec4<f32>, POOL4>;
 
 // ln(1 + 2^z) / ln 2 without overflow, accurate at both ends (as in causal.wgsl).
 fn softplus_ln2(z: f32) -> f32 {
     let xz = z * LN2;
-    if (xz > 15.0) {
-        return z + exp(-xz) / LN2;
-    }
-    if (xz < -15.0) {
-        return exp(xz) / LN2;
-    }
-    return log(1.0 + exp(xz)) / LN2;
+    let mid = log(1.0 + exp(min(xz, 15.0))) / LN2;
+    let ex = exp(-abs(xz)) / LN2;
+    return select(select(mid, ex, xz < -15.0), z + ex, xz > 15.0);
 }
 
-// Four pool values down a column (`stride` apart) and along a row.
-fn col4(i: u32, stride: u32) -> vec4<f32> {
-    return vec4<f32>(pool[i], pool[i + stride], pool[i + 2u * stride], pool[i + 3u * stride]);
-}
-fn row4(i: u32) -> vec4<f32> {
-    return vec4<f32>(pool[i], pool[i + 1u], pool[i + 2u], pool[i + 3u]);
-}
-
-// Every product below is a 4x4 block per thread: per step of the inner
-// dimension 8 loads feed 16 fmas, and the loops have workgroup-uniform bounds.
 @compute @workgroup_size(WG, 1, 1)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -97,254 +96,251 @@ fn main(
     let bc = id / p.heads;
     let c = bc % p.chunks;
     let b = bc / p.chunks;
-    let dh = p.head_dim;
-    let l = p.proj_len;
-    let col = h * dh;
-    let sk = id * 2u * l * dh;
-    let sv = sk + l * dh;
-    let tp = max(TILE, 4u);
-    let dp = (dh + 3u) & ~3u;
-    let lp = (l + 3u) & ~3u;
-    let tq = tp / 4u;
-    let dq = dp / 4u;
-    let lq = lp / 4u;
-    // Offsets into the pool.
-    let o_v = tp * dp;
-    let o_q = 2u * tp * dp;
-    let o_a = 3u * tp * dp;
-    let o_u = o_a + tp * lp;
-    let o_m = o_u + tp * max(dp, lp);
-    let o_rs = o_m + tp * tp;
+    let dq = DH / 4u;
+    let lq = (L + 3u) / 4u;
+    let col4 = h * dq;
+    let xs4 = p.x_stride / 4u;
+    let sk4 = id * 2u * L * dq;
+    let sv4 = sk4 + L * dq;
+    let o_w = TILE * lq;          // W's offset in the pool
+    let last = p.rows - 1u;
+    let nb = (TILE + RB - 1u) / RB; // row blocks of a tile
+    let ns = 2u * lq;              // state summers: (K or V) x 4 rows of l
 
     if (tid == 0u) {
-        seq_len = lengths[b];
+        pool[POOL4 - 1u].x = bitcast<f32>(lengths[b]);
     }
-    let len = workgroupUniformLoad(&seq_len);
+    let len = bitcast<u32>(workgroupUniformLoad(&pool[POOL4 - 1u]).x);
     let start = c * p.chunk;
     let stop = min(min(start + p.chunk, p.rows), len);
+    // This thread's share of the tile's A^T K (tid < lq) or A^T V: rows 4 jb .. 4 jb + 3.
+    var acc: array<array<vec4<f32>, MAX_DQ>, 4>;
+
+    for (var t0 = start; t0 < stop; t0 += TILE) {
+        let n_s = min(TILE, stop - t0);
+        // A (and with EMIT, Q Sk0^T into W) for rows RB blk .. RB blk + RB - 1.
+        for (var blk = tid; blk < nb; blk += WG) {
+            var pc: array<array<vec4<f32>, MAX_DQ>, RB>;
+            var q: array<array<vec4<f32>, MAX_DQ>, RB>;
+            for (var i = 0u; i < RB; i++) {
+                let xi = (b * p.rows + min(t0 + blk * RB + i, last)) * xs4 + col4;
+                for (var r4 = 0u; r4 < dq; r4++) {
+                    pc[i][r4] = x[xi + p.pc_off / 4u + r4];
+                    if (EMIT) {
+                        q[i][r4] = x[xi + p.q_off / 4u + r4];
+                    }
+                }
+            }
+            for (var j = 0u; j < 4u * lq; j++) {
+                let jc = min(j, L - 1u);
+                let qi = (jc * p.qp_stride) / 4u + col4;
+                let si = sk4 + jc * dq;
+                var da: array<f32, RB>;
+                var ds: array<f32, RB>;
+                for (var r4 = 0u; r4 < dq; r4++) {
+                    let w = qp[qi + r4];
+                    var s = vec4<f32>(0.0);
+                    if (EMIT) {
+                        s = state[si + r4];
+                    }
+                    for (var i = 0u; i < RB; i++) {
+                        da[i] += dot(pc[i][r4], w);
+                        if (EMIT) {
+                            ds[i] += dot(q[i][r4], s);
+                        }
+                    }
+                }
+                for (var i = 0u; i < RB; i++) {
+                    let t = blk * RB + i;
+                    if (t < TILE) {
+                        let ok = t < n_s && j < L;
+                        pool[t * lq + j / 4u][j % 4u] = select(0.0, softplus_ln2(da[i]), ok);
+                        if (EMIT) {
+                            pool[o_w + t * lq + j / 4u][j % 4u] = select(0.0, ds[i], j < L);
+                        }
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+        if (EMIT) {
+            emit_rows(tid, b, t0, n_s, col4, xs4, sv4, nb);
+        }
+        // State sums: thread jb (< lq) sums rows 4 jb .. 4 jb + 3 of A^T K, thread lq + jb of A^T V.
+        let more = t0 + TILE < stop;
+        if (!EMIT || more) {
+            for (var th = tid; th < ns; th += WG) {
+                let jb = th % lq;
+                let off = select(p.k_off, p.v_off, th >= lq) / 4u;
+                if (EMIT) {
+                    for (var a = 0u; a < 4u; a++) {
+                        for (var r4 = 0u; r4 < dq; r4++) {
+                            acc[a][r4] = vec4<f32>(0.0);
+                        }
+                    }
+                }
+                for (var s = 0u; s < n_s; s++) {
+                    let av = pool[s * lq + jb];
+                    let xi = (b * p.rows + t0 + s) * xs4 + col4 + off;
+                    for (var r4 = 0u; r4 < dq; r4++) {
+                        let kv = x[xi + r4];
+                        for (var a = 0u; a < 4u; a++) {
+                            acc[a][r4] = fma(vec4<f32>(av[a]), kv, acc[a][r4]);
+                        }
+                    }
+                }
+            }
+        }
+        if (EMIT && more) {
+            // Everyone has read Sk0 and Sv0 before they grow.
+            storageBarrier();
+            workgroupBarrier();
+            for (var th = tid; th < ns; th += WG) {
+                let jb = th % lq;
+                let base = select(sk4, sv4, th >= lq);
+                for (var a = 0u; a < 4u; a++) {
+                    if (4u * jb + a < L) {
+                        for (var r4 = 0u; r4 < dq; r4++) {
+                            state[base + (4u * jb + a) * dq + r4] += acc[a][r4];
+                        }
+                    }
+                }
+            }
+            storageBarrier();
+        }
+        // The next tile overwrites A and W (and with EMIT reads the grown state).
+        workgroupBarrier();
+    }
     if (!EMIT) {
-        // Chunk sums start from zero; each thread later adds to the entries it zeroes here.
-        for (var blk = tid; blk < lq * dq; blk += WG) {
-            let j0 = (blk / dq) * 4u;
-            let r0 = (blk % dq) * 4u;
+        for (var th = tid; th < ns; th += WG) {
+            let jb = th % lq;
+            let base = select(sk4, sv4, th >= lq);
             for (var a = 0u; a < 4u; a++) {
-                for (var e = 0u; e < 4u; e++) {
-                    if (j0 + a < l && r0 + e < dh) {
-                        state[sk + (j0 + a) * dh + r0 + e] = 0.0;
-                        state[sv + (j0 + a) * dh + r0 + e] = 0.0;
+                if (4u * jb + a < L) {
+                    for (var r4 = 0u; r4 < dq; r4++) {
+                        state[base + (4u * jb + a) * dq + r4] = acc[a][r4];
                     }
                 }
             }
         }
     }
+}
 
-    for (var t0 = start; t0 < stop; t0 += TILE) {
-        // Tiles of K, V, PC (and Q), zero past the valid tokens and past dh.
-        for (var i = tid; i < tp * dp; i += WG) {
-            let t = i / dp;
-            let r = i % dp;
-            var kv = vec4<f32>(0.0);
-            if (t < TILE && t0 + t < stop && r < dh) {
-                let xb = (b * p.rows + t0 + t) * p.x_stride + col + r;
-                kv = vec4<f32>(x[xb + p.k_off], x[xb + p.v_off], x[xb + p.pc_off], 0.0);
-                if (EMIT) {
-                    kv.w = x[xb + p.q_off];
-                }
+// Scores, softmax and outputs of rows RB blk .. RB blk + RB - 1 of a tile, by
+// thread blk; W holds Q Sk0^T for them on entry.
+fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32, nb: u32) {
+    let dq = DH / 4u;
+    let lq = (L + 3u) / 4u;
+    let o_w = TILE * lq;
+    let last = p.rows - 1u;
+    for (var blk = tid; blk < nb; blk += WG) {
+        let r0 = blk * RB;
+        var q: array<array<vec4<f32>, MAX_DQ>, RB>;
+        var sc: array<array<vec4<f32>, MAX_LQ>, RB>;
+        for (var i = 0u; i < RB; i++) {
+            let xi = (b * p.rows + min(t0 + r0 + i, last)) * xs4 + col4 + p.q_off / 4u;
+            for (var r4 = 0u; r4 < dq; r4++) {
+                q[i][r4] = x[xi + r4];
             }
-            pool[i] = kv.x;
-            pool[o_v + i] = kv.y;
-            pool[o_u + i] = kv.z;
-            if (EMIT) {
-                pool[o_q + i] = kv.w;
+            let wi = o_w + min(r0 + i, TILE - 1u) * lq;
+            for (var j4 = 0u; j4 < lq; j4++) {
+                sc[i][j4] = pool[wi + j4];
             }
         }
-        workgroupBarrier();
-        // A = softplus_ln2(PC Qp^T), zero on invalid tokens and past l.
-        for (var blk = tid; blk < tq * lq; blk += WG) {
-            let t4 = (blk % tq) * 4u;
-            let j4 = (blk / tq) * 4u;
-            var qrow = vec4<u32>(0u);
-            for (var c4 = 0u; c4 < 4u; c4++) {
-                qrow[c4] = min(j4 + c4, l - 1u) * p.qp_stride + col;
-            }
-            var acc: array<vec4<f32>, 4>;
-            for (var r = 0u; r < dh; r++) {
-                let pc = col4(o_u + t4 * dp + r, dp);
-                let q = vec4<f32>(qp[qrow.x + r], qp[qrow.y + r], qp[qrow.z + r], qp[qrow.w + r]);
-                for (var a = 0u; a < 4u; a++) {
-                    acc[a] = fma(vec4<f32>(pc[a]), q, acc[a]);
+        // + mask(Q K^T) A, over the tokens s <= the block's last row.
+        let s_end = min(n_s, r0 + RB);
+        for (var s = 0u; s < s_end; s++) {
+            let ki = (b * p.rows + t0 + s) * xs4 + col4 + p.k_off / 4u;
+            var m: array<f32, RB>;
+            for (var r4 = 0u; r4 < dq; r4++) {
+                let kv = x[ki + r4];
+                for (var i = 0u; i < RB; i++) {
+                    m[i] += dot(q[i][r4], kv);
                 }
             }
-            for (var a = 0u; a < 4u; a++) {
-                let t = t4 + a;
-                let ok = t < TILE && t0 + t < stop;
+            for (var i = 0u; i < RB; i++) {
+                m[i] = select(0.0, m[i], s <= r0 + i);
+            }
+            for (var j4 = 0u; j4 < lq; j4++) {
+                let av = pool[s * lq + j4];
+                for (var i = 0u; i < RB; i++) {
+                    sc[i][j4] = fma(vec4<f32>(m[i]), av, sc[i][j4]);
+                }
+            }
+        }
+        // Softmax over the l real columns, left unnormalised: e (into W too), and the row scale.
+        var scale: array<f32, RB>;
+        for (var i = 0u; i < RB; i++) {
+            let inv_t = 1.0 / f32(p.t_base + t0 + r0 + i + 1u);
+            var mx = -3.0e38;
+            for (var j4 = 0u; j4 < lq; j4++) {
+                sc[i][j4] *= inv_t;
                 for (var e = 0u; e < 4u; e++) {
-                    pool[o_a + t * lp + j4 + e] = select(0.0, softplus_ln2(acc[a][e]), ok && j4 + e < l);
-                }
-            }
-        }
-        if (EMIT) {
-            // M = mask_{s<=t}(Q K^T).
-            for (var blk = tid; blk < tq * tq; blk += WG) {
-                let t4 = (blk / tq) * 4u;
-                let s4 = (blk % tq) * 4u;
-                var acc: array<vec4<f32>, 4>;
-                if (s4 <= t4) {
-                    for (var r = 0u; r < dh; r++) {
-                        let q = col4(o_q + t4 * dp + r, dp);
-                        let k = col4(s4 * dp + r, dp);
-                        for (var a = 0u; a < 4u; a++) {
-                            acc[a] = fma(vec4<f32>(q[a]), k, acc[a]);
-                        }
-                    }
-                }
-                for (var a = 0u; a < 4u; a++) {
-                    for (var e = 0u; e < 4u; e++) {
-                        pool[o_m + (t4 + a) * tp + s4 + e] = select(0.0, acc[a][e], s4 + e <= t4 + a);
+                    if (4u * j4 + e < L) {
+                        mx = max(mx, sc[i][j4][e]);
                     }
                 }
             }
-            workgroupBarrier();
-            // Scores (Q Sk0^T + M A) / t, into the PC area (PC is spent).
-            for (var blk = tid; blk < tq * lq; blk += WG) {
-                let t4 = (blk % tq) * 4u;
-                let j4 = (blk / tq) * 4u;
-                var srow = vec4<u32>(0u);
-                for (var c4 = 0u; c4 < 4u; c4++) {
-                    srow[c4] = sk + min(j4 + c4, l - 1u) * dh;
-                }
-                var acc: array<vec4<f32>, 4>;
-                for (var r = 0u; r < dh; r++) {
-                    let q = col4(o_q + t4 * dp + r, dp);
-                    let s = vec4<f32>(state[srow.x + r], state[srow.y + r], state[srow.z + r], state[srow.w + r]);
-                    for (var a = 0u; a < 4u; a++) {
-                        acc[a] = fma(vec4<f32>(q[a]), s, acc[a]);
-                    }
-                }
-                for (var s = 0u; s < tp; s++) {
-                    let m = col4(o_m + t4 * tp + s, tp);
-                    let av = row4(o_a + s * lp + j4);
-                    for (var a = 0u; a < 4u; a++) {
-                        acc[a] = fma(vec4<f32>(m[a]), av, acc[a]);
-                    }
-                }
-                for (var a = 0u; a < 4u; a++) {
-                    let inv_t = 1.0 / f32(p.t_base + t0 + t4 + a + 1u);
-                    for (var e = 0u; e < 4u; e++) {
-                        pool[o_u + (t4 + a) * lp + j4 + e] = acc[a][e] * inv_t;
-                    }
-                }
-            }
-            workgroupBarrier();
-            // Row softmax over the l real columns, left unnormalised: e, and 1 / (rowsum t).
-            for (var t = tid; t < tp; t += WG) {
-                var m = -3.0e38;
-                for (var j = 0u; j < l; j++) {
-                    m = max(m, pool[o_u + t * lp + j]);
-                }
-                var sum = 0.0;
-                for (var j = 0u; j < lp; j++) {
-                    let e = select(0.0, exp(pool[o_u + t * lp + j] - m), j < l);
-                    pool[o_u + t * lp + j] = e;
-                    sum += e;
-                }
-                pool[o_rs + t] = 1.0 / (f32(p.t_base + t0 + t + 1u) * sum);
-            }
-            workgroupBarrier();
-            // M' = mask_{s<=t}(e A^T), over M.
-            for (var blk = tid; blk < tq * tq; blk += WG) {
-                let t4 = (blk / tq) * 4u;
-                let s4 = (blk % tq) * 4u;
-                var acc: array<vec4<f32>, 4>;
-                if (s4 <= t4) {
-                    for (var j = 0u; j < lp; j++) {
-                        let e = col4(o_u + t4 * lp + j, lp);
-                        let av = col4(o_a + s4 * lp + j, lp);
-                        for (var a = 0u; a < 4u; a++) {
-                            acc[a] = fma(vec4<f32>(e[a]), av, acc[a]);
-                        }
-                    }
-                }
-                for (var a = 0u; a < 4u; a++) {
-                    for (var e = 0u; e < 4u; e++) {
-                        pool[o_m + (t4 + a) * tp + s4 + e] = select(0.0, acc[a][e], s4 + e <= t4 + a);
-                    }
-                }
-            }
-            workgroupBarrier();
-            // O = (e Sv0 + M' V) / (rowsum t): lanes along dh, so Sv0 rows are read in order.
-            for (var blk = tid; blk < tq * dq; blk += WG) {
-                let r4 = (blk % dq) * 4u;
-                let t4 = (blk / dq) * 4u;
-                let rc = min(r4, dh - 1u);
-                var acc: array<vec4<f32>, 4>;
-                for (var j = 0u; j < l; j++) {
-                    let e = col4(o_u + t4 * lp + j, lp);
-                    let i = sv + j * dh;
-                    let s = vec4<f32>(state[i + rc], state[i + min(r4 + 1u, dh - 1u)],
-                                      state[i + min(r4 + 2u, dh - 1u)], state[i + min(r4 + 3u, dh - 1u)]);
-                    for (var a = 0u; a < 4u; a++) {
-                        acc[a] = fma(vec4<f32>(e[a]), s, acc[a]);
-                    }
-                }
-                for (var s = 0u; s < tp; s++) {
-                    let m = col4(o_m + t4 * tp + s, tp);
-                    let v = row4(o_v + s * dp + r4);
-                    for (var a = 0u; a < 4u; a++) {
-                        acc[a] = fma(vec4<f32>(m[a]), v, acc[a]);
-                    }
-                }
-                for (var a = 0u; a < 4u; a++) {
-                    let t = t4 + a;
-                    if (t < TILE && t0 + t < stop) {
-                        let ob = (b * p.rows + t0 + t) * p.o_stride + col;
-                        let scale = pool[o_rs + t];
-                        for (var e = 0u; e < 4u; e++) {
-                            if (r4 + e < dh) {
-                                o[ob + r4 + e] = acc[a][e] * scale;
-                            }
-                        }
-                    }
-                }
-            }
-            // Everyone has read Sv0 before it grows.
-            storageBarrier();
-        } else {
-            workgroupBarrier();
-        }
-        // State += A^T [K V]; each thread owns the same entries on every tile.
-        // The emitting pass needs it only for the chunk's next tile: after the
-        // last one the block is left as it is (a sequence's final state comes
-        // out of causal_scan.wgsl's carry, not from here).
-        let more = t0 + TILE < stop;
-        for (var blk = tid; blk < select(0u, lq * dq, !EMIT || more); blk += WG) {
-            let j4 = (blk / dq) * 4u;
-            let r4 = (blk % dq) * 4u;
-            var ak: array<vec4<f32>, 4>;
-            var av: array<vec4<f32>, 4>;
-            for (var s = 0u; s < tp; s++) {
-                let a = row4(o_a + s * lp + j4);
-                let k = row4(s * dp + r4);
-                let v = row4(o_v + s * dp + r4);
-                for (var i = 0u; i < 4u; i++) {
-                    ak[i] = fma(vec4<f32>(a[i]), k, ak[i]);
-                    av[i] = fma(vec4<f32>(a[i]), v, av[i]);
-                }
-            }
-            for (var i = 0u; i < 4u; i++) {
+            var sum = 0.0;
+            for (var j4 = 0u; j4 < lq; j4++) {
+                var v = exp(sc[i][j4] - vec4<f32>(mx));
                 for (var e = 0u; e < 4u; e++) {
-                    if (j4 + i < l && r4 + e < dh) {
-                        let at = (j4 + i) * dh + r4 + e;
-                        state[sk + at] += ak[i][e];
-                        state[sv + at] += av[i][e];
+                    if (4u * j4 + e >= L) {
+                        v[e] = 0.0;
                     }
+                }
+                sc[i][j4] = v;
+                sum += v.x + v.y + v.z + v.w;
+            }
+            scale[i] = inv_t / sum;
+            if (r0 + i < TILE) {
+                for (var j4 = 0u; j4 < lq; j4++) {
+                    pool[o_w + (r0 + i) * lq + j4] = sc[i][j4];
                 }
             }
         }
-        // The next tile overwrites the tiles, and (with EMIT) reads the new state.
-        if (EMIT) {
-            storageBarrier();
+        // O = e Sv0 + mask(e A^T) V.
+        var out: array<array<vec4<f32>, MAX_DQ>, RB>;
+        for (var j = 0u; j < L; j++) {
+            var ej: array<f32, RB>;
+            for (var i = 0u; i < RB; i++) {
+                ej[i] = pool[o_w + min(r0 + i, TILE - 1u) * lq + j / 4u][j % 4u];
+            }
+            let si = sv4 + j * dq;
+            for (var r4 = 0u; r4 < dq; r4++) {
+                let sv = state[si + r4];
+                for (var i = 0u; i < RB; i++) {
+                    out[i][r4] = fma(vec4<f32>(ej[i]), sv, out[i][r4]);
+                }
+            }
         }
-        workgroupBarrier();
+        for (var s = 0u; s < s_end; s++) {
+            var m: array<f32, RB>;
+            for (var j4 = 0u; j4 < lq; j4++) {
+                let av = pool[s * lq + j4];
+                for (var i = 0u; i < RB; i++) {
+                    m[i] += dot(sc[i][j4], av);
+                }
+            }
+            for (var i = 0u; i < RB; i++) {
+                m[i] = select(0.0, m[i], s <= r0 + i);
+            }
+            let vi = (b * p.rows + t0 + s) * xs4 + col4 + p.v_off / 4u;
+            for (var r4 = 0u; r4 < dq; r4++) {
+                let vv = x[vi + r4];
+                for (var i = 0u; i < RB; i++) {
+                    out[i][r4] = fma(vec4<f32>(m[i]), vv, out[i][r4]);
+                }
+            }
+        }
+        for (var i = 0u; i < RB; i++) {
+            let t = r0 + i;
+            if (t < n_s) {
+                let ob = ((b * p.rows + t0 + t) * p.o_stride) / 4u + col4;
+                for (var r4 = 0u; r4 < dq; r4++) {
+                    o[ob + r4] = out[i][r4] * scale[i];
+                }
+            }
+        }
     }
 }

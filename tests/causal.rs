@@ -219,16 +219,17 @@ fn shape_of(c: &luna_wgpu::Config, rows: usize, chunk: usize) -> kernel::Shape {
 
 #[test]
 fn chunkwise_kernel_single_head_of_the_demo_width() {
-    // One head of the demo model's width (dh 48, l 32): tiles of 16 tokens.
-    // Lengths 50 (tiles and a chunk tail), 17, 2 and 1 in one padded batch;
-    // chunks from 1 (one token per tile) to past the longest sequence.
+    // One head of the demo model's width (dh 48, l 32): tiles of 64 tokens.
+    // Lengths 150 (chunks of several tiles, and a tile tail), 17, 2 and 1 in
+    // one padded batch; chunks from 1 (one token per tile) to past the longest sequence.
     let Some(mut engine) = common::engine() else { return };
     let c = configs::causal(json!({"embed_dim": 48, "num_heads": 1, "projection_length": 32, "ffn_embed_dim": 32,
                                    "normalize_before": true}));
-    assert_eq!(kernel::tile(&shape_of(&c, 50, 64)), Some(16));
+    assert_eq!(kernel::tile(&shape_of(&c, 50, 64)), Some(64));
+    assert_eq!(kernel::tile(&shape_of(&c, 150, 4096)), Some(64));
     let model = Model::random(&c, 21).unwrap();
-    let batch = common::random_batch(&c, &[50, 17, 2, 1], 22);
-    for chunk in [1, 2, 8, 16, 32, 4096] {
+    let batch = common::random_batch(&c, &[150, 17, 2, 1], 22);
+    for chunk in [1, 2, 8, 16, 32, 128, 4096] {
         check_parallel(&mut engine, &model, &batch, chunk);
     }
 }
@@ -248,10 +249,14 @@ fn chunkwise_kernel_tiny_sequences() {
 
 #[test]
 fn large_projection_falls_back_to_the_token_walk() {
-    // l 300: no tile of 8 tokens fits the chunkwise kernel's workgroup memory,
-    // so causal.wgsl walks the tokens; l 100 still takes tiles (of 8).
+    // l 300 does not fit the chunkwise kernel's registers, so causal.wgsl
+    // walks the tokens; l 100 still takes tiles (of 16, for workgroup memory;
+    // a chunk of 64 is then 3 of them here). Nor do heads whose width is not a
+    // multiple of 4 (tied_layers_and_odd_shapes runs one).
     let Some(mut engine) = common::engine() else { return };
-    for (l, want) in [(300, None), (100, Some(8))] {
+    let odd = configs::causal(json!({"embed_dim": 66, "num_heads": 2, "projection_length": 8}));
+    assert_eq!(kernel::tile(&shape_of(&odd, 40, 64)), None);
+    for (l, want) in [(300, None), (100, Some(16))] {
         let c = configs::causal(json!({"embed_dim": 96, "num_heads": 2, "projection_length": l, "num_layers": 1}));
         assert_eq!(kernel::tile(&shape_of(&c, 40, 64)), want, "l = {l}");
         let model = Model::random(&c, 27).unwrap();
@@ -288,14 +293,15 @@ fn check_prefill_against_reference(engine: &mut Engine, model: &Model, batch: &B
 #[test]
 fn prefill_leaves_the_final_state_after_several_tiles() {
     // The decoder state the prompt leaves (the scan's carry) must be the state
-    // after its last token: prompts of several tiles (16 tokens each here),
-    // ending mid-tile, on a tile boundary and mid-chunk.
+    // after its last token: prompts ending mid-tile and mid-chunk (chunk 64,
+    // one tile), past a chunk boundary (chunk 32), and after a chunk of two
+    // tiles (chunk 128, tiles of 64).
     let Some(mut engine) = common::engine() else { return };
     let c = configs::causal(json!({"embed_dim": 96, "num_heads": 2, "projection_length": 32, "normalize_before": true}));
     let model = Model::random(&c, 29).unwrap();
-    let batch = common::random_batch(&c, &[60], 30);
-    for (chunk, split) in [(64, 41), (64, 48), (32, 57)] {
+    for (chunk, split, len) in [(64, 41, 60), (64, 48, 60), (32, 57, 60), (128, 141, 150)] {
         engine.set_causal_chunk(chunk).unwrap();
+        let batch = common::random_batch(&c, &[len], 30);
         check_prefill_against_reference(&mut engine, &model, &batch, split);
     }
     engine.set_causal_chunk(64).unwrap();
@@ -303,7 +309,7 @@ fn prefill_leaves_the_final_state_after_several_tiles() {
 
 #[test]
 fn long_document_of_the_demo_width_in_segments() {
-    // 3000 tokens, heads of the demo width (tiles of 16), in segments of 1024
+    // 3000 tokens, heads of the demo width (tiles of 64), in segments of 1024
     // with the state carried, and at chunk 16 (one tile per chunk) in segments of 700.
     let Some(mut engine) = common::engine() else { return };
     let c = configs::causal(json!({"embed_dim": 96, "ffn_embed_dim": 32, "num_heads": 2, "projection_length": 32,

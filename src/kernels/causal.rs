@@ -5,10 +5,10 @@
 //! The parallel form splits each sequence into chunks: a first pass sums each
 //! chunk's state `(Sk, Sv)`, a scan turns the sums into prefixes, and a second
 //! pass goes through every chunk from its prefix, emitting outputs. Both passes
-//! are `causal_chunk.wgsl`, which takes a chunk in tiles of up to 32 tokens as
-//! small matrix products; where a tile of even 8 tokens would not fit its
-//! workgroup memory (large `l` or `dh`), `causal.wgsl` walks the tokens one by
-//! one instead. Scratch is `B · chunks · H · 2 · l · dh` floats: O(n·l·d / chunk),
+//! are `causal_chunk.wgsl`, which takes a chunk in tiles of up to 64 tokens,
+//! each thread owning whole token rows; where its registers or workgroup
+//! memory cannot hold a head (`dh` over 128 or not a multiple of 4, `l` over
+//! 128), `causal.wgsl` walks the tokens one by one instead. Scratch is `B · chunks · H · 2 · l · dh` floats: O(n·l·d / chunk),
 //! never `[n, dh, l]`. The streaming form is `causal_step.wgsl`: one new token
 //! per sequence folded into a persistent state, each thread owning whole rows
 //! of it, three barriers in all.
@@ -23,10 +23,12 @@ pub const SCAN_SOURCE: &str = include_str!("../../shaders/causal_scan.wgsl");
 pub const LOGPROB_SOURCE: &str = include_str!("../../shaders/logprob.wgsl");
 /// Largest projection length the kernel's workgroup arrays hold.
 pub const MAX_PROJECTION: usize = 1024;
-/// Floats of `causal_chunk.wgsl`'s workgroup pool (its `POOL`).
-const CHUNK_POOL: usize = 4032;
+/// vec4s of `causal_chunk.wgsl`'s workgroup pool (its `POOL4`).
+const CHUNK_POOL4: usize = 1024;
 /// Largest tile of `causal_chunk.wgsl`, in tokens.
-const MAX_TILE: usize = 32;
+const MAX_TILE: usize = 64;
+/// Largest `dh` and `l` `causal_chunk.wgsl` keeps in registers (4 `MAX_DQ`, 4 `MAX_LQ`).
+const MAX_CHUNK_WIDTH: usize = 128;
 /// Marks a row with no next token in [`logprob`].
 pub const NO_TARGET: u32 = u32::MAX;
 
@@ -78,38 +80,54 @@ pub fn spec(emit: bool) -> KernelSpec {
     }
 }
 
-/// `causal_chunk.wgsl` summing (`emit = false`) or emitting, in tiles of `tile` tokens.
-pub fn chunk_spec(emit: bool, tile: usize) -> KernelSpec {
+/// `causal_chunk.wgsl` summing (`emit = false`) or emitting, in tiles of
+/// `tile` tokens, for heads of `head_dim` columns and `proj_len` pack rows.
+pub fn chunk_spec(emit: bool, tile: usize, head_dim: usize, proj_len: usize) -> KernelSpec {
     KernelSpec {
         name: "causal_chunk",
         source: CHUNK_SOURCE,
         entry: "main",
         storage: &[Access::Read, Access::Read, Access::Read, Access::Write, Access::Write],
-        constants: vec![("EMIT", emit as u8 as f64), ("TILE", tile as f64)],
+        constants: vec![
+            ("EMIT", emit as u8 as f64),
+            ("TILE", tile as f64),
+            ("DH", head_dim as f64),
+            ("L", proj_len as f64),
+        ],
     }
 }
 
-/// Floats of workgroup memory `causal_chunk.wgsl` uses for a tile of `t` tokens
-/// (K, V, Q, A, PC or scores, the masked T×T products, row scales).
-fn pool_floats(t: usize, l: usize, dh: usize) -> usize {
-    // Rows padded to at least 4, widths to multiples of 4, as the shader lays them out.
-    let (t, l, dh) = (t.max(4), l.next_multiple_of(4), dh.next_multiple_of(4));
-    3 * t * dh + t * l + t * dh.max(l) + t * t + t
+/// vec4s of workgroup memory `causal_chunk.wgsl` uses for a tile of `t` tokens:
+/// `A` and a row of scratch per token, `l` padded to a multiple of 4.
+fn pool_vec4s(t: usize, l: usize) -> usize {
+    2 * t * l.div_ceil(4)
 }
 
 /// The tile `causal_chunk.wgsl` takes for `shape`: the largest power of two up
-/// to 32 and up to the chunk whose arrays fit its pool; `None` (the token by
-/// token `causal.wgsl` instead) when that is under 8 tokens for a chunk of 8 or more.
+/// to 64 and up to the chunk whose arrays fit its pool; `None` (the token by
+/// token `causal.wgsl` instead) when a head does not fit its registers (`dh`
+/// over 128 or not a multiple of 4, `l` over 128), or when the tile would be
+/// under 8 tokens for a chunk of 8 or more.
 pub fn tile(shape: &Shape) -> Option<usize> {
+    let (dh, l) = (shape.head_dim, shape.proj_len);
+    if dh % 4 != 0 || dh > MAX_CHUNK_WIDTH || l > MAX_CHUNK_WIDTH || dh == 0 || l == 0 {
+        return None;
+    }
     let mut t = shape.chunk.clamp(1, MAX_TILE).next_power_of_two();
     if t > shape.chunk {
         t /= 2;
     }
-    while t > 1 && pool_floats(t, shape.proj_len, shape.head_dim) > CHUNK_POOL {
+    while t > 1 && pool_vec4s(t, l) > CHUNK_POOL4 {
         t /= 2;
     }
-    let fits = pool_floats(t, shape.proj_len, shape.head_dim) <= CHUNK_POOL;
+    let fits = pool_vec4s(t, l) <= CHUNK_POOL4;
     (fits && t >= shape.chunk.min(8)).then_some(t)
+}
+
+/// Whether `causal_chunk.wgsl` can read these inputs: it reads rows in vec4s,
+/// so the row stride and the column offsets must be multiples of 4.
+fn vec4_inputs(inp: &Inputs) -> bool {
+    [inp.stride, inp.q, inp.k, inp.v, inp.pc].iter().all(|v| v % 4 == 0)
 }
 
 pub fn scan_spec(carry: bool) -> KernelSpec {
@@ -162,9 +180,11 @@ struct StepParams {
 
 pub fn variants() -> Vec<KernelSpec> {
     let mut v = vec![spec(false), spec(true), step_spec(), scan_spec(false), scan_spec(true), logprob_spec()];
+    // Every tile at the demo model's head (dh 48, l 32), and the widest head.
     for t in (0..=MAX_TILE.trailing_zeros()).map(|k| 1usize << k) {
-        v.extend([chunk_spec(false, t), chunk_spec(true, t)]);
+        v.extend([chunk_spec(false, t, 48, 32), chunk_spec(true, t, 48, 32)]);
     }
+    v.extend([chunk_spec(false, 16, 128, 128), chunk_spec(true, 16, 128, 128), chunk_spec(true, 64, 4, 7)]);
     v
 }
 
@@ -231,7 +251,7 @@ pub struct Causal<'a> {
 fn pass(rec: &mut Recorder, emit: bool, tile: Option<usize>, c: &Causal) {
     let (inp, s) = (c.inputs, c.shape);
     let kernel = rec.kernel(match tile {
-        Some(t) => chunk_spec(emit, t),
+        Some(t) => chunk_spec(emit, t, s.head_dim, s.proj_len),
         None => spec(emit),
     });
     let total = (s.batch * s.chunks() * s.heads) as u32;
@@ -268,10 +288,11 @@ fn pass(rec: &mut Recorder, emit: bool, tile: Option<usize>, c: &Causal) {
 /// a long sequence then runs segment by segment in memory that does not grow
 /// with its length, and a prompt leaves its decoder state there.
 pub fn parallel(rec: &mut Recorder, c: &Causal) {
-    parallel_with(rec, c, tile(&c.shape));
+    parallel_with(rec, c, tile(&c.shape).filter(|_| vec4_inputs(&c.inputs)));
 }
 
-/// [`parallel`] with the tile chosen by the caller (it must fit: see [`tile`]),
+/// [`parallel`] with the tile chosen by the caller (it must fit, and the
+/// inputs be vec4-aligned: see [`tile`]),
 /// or `None` for the token-by-token `causal.wgsl`: for comparing the two.
 pub fn parallel_with(rec: &mut Recorder, c: &Causal, tile: Option<usize>) {
     // Chunk sums from a zero state (the kernel zeroes its block first when not emitting).
