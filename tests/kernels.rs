@@ -206,8 +206,9 @@ fn attention_long_pack_reduction() {
 fn layernorm_matches_reference() {
     let Some(engine) = common::engine() else { return };
     let mut rng = Rng::new(11);
-    for &(rows, d) in &[(1, 1), (5, 7), (3, 100), (2, 1000), (70, 64)] {
-        for residual in [false, true] {
+    // Both layouts; 130 rows spread the thread-per-row layout over 3 workgroups with a tail.
+    for &(rows, d) in &[(1, 1), (5, 7), (3, 100), (2, 1000), (70, 64), (130, 48)] {
+        for (residual, layout) in [false, true].into_iter().flat_map(|r| layernorm::Layout::ALL.map(|l| (r, l))) {
             for normalize in [false, true] {
                 for masked in [false, true] {
                     // Rows with a large common offset test the two-pass variance.
@@ -225,7 +226,7 @@ fn layernorm_matches_reference() {
                     let mbuf = engine.upload("mask", &mask).unwrap();
                     let out = engine.upload("out", &vec![f32::NAN; rows * d]).unwrap();
                     let mut rec = engine.recorder();
-                    layernorm::record(
+                    layernorm::record_with(
                         &mut rec,
                         layernorm::Step {
                             x: &bufs[0].buffer,
@@ -237,11 +238,12 @@ fn layernorm_matches_reference() {
                         rows,
                         d,
                         1e-5,
+                        layout,
                     );
                     rec.submit();
                     let got = engine.read_blocking(&[(&out.buffer, rows * d)]).unwrap().remove(0);
                     let e = rel_err(&got, &want);
-                    assert!(e < 2e-5, "layernorm {rows}x{d} res {residual} norm {normalize} mask {masked}: {e}");
+                    assert!(e < 2e-5, "layernorm {layout:?} {rows}x{d} res {residual} norm {normalize} mask {masked}: {e}");
                 }
             }
         }

@@ -7,7 +7,7 @@ use crate::gpu::buffers::{self, MemoryStats, Tracked, Workspace};
 use crate::gpu::context::{AdapterChoice, GpuContext};
 use crate::gpu::pipelines::PipelineCache;
 use crate::gpu::tuning::Tuning;
-use crate::kernels::gemm::{self, Precision};
+use crate::kernels::gemm::Precision;
 use crate::gpu::recorder::Recorder;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gpu::recorder::Timestamps;
@@ -47,7 +47,7 @@ impl Engine {
     pub fn with_context(ctx: GpuContext) -> Engine {
         let stats = Arc::new(MemoryStats::default());
         let dummy = buffers::upload(&ctx, &stats, "dummy", &[0u32; 4]).expect("16 bytes fit any device");
-        let cache = PipelineCache::new(Tuning::new(&ctx.info, gemm::shader_version()));
+        let cache = PipelineCache::new(Tuning::new(&ctx.info, crate::kernels::tuned_shaders_version()));
         Engine { workspace: Workspace::new(stats.clone()), cache, stats, dummy, ctx, causal_chunk: 64, segment: SEGMENT, precision: Precision::F32 }
     }
 

@@ -1,6 +1,7 @@
 //! Autotuning: at the first use of a GEMM shape class on this adapter, every
 //! candidate of the GEMM family that fits is timed on the real adapter and the
-//! fastest is kept in the pipeline cache's `Tuning` (and its cache file).
+//! fastest is kept in the pipeline cache's `Tuning` (and its cache file); the
+//! same for the two LayerNorm layouts at a model's width.
 //! What wins on a software rasteriser is not what wins on a discrete GPU, so
 //! nothing here assumes a winner. Timings come from GPU timestamps where the
 //! adapter has them, else (natively) from the wall clock around a wait; in a
@@ -12,7 +13,9 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::gpu::recorder::Timestamps;
 use crate::gpu::scope::ErrorScopes;
+use crate::gpu::recorder::Recorder;
 use crate::kernels::gemm::{self, half_weights, Class, Gemm, Precision, Variant, GEMV_ROWS};
+use crate::kernels::layernorm::{self, Layout};
 
 /// FLOPs of one timed GEMM: enough to dwarf a dispatch's fixed cost, small
 /// enough that a shape class tunes in well under a second on a software adapter.
@@ -54,8 +57,8 @@ impl Engine {
         self.cache.tuning.choices()
     }
 
-    /// Tunes the shape classes a model uses (many rows, and for a causal LM
-    /// also the few rows of a decode step).
+    /// Tunes the GEMM and LayerNorm classes a model uses (many rows, and for a
+    /// causal LM also the few rows of a decode step).
     pub(crate) async fn tune_model(&self, c: &Config, precision: Precision) -> Result<()> {
         let mut classes = Vec::new();
         for ([n, k], act, residual, linear) in gemm_uses(c) {
@@ -65,7 +68,15 @@ impl Engine {
                 classes.push(Class { mnk: [1, n, k], act, residual, half });
             }
         }
-        self.tune_gemms(&classes).await
+        self.tune_gemms(&classes).await?;
+        let timestamps = Timestamps::new(&self.ctx);
+        if self.cache.tuning.enabled() && (cfg!(not(target_arch = "wasm32")) || timestamps.is_some()) {
+            self.tune_layernorm(false, c.embed_dim, timestamps.as_ref()).await?;
+            if c.model == ModelKind::CausalLm {
+                self.tune_layernorm(true, c.embed_dim, timestamps.as_ref()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Times the candidates for each GEMM's class not tuned yet (shape
@@ -114,38 +125,73 @@ impl Engine {
     /// The fastest candidate on one `[m, n, k]` problem (zero-filled buffers).
     async fn time_candidates(&self, class: Class, candidates: &[Variant], timestamps: Option<&Timestamps>) -> Result<Option<(f64, Variant)>> {
         let [m, n, k] = class.mnk;
-        let buffer = |floats: usize| {
-            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("gemm tuning"),
-                size: (floats.max(4) * 4) as u64,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            })
-        };
-        let (a, w, bias, out, residual) = (buffer(m * k), buffer(n * k), buffer(n), buffer(m * n), buffer(m * n));
+        let (a, w, bias, out, residual) = (self.scratch(m * k), self.scratch(n * k), self.scratch(n), self.scratch(m * n), self.scratch(m * n));
         let g = Gemm::new(&a, &w, &bias, &out, [m, n, k]).act(class.act).residual(class.residual.then_some(&residual)).half_weights(class.half);
-        let mut best: Option<(f64, Variant)> = None;
-        for &variant in candidates {
+        let what = format!("gemm {m}x{n}x{k}");
+        self.fastest(&what, candidates, |v| v.name(), |rec, &v| gemm::record(rec, &g.variant(v)), timestamps).await
+    }
+
+    /// Times both LayerNorm layouts over rows of `dim` (a few rows, or many)
+    /// and keeps the faster, unless tuned already.
+    async fn tune_layernorm(&self, few: bool, dim: usize, timestamps: Option<&Timestamps>) -> Result<()> {
+        let rows = if few { 1 } else { (SAMPLE_FLOPS / 16 / dim.max(1)).clamp(64, 16384) };
+        let key = layernorm::class_key(rows, dim);
+        if self.cache.tuning.contains(&key) || dim == 0 {
+            return Ok(());
+        }
+        let (x, g, b, out) = (self.scratch(rows * dim), self.scratch(dim), self.scratch(dim), self.scratch(rows * dim));
+        let step = || layernorm::Step { x: &x, residual: None, norm: Some((&g, &b)), mask: None, out: &out };
+        let scope = ErrorScopes::push(&self.ctx);
+        let what = format!("layernorm {rows}x{dim}");
+        let timed = self.fastest(&what, &Layout::ALL, |l| l.name().into(), |rec, &l| layernorm::record_with(rec, step(), rows, dim, 1e-5, l), timestamps).await;
+        if let Some((_, layout)) = scope.close(&self.ctx, timed).await.unwrap_or(None) {
+            self.cache.tuning.set(&key, layout.name());
+        }
+        Ok(())
+    }
+
+    /// A zero-filled storage buffer of `floats` for timing.
+    fn scratch(&self, floats: usize) -> wgpu::Buffer {
+        self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tuning"),
+            size: (floats.max(4) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Times each candidate (a warm-up, then the best of [`RUNS`]) and returns the fastest.
+    async fn fastest<V: Copy>(
+        &self,
+        what: &str,
+        candidates: &[V],
+        name: impl Fn(&V) -> String,
+        record: impl Fn(&mut Recorder, &V),
+        timestamps: Option<&Timestamps>,
+    ) -> Result<Option<(f64, V)>> {
+        let mut best: Option<(f64, V)> = None;
+        for v in candidates {
             let mut fastest = f64::INFINITY;
             for run in 0..=RUNS {
-                let seconds = self.time_one(&g.variant(variant), timestamps).await?;
+                let seconds = self.time_one(|rec| record(rec, v), timestamps).await?;
                 if run > 0 {
                     fastest = fastest.min(seconds);
                 }
             }
-            log::info!("tuning gemm {m}x{n}x{k}: {} {:.3} ms", variant.name(), fastest * 1e3);
+            log::info!("tuning {what}: {} {:.3} ms", name(v), fastest * 1e3);
             if best.is_none_or(|(t, _)| fastest < t) {
-                best = Some((fastest, variant));
+                best = Some((fastest, *v));
             }
         }
         Ok(best)
     }
 
-    async fn time_one(&self, g: &Gemm<'_>, timestamps: Option<&Timestamps>) -> Result<f64> {
+    /// The time of one submission of what `record` records.
+    async fn time_one(&self, record: impl FnOnce(&mut Recorder), timestamps: Option<&Timestamps>) -> Result<f64> {
         #[cfg(not(target_arch = "wasm32"))]
         let start = std::time::Instant::now();
         let mut rec = self.recorder();
-        gemm::record(&mut rec, g);
+        record(&mut rec);
         match timestamps {
             Some(t) => {
                 rec.submit_timed(t);

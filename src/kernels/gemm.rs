@@ -201,11 +201,6 @@ pub fn spec(variant: Variant, m: usize, act: Option<Activation>, residual: bool,
     }
 }
 
-/// Changes whenever a GEMM shader does (tuned choices are kept per version).
-pub fn shader_version() -> u64 {
-    crate::gpu::tuning::shader_version(&[SOURCE, VEC4_SOURCE, VEC4_F16_SOURCE])
-}
-
 /// Every member of the family (the candidates of both shape classes).
 pub fn family() -> Vec<Variant> {
     let mut all = candidates([GEMV_ROWS + 1, 1, 4], false);

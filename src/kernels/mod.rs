@@ -22,3 +22,9 @@ pub fn all_variants() -> Vec<KernelSpec> {
     v.extend(softmax::variants());
     v
 }
+
+/// Changes whenever a shader whose variants `engine::tune` chooses between
+/// does (tuned choices are kept per version).
+pub fn tuned_shaders_version() -> u64 {
+    crate::gpu::tuning::shader_version(&[gemm::SOURCE, gemm::VEC4_SOURCE, gemm::VEC4_F16_SOURCE, layernorm::SOURCE])
+}
