@@ -36,7 +36,6 @@ override EMIT: bool = true;
 
 const WG: u32 = 64u;
 const MAX_L: u32 = 1024u;
-const LN2: f32 = 0.69314718055994531;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -48,18 +47,6 @@ const LN2: f32 = 0.69314718055994531;
 var<workgroup> w: array<f32, MAX_L>;   // pack weights, then attention weights
 var<workgroup> red: array<f32, WG>;
 var<workgroup> seq_len: u32;
-
-// ln(1 + 2^z) / ln 2 without overflow, accurate at both ends.
-fn softplus_ln2(z: f32) -> f32 {
-    let xz = z * LN2;
-    if (xz > 15.0) {
-        return z + exp(-xz) / LN2;
-    }
-    if (xz < -15.0) {
-        return exp(xz) / LN2;
-    }
-    return log(1.0 + exp(xz)) / LN2;
-}
 
 fn reduce_max(v: f32, tid: u32) -> f32 {
     red[tid] = v;

@@ -61,7 +61,6 @@ const MAX_DQ: u32 = 32u;
 const MAX_LQ: u32 = 32u;
 // vec4s of workgroup memory: 16 KiB, WebGPU's default limit.
 const POOL4: u32 = 1024u;
-const LN2: f32 = 0.69314718055994531;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -73,14 +72,6 @@ const LN2: f32 = 0.69314718055994531;
 // A [TILE, lq] | W [TILE, lq] (each row its thread's: Q Sk0^T, then e), in vec4s
 // of columns; padding columns zero. The last vec4 first carries the sequence length.
 var<workgroup> pool: array<vec4<f32>, POOL4>;
-
-// ln(1 + 2^z) / ln 2 without overflow, accurate at both ends (as in causal.wgsl).
-fn softplus_ln2(z: f32) -> f32 {
-    let xz = z * LN2;
-    let mid = log(1.0 + exp(min(xz, 15.0))) / LN2;
-    let ex = exp(-abs(xz)) / LN2;
-    return select(select(mid, ex, xz < -15.0), z + ex, xz > 15.0);
-}
 
 @compute @workgroup_size(WG, 1, 1)
 fn main(

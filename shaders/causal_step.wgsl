@@ -28,7 +28,6 @@ struct Params {
 
 const WG: u32 = 64u;
 const MAX_L: u32 = 1024u;
-const LN2: f32 = 0.69314718055994531;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -38,18 +37,6 @@ const LN2: f32 = 0.69314718055994531;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 
 var<workgroup> w: array<f32, MAX_L>;   // pack weights, then scores
-
-// ln(1 + 2^z) / ln 2 without overflow, accurate at both ends.
-fn softplus_ln2(z: f32) -> f32 {
-    let xz = z * LN2;
-    if (xz > 15.0) {
-        return z + exp(-xz) / LN2;
-    }
-    if (xz < -15.0) {
-        return exp(xz) / LN2;
-    }
-    return log(1.0 + exp(xz)) / LN2;
-}
 
 @compute @workgroup_size(WG, 1, 1)
 fn main(

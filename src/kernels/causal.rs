@@ -16,9 +16,9 @@
 use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
 
-pub const SOURCE: &str = include_str!("../../shaders/causal.wgsl");
-pub const CHUNK_SOURCE: &str = include_str!("../../shaders/causal_chunk.wgsl");
-pub const STEP_SOURCE: &str = include_str!("../../shaders/causal_step.wgsl");
+pub const SOURCE: &str = concat!(include_str!("../../shaders/softplus.wgsl"), include_str!("../../shaders/causal.wgsl"));
+pub const CHUNK_SOURCE: &str = concat!(include_str!("../../shaders/softplus.wgsl"), include_str!("../../shaders/causal_chunk.wgsl"));
+pub const STEP_SOURCE: &str = concat!(include_str!("../../shaders/softplus.wgsl"), include_str!("../../shaders/causal_step.wgsl"));
 pub const SCAN_SOURCE: &str = include_str!("../../shaders/causal_scan.wgsl");
 pub const LOGPROB_SOURCE: &str = include_str!("../../shaders/logprob.wgsl");
 /// Largest projection length the kernel's workgroup arrays hold.
