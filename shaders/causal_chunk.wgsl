@@ -70,7 +70,7 @@ const POOL4: u32 = 1024u;
 @group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;
 
 // A [TILE, lq] | W [TILE, lq] (each row its thread's: Q Sk0^T, then e), in vec4s
-// of columns; padding columns zero. The last vec4 first carries the sequence length.
+// of columns; padding columns zero.
 var<workgroup> pool: array<vec4<f32>, POOL4>;
 
 @compute @workgroup_size(WG, 1, 1)
@@ -98,10 +98,11 @@ fn main(
     let nb = (TILE + RB - 1u) / RB; // row blocks of a tile
     let ns = 2u * lq;              // state summers: (K or V) x 4 rows of l
 
-    if (tid == 0u) {
-        pool[POOL4 - 1u].x = bitcast<f32>(lengths[b]);
-    }
-    let len = bitcast<u32>(workgroupUniformLoad(&pool[POOL4 - 1u]).x);
+    // A read-only storage load at a workgroup-uniform index is uniform, so the
+    // barriers below stay in uniform control flow. (Passing the length through
+    // the float pool by bitcast, as this once did, makes a small length a
+    // subnormal float, which adapters that flush subnormals turn into 0.)
+    let len = lengths[b];
     let start = c * p.chunk;
     let stop = min(min(start + p.chunk, p.rows), len);
     // This thread's share of the tile's A^T K (tid < lq) or A^T V: rows 4 jb .. 4 jb + 3.

@@ -287,8 +287,17 @@ fn pass(rec: &mut Recorder, emit: bool, tile: Option<usize>, c: &Causal) {
 /// `carry` is left holding the state after each sequence's last valid token:
 /// a long sequence then runs segment by segment in memory that does not grow
 /// with its length, and a prompt leaves its decoder state there.
+///
+/// In the browser (wasm32) both passes are the token-by-token `causal.wgsl`
+/// for now: `causal_chunk.wgsl` is right natively (lavapipe, and SwiftShader's
+/// Vulkan driver through naga's SPIR-V) but in Chromium (WGSL through Tint to
+/// the same SwiftShader) its results are wrong, with no error reported: the
+/// same wrong values whatever was changed inside the shader, as if its
+/// dispatches wrote nothing. The cause is not found yet (docs/luna.md, "The
+/// parallel form: chunks").
 pub fn parallel(rec: &mut Recorder, c: &Causal) {
-    parallel_with(rec, c, tile(&c.shape).filter(|_| vec4_inputs(&c.inputs)));
+    let chunked = !cfg!(target_arch = "wasm32") && vec4_inputs(&c.inputs);
+    parallel_with(rec, c, tile(&c.shape).filter(|_| chunked));
 }
 
 /// [`parallel`] with the tile chosen by the caller (it must fit, and the
