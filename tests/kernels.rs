@@ -23,6 +23,42 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     compare::rel_err(got, want, 1, |_| true)
 }
 
+/// One GEMM on random data against the float64 reference (on the float32
+/// weights, also when `half` uploads them rounded to float16): the error
+/// relative to max(1, largest output).
+fn gemm_case(engine: &luna_wgpu::Engine, rng: &mut Rng, [m, n, k]: [usize; 3], act: Option<Activation>, residual: bool, variant: gemm::Variant, half: bool) -> f64 {
+    let lin = Linear { out: n, inp: k, weight: rng.fill(n * k, 1.0), bias: rng.fill(n, 1.0) };
+    let a = rng.fill(m * k, 1.0);
+    let r = rng.fill(m * n, 1.0);
+    let mut want = ops::linear(&to64(&a), m, &lin);
+    for (i, v) in want.iter_mut().enumerate() {
+        if let Some(act) = act {
+            *v = ops::activation(act, *v);
+        }
+        if residual {
+            *v += r[i] as f64;
+        }
+    }
+    let wb = if half {
+        let bits: Vec<u16> = lin.weight.iter().map(|&w| half::f16::from_f32(w).to_bits()).collect();
+        engine.upload("w", &bits).unwrap()
+    } else {
+        engine.upload("w", &lin.weight).unwrap()
+    };
+    let (ab, bb, rb) = (engine.upload("a", &a).unwrap(), engine.upload("b", &lin.bias).unwrap(), engine.upload("r", &r).unwrap());
+    let out = engine.upload("c", &vec![f32::NAN; m * n]).unwrap();
+    let mut rec = engine.recorder();
+    let g = Gemm::new(&ab.buffer, &wb.buffer, &bb.buffer, &out.buffer, [m, n, k])
+        .residual(residual.then_some(&rb.buffer))
+        .act(act)
+        .half_weights(half)
+        .variant(variant);
+    gemm::record(&mut rec, &g);
+    rec.submit();
+    let got = engine.read_blocking(&[(&out.buffer, m * n)]).unwrap().remove(0);
+    rel_err(&got, &want)
+}
+
 #[test]
 fn gemm_matches_reference() {
     let Some(engine) = common::engine() else { return };
@@ -39,32 +75,7 @@ fn gemm_matches_reference() {
         for variant in gemm::family().into_iter().filter(|v| v.fits([m, n, k], false)) {
             for act in [None, Some(Activation::Relu), Some(Activation::Gelu)] {
                 for residual in [false, true] {
-                    let lin = Linear { out: n, inp: k, weight: rng.fill(n * k, 1.0), bias: rng.fill(n, 1.0) };
-                    let a = rng.fill(m * k, 1.0);
-                    let r = rng.fill(m * n, 1.0);
-                    let mut want = ops::linear(&to64(&a), m, &lin);
-                    for (i, v) in want.iter_mut().enumerate() {
-                        if let Some(act) = act {
-                            *v = ops::activation(act, *v);
-                        }
-                        if residual {
-                            *v += r[i] as f64;
-                        }
-                    }
-                    let (ab, wb, bb, rb) = (
-                        engine.upload("a", &a).unwrap(),
-                        engine.upload("w", &lin.weight).unwrap(),
-                        engine.upload("b", &lin.bias).unwrap(),
-                        engine.upload("r", &r).unwrap(),
-                    );
-                    let out = engine.upload("c", &vec![f32::NAN; m * n]).unwrap();
-                    let mut rec = engine.recorder();
-                    let res = residual.then_some(&rb.buffer);
-                    let g = Gemm::new(&ab.buffer, &wb.buffer, &bb.buffer, &out.buffer, [m, n, k]).residual(res).act(act).variant(variant);
-                    gemm::record(&mut rec, &g);
-                    rec.submit();
-                    let got = engine.read_blocking(&[(&out.buffer, m * n)]).unwrap().remove(0);
-                    let e = rel_err(&got, &want);
+                    let e = gemm_case(&engine, &mut rng, [m, n, k], act, residual, variant, false);
                     let name = variant.name();
                     assert!(e < 1e-5, "gemm {name} {m}x{n}x{k} act {act:?} residual {residual}: error {e}");
                 }
@@ -88,36 +99,7 @@ fn gemm_half_weights_within_bound() {
     for &(m, n, k) in &[(1, 9, 4), (3, 70, 516), (70, 259, 8), (129, 33, 1028), (4, 300, 192)] {
         for variant in gemm::family().into_iter().filter(|v| v.fits([m, n, k], true)) {
             for (act, residual) in [(None, false), (Some(Activation::Gelu), false), (None, true)] {
-                let lin = Linear { out: n, inp: k, weight: rng.fill(n * k, 1.0), bias: rng.fill(n, 1.0) };
-                let a = rng.fill(m * k, 1.0);
-                let r = rng.fill(m * n, 1.0);
-                let mut want = ops::linear(&to64(&a), m, &lin);
-                for (i, v) in want.iter_mut().enumerate() {
-                    if let Some(act) = act {
-                        *v = ops::activation(act, *v);
-                    }
-                    if residual {
-                        *v += r[i] as f64;
-                    }
-                }
-                let bits: Vec<u16> = lin.weight.iter().map(|&w| half::f16::from_f32(w).to_bits()).collect();
-                let (ab, wb, bb, rb) = (
-                    engine.upload("a", &a).unwrap(),
-                    engine.upload("w", &bits).unwrap(),
-                    engine.upload("b", &lin.bias).unwrap(),
-                    engine.upload("r", &r).unwrap(),
-                );
-                let out = engine.upload("c", &vec![f32::NAN; m * n]).unwrap();
-                let mut rec = engine.recorder();
-                let g = Gemm::new(&ab.buffer, &wb.buffer, &bb.buffer, &out.buffer, [m, n, k])
-                    .residual(residual.then_some(&rb.buffer))
-                    .act(act)
-                    .half_weights(true)
-                    .variant(variant);
-                gemm::record(&mut rec, &g);
-                rec.submit();
-                let got = engine.read_blocking(&[(&out.buffer, m * n)]).unwrap().remove(0);
-                let e = rel_err(&got, &want);
+                let e = gemm_case(&engine, &mut rng, [m, n, k], act, residual, variant, true);
                 worst = worst.max(e);
                 assert!(e < 2e-3, "f16 gemm {} {m}x{n}x{k} act {act:?} residual {residual}: error {e}", variant.name());
                 // It is float16 that is read: the error is well above float32's.
