@@ -33,7 +33,7 @@
 # unpacking take seconds); a build on the machine adds its own time.
 #
 # How to run it on the GPU machine (no crates.io there: build here, carry the binaries).
-#   Here, once, in the repo root (the loader debs, as /work/.library/device/README.md says;
+#   Here, once, in the repo root (the Vulkan loader debs for the GPU machine, which has none;
 #   .gl/ and .gpubin/ are already in .git/info/exclude):
 #     mkdir -p .gl /tmp/amd64/partial
 #     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
