@@ -34,7 +34,7 @@
 #
 # How to run it on the GPU machine (no crates.io there: build here, carry the binaries).
 #   Here, once, in the repo root (the Vulkan loader debs for the GPU machine, which has none;
-#   .gl/ and .gpubin/ are already in .git/info/exclude):
+#   .gl/ and .gpubin/ are in .gitignore):
 #     mkdir -p .gl /tmp/amd64/partial
 #     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
 #     apt-get $o update; (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
