@@ -8,7 +8,9 @@
 // workgroups (more parallelism for the pack, and bounded loops per
 // invocation); their partial softmax states (max, sum, unnormalised output)
 // are merged by attention_combine.wgsl. With one split the output is written
-// directly. Within a range, keys are walked in chunks of WG:
+// directly. A sequence cut into row blocks (engine::encoder) runs one call per
+// block, each writing its splits at `first_split` among `all_splits`.
+// Within a range, keys are walked in chunks of WG:
 // each thread scores one key of the chunk, then every thread folds the chunk
 // into its own output columns (tid, tid + WG, ...), so V reads are coalesced.
 // Q, K, V are read through strides and column offsets, so fused projection
@@ -29,9 +31,12 @@ struct Params {
     o_stride: u32,
     total: u32,     // batch * heads * q_rows * splits workgroups
     scale: f32,
-    splits: u32,
+    splits: u32,    // splits of this call's keys
     keys_per_split: u32,
-    _pad: u32,
+    first_split: u32, // where this call's splits lie among all_splits (a sequence cut into row blocks)
+    all_splits: u32,  // partial states per query row; 1 = write the output directly
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const WG: u32 = 64u;
@@ -129,8 +134,8 @@ fn main(
         workgroupBarrier();
     }
 
-    if (p.splits > 1u) {
-        let base = id * (hd + 2u);
+    if (p.all_splits > 1u) {
+        let base = (row * p.all_splits + p.first_split + split) * (hd + 2u);
         if (tid == 0u) {
             partial[base] = m;
             partial[base + 1u] = l;

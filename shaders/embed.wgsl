@@ -1,4 +1,6 @@
 // Embedding gather:  out[row] = scale * table[ids[row]] + positions[pos[row]]  (positions optional),
+// or with ADD_OUT  out[row] = out[row] + scale * table[ids[row]]  (the host wrote
+// the row's sinusoid into out, so no position table lives on the GPU),
 // rows with a set mask written as zeros (optional; when a LayerNorm follows,
 // the LayerNorm kernel zeroes them instead).
 // Serves both X (token embeddings + fairseq-offset positions) and P
@@ -14,6 +16,7 @@ struct Params {
 
 override HAS_POS: bool = true;
 override ZERO_MASKED: bool = true;
+override ADD_OUT: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
@@ -48,6 +51,9 @@ fn main(
         var v = p.scale * table[t_base + c];
         if (HAS_POS) {
             v += pos_table[p_base + c];
+        }
+        if (ADD_OUT) {
+            v = out[base + c] + v;
         }
         out[base + c] = v;
     }

@@ -243,7 +243,9 @@ fn embed_matches_reference() {
     let pos: Vec<u32> = (0..rows).map(|_| rng.below(npos as u64) as u32).collect();
     let mask: Vec<u32> = (0..rows).map(|i| (i % 3 == 0) as u32).collect();
     let scale = 2.5f32;
-    for with_pos in [false, true] {
+    // Positions: none, gathered from a table, or already in `out` (written by the host).
+    for mode in 0..3 {
+        let with_pos = mode > 0;
         for masked in [false, true] {
             let mut want = vec![0.0f64; rows * d];
             for r in 0..rows {
@@ -260,14 +262,23 @@ fn embed_matches_reference() {
             }
             let b: Vec<_> = [&table, &pos_table].iter().map(|t| engine.upload("t", t).unwrap()).collect();
             let (ib, pb, mb) = (engine.upload("ids", &ids).unwrap(), engine.upload("pos", &pos).unwrap(), engine.upload("m", &mask).unwrap());
-            let out = engine.upload("out", &vec![f32::NAN; rows * d]).unwrap();
+            // In-out mode: `out` starts as each row's positional term; otherwise as NaN (all overwritten).
+            let start: Vec<f32> = match mode {
+                2 => (0..rows * d).map(|i| pos_table[pos[i / d] as usize * d + i % d]).collect(),
+                _ => vec![f32::NAN; rows * d],
+            };
+            let out = engine.upload("out", &start).unwrap();
             let mut rec = engine.recorder();
             embed::record(
                 &mut rec,
                 embed::Gather {
                     ids: &ib.buffer,
                     table: &b[0].buffer,
-                    positions: with_pos.then_some((&pb.buffer, &b[1].buffer)),
+                    positions: match mode {
+                        0 => embed::Positions::None,
+                        1 => embed::Positions::Table(Some((&pb.buffer, &b[1].buffer))),
+                        _ => embed::Positions::InOut,
+                    },
                     mask: masked.then_some(&mb.buffer),
                     out: &out.buffer,
                 },
@@ -277,7 +288,7 @@ fn embed_matches_reference() {
             );
             rec.submit();
             let got = engine.read_blocking(&[(&out.buffer, rows * d)]).unwrap().remove(0);
-            assert!(rel_err(&got, &want) < 1e-6, "embed pos {with_pos} mask {masked}");
+            assert!(rel_err(&got, &want) < 1e-6, "embed positions mode {mode} mask {masked}");
         }
     }
 }

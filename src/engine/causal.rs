@@ -182,7 +182,7 @@ impl<'a> Run<'a> {
 
         embed::record(
             rec,
-            embed::Gather { ids: &tok, table: &model.embed_tokens.buffer, positions: Some((&pos, self.pos_table)), mask: None, out: &s.x },
+            embed::Gather { ids: &tok, table: &model.embed_tokens.buffer, positions: embed::Positions::Table(Some((&pos, self.pos_table))), mask: None, out: &s.x },
             rows,
             d,
             c.embed_scale as f32,

@@ -1,22 +1,57 @@
 //! The Luna encoder on the GPU (docs/luna.md, "The encoder layer" and "The
-//! encoder"): embedding and P, then per layer one GEMM for `[Q | Kp | Vp]`,
-//! one for the pack queries, the pack attention (P reads the sequence), one
-//! GEMM for the unpack K/V, the unpack attention (every token reads the packed
-//! rows), P's LayerNorm and the shared layer tail. The whole pass is recorded
-//! as one submission; no `[l', n]` or `[n, l']` score matrix is ever stored.
+//! encoder"): embedding and P, then per layer the pack queries, the pack's
+//! K/V and the pack attention (P reads the sequence), the unpack K/V, the
+//! unpack's queries and attention (every token reads the packed rows), P's
+//! LayerNorm and the layer tail. No `[l', n]` or `[n, l']` score matrix is
+//! ever stored.
+//!
+//! Memory follows the activations themselves (docs/ARCHITECTURE.md, "Memory"):
+//! a long sequence runs in row blocks. Each block keeps its own layer input
+//! `x` (one buffer per block, so no buffer grows past a binding however long
+//! the sequence); everything else a layer needs per token lives in one
+//! block's scratch (`engine::tail::Block`), reused block after block. Per
+//! layer, every block first computes its pack K/V and writes the pack's
+//! partial softmax states over its keys; one merge gives the packed rows;
+//! then every block runs its unpack and tail. The pack over the whole
+//! sequence is therefore exact, and a block costs no recomputation (pre-norm
+//! layers redo one LayerNorm). A batch runs as groups of whole sequences, one
+//! submission each ([`Cut`]).
 
 use crate::config::Config;
 use crate::engine::context::Engine;
-use crate::engine::tail::{Dims, Scratch};
+use crate::engine::tail::{Block, Dims};
 use crate::engine::weights::{GpuModel, GpuNorm};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers;
 use crate::gpu::recorder::{Recorder, Timestamps};
 use crate::gpu::scope::ErrorScopes;
 use crate::input::{Batch, EncoderOutput};
-use crate::kernels::attention::{self, Attention, Shape, View};
+use crate::kernels::attention::{self, Attention, Part, Shape, View};
 use crate::kernels::gemm;
 use crate::kernels::{embed, layernorm, softmax};
+use crate::math;
+
+/// Rows a block keeps at least when a sequence is cut for memory's sake.
+const MIN_BLOCK: usize = 512;
+/// A sequence long enough is cut into at least this many blocks, so that the
+/// block scratch costs a fraction of the layer input.
+const MIN_BLOCKS: usize = 4;
+
+/// How an encoder call is cut: groups of `seqs` whole sequences, each group
+/// one submission; a group of one long sequence runs in blocks of
+/// `block_rows` rows (a group of several is one block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    pub seqs: usize,
+    pub block_rows: usize,
+}
+
+/// One group's recorded pass: the buffers holding `x` (one per block, with its
+/// rows) and `p`.
+struct GroupOut {
+    x: Vec<(wgpu::Buffer, usize)>,
+    p: wgpu::Buffer,
+}
 
 impl Engine {
     /// Runs the encoder on a batch (asynchronous; nothing blocks on the web).
@@ -30,12 +65,21 @@ impl Engine {
         batch.check_for(&model.config)?;
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
-            let (x, p) = self.record_encoder(model, batch, None)?;
-            let (nx, np) = (batch.batch * batch.len, batch.batch * batch.proj_len);
+            let cut = self.encoder_cut(&model.config, batch)?;
+            self.check_sizes(&model.config, batch, cut)?;
             let d = model.config.embed_dim;
-            let mut v = buffers::read_f32(&self.ctx, &[(&x, nx * d), (&p, np * d)]).await?;
-            let p = v.pop().expect("two buffers read");
-            let x = v.pop().expect("two buffers read");
+            let (mut x, mut p) = (Vec::new(), Vec::new());
+            for seq0 in (0..batch.batch).step_by(cut.seqs) {
+                let seqs = cut.seqs.min(batch.batch - seq0);
+                let out = self.record_group(model, batch, seq0, seqs, cut, None)?;
+                let mut sources: Vec<(&wgpu::Buffer, usize)> = out.x.iter().map(|(b, rows)| (b, rows * d)).collect();
+                sources.push((&out.p, seqs * batch.proj_len * d));
+                let mut v = buffers::read_f32(&self.ctx, &sources).await?;
+                p.extend(v.pop().expect("p is read last"));
+                for part in v {
+                    x.extend(part);
+                }
+            }
             Ok(EncoderOutput { batch: batch.batch, len: batch.len, proj_len: batch.proj_len, dim: d, x, p })
         }
         .await;
@@ -48,8 +92,19 @@ impl Engine {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn time_encoder(&mut self, model: &GpuModel, batch: &Batch) -> Result<f64> {
         batch.check_for(&model.config)?;
-        let timestamps = Timestamps::new(&self.ctx);
-        self.time_submission(|e| e.record_encoder(model, batch, timestamps.as_ref()).map(|_| ()), timestamps.as_ref())
+        let cut = self.encoder_cut(&model.config, batch)?;
+        self.check_sizes(&model.config, batch, cut)?;
+        // GPU timestamps cover one submission; several groups take the wall clock.
+        let timestamps = if cut.seqs >= batch.batch { Timestamps::new(&self.ctx) } else { None };
+        self.time_submission(
+            |e| {
+                for seq0 in (0..batch.batch).step_by(cut.seqs) {
+                    e.record_group(model, batch, seq0, cut.seqs.min(batch.batch - seq0), cut, timestamps.as_ref())?;
+                }
+                Ok(())
+            },
+            timestamps.as_ref(),
+        )
     }
 
     /// Blocking form of [`Engine::encode`] for native callers.
@@ -58,45 +113,102 @@ impl Engine {
         pollster::block_on(self.encode(model, batch))
     }
 
-    /// Checks every buffer against the device before any GPU work is recorded.
-    fn check_sizes(&self, c: &Config, batch: &Batch) -> Result<()> {
-        let (token_rows, packed_rows) = ((batch.batch * batch.len) as u64, (batch.batch * batch.proj_len) as u64);
-        let d = c.embed_dim as u64;
-        let kv = if c.tie_kv { d } else { 2 * d };
+    /// How a batch is cut into groups and row blocks (see [`Cut`]): blocks of a
+    /// quarter of the sequence (at least 512 rows), within the rows per
+    /// segment ([`Engine::set_segment_rows`]), one binding and one dispatch;
+    /// sequences that fit one block share a group.
+    pub fn encoder_cut(&self, c: &Config, batch: &Batch) -> Result<Cut> {
+        let d = c.embed_dim;
+        let widest = [d, kv_width(c), c.ffn_embed_dim].into_iter().max().unwrap_or(1);
+        let fit_binding = (self.ctx.max_binding() / (widest as u64 * 4)) as usize;
+        let fit_dispatch = self.ctx.limits.max_compute_workgroups_per_dimension as usize * 64;
+        let cap = self.segment.min(fit_binding).min(fit_dispatch) / 64 * 64;
+        if cap == 0 {
+            return Err(LunaError::TooLarge { what: format!("one token row of a {widest}-float layer buffer, times 64"), needed: widest as u64 * 4 * 64, limit: self.ctx.max_binding() });
+        }
+        let n = batch.len;
+        let block = (n.div_ceil(MIN_BLOCKS).div_ceil(64) * 64).max(MIN_BLOCK).min(cap);
+        Ok(if block >= n { Cut { seqs: (cap / n).clamp(1, batch.batch), block_rows: n } } else { Cut { seqs: 1, block_rows: block } })
+    }
+
+    /// Checks every buffer of a cut against the device before any GPU work is recorded.
+    fn check_sizes(&self, c: &Config, batch: &Batch, cut: Cut) -> Result<()> {
+        let rows = if cut.block_rows < batch.len { cut.block_rows } else { cut.seqs * batch.len } as u64;
+        let packed_rows = (cut.seqs * batch.proj_len) as u64;
+        let (d, f) = (c.embed_dim as u64, 4u64);
+        let (pack, unpack) = shapes(c, batch, cut.seqs);
+        let all_splits = Part::cut(&pack, cut.block_rows).first().map_or(1, |(_, p)| p.all_splits);
+        let unpack_rows = Shape { q_rows: cut.block_rows.min(batch.len), ..unpack };
         for (what, bytes) in [
-            ("the fused q/k/v projections", token_rows * (d + kv) * 4),
-            ("the feed-forward hidden layer", token_rows * c.ffn_embed_dim as u64 * 4),
-            ("the sequence activations", token_rows * d * 4),
-            ("the packed activations", packed_rows * kv * 4),
-            ("the position table", (batch.max_position() as u64 + 1).next_power_of_two() * d * 4),
+            ("a block of the sequence activations", rows * d * f),
+            ("a block of the pack's keys and values", rows * kv_width(c) as u64 * f),
+            ("a block of the feed-forward hidden layer", rows * c.ffn_embed_dim as u64 * f),
+            ("the packed keys and values", packed_rows * kv_width(c) as u64 * f),
+            ("the pack's partial results", Part::scratch_floats(&pack, all_splits) as u64 * f),
+            ("the unpack's scratch", unpack_scratch(c, &unpack_rows) as u64 * f),
         ] {
             buffers::check_binding(&self.ctx, what, bytes)?;
         }
-        buffers::check_dispatch_rows(&self.ctx, token_rows)?;
+        buffers::check_dispatch_rows(&self.ctx, rows)?;
         Ok(())
     }
 
-    /// Records and submits the whole forward pass; returns the buffers holding `x` and `p`.
-    fn record_encoder(&mut self, model: &GpuModel, batch: &Batch, timestamps: Option<&Timestamps>) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    /// Records and submits the whole pass over sequences `seq0..seq0 + seqs`
+    /// of `batch`; returns where `x` and `p` lie.
+    fn record_group(&mut self, model: &GpuModel, batch: &Batch, seq0: usize, seqs: usize, cut: Cut, timestamps: Option<&Timestamps>) -> Result<GroupOut> {
         let c = &model.config;
-        self.check_sizes(c, batch)?;
-        let (bsz, n, proj_len, d) = (batch.batch, batch.len, batch.proj_len, c.embed_dim);
-        let (token_rows, packed_rows) = (bsz * n, bsz * proj_len);
-        let pack_kv = if c.tie_kv { d } else { 2 * d };
-        let wx = d + pack_kv;
-        let kvw = pack_kv;
+        let (n, proj_len, d) = (batch.len, batch.proj_len, c.embed_dim);
+        // Row blocks `(first row, rows)` of the group's token rows.
+        let blocks: Vec<(usize, usize)> =
+            if cut.block_rows < n { (0..n).step_by(cut.block_rows).map(|s| (s, (n - s).min(cut.block_rows))).collect() } else { vec![(0, seqs * n)] };
+        let rows_cap = blocks.iter().map(|b| b.1).max().unwrap_or(1);
+        let (row0, packed_rows) = (seq0 * n, seqs * proj_len);
+        let (pack_kvw, kvw) = (kv_width(c), kv_width(c));
+        let pre = c.normalize_before;
         let eps = c.layer_norm_eps as f32;
-        let pos_table = self.token_positions(model, batch.max_position() + 1)?;
+        let (pack_shape, unpack_shape) = shapes(c, batch, seqs);
+        let parts = Part::cut(&pack_shape, if blocks.len() > 1 { cut.block_rows } else { n });
+        let all_splits = parts[0].1.all_splits;
+        let unpack_flash = unpack_shape.head_dim <= softmax::MAX_HEAD_DIM;
+        let block_unpack = |rows: usize| if blocks.len() > 1 { Shape { q_rows: rows, ..unpack_shape } } else { unpack_shape };
 
         let ctx = &self.ctx;
         let ws = &mut self.workspace;
-        let pre = c.normalize_before;
-        let dims = Dims { rows: token_rows, d, ffn: c.ffn_embed_dim, proj_width: wx, pre_norm: pre, act: c.activation, eps };
-        let mut s = Scratch::get(ws, ctx, &self.dummy.buffer, dims);
+        let dims = Dims { rows: rows_cap, d, ffn: c.ffn_embed_dim, proj_width: pack_kvw, pre_norm: pre, act: c.activation, eps };
+        let blk = Block::get(ws, ctx, dims);
+        // Per block: its layer input x, tokens, padding mask (and learned positions).
+        for name in ["x", "tokens", "x_mask", "positions"] {
+            ws.drop_from(ctx, name, blocks.len());
+        }
+        let q = &ctx.queue;
+        let as_u32 = |m: &[bool]| m.iter().map(|&b| b as u32).collect::<Vec<u32>>();
+        let mut xs = Vec::new();
+        for (i, &(s, rows)) in blocks.iter().enumerate() {
+            let range = row0 + s..row0 + s + rows;
+            let x = ws.get_nth(ctx, "x", i, (rows * d) as u64 * 4);
+            let tok = ws.get_nth(ctx, "tokens", i, rows as u64 * 4);
+            let mask = ws.get_nth(ctx, "x_mask", i, rows as u64 * 4);
+            q.write_buffer(&tok, 0, bytemuck::cast_slice(&batch.tokens[range.clone()]));
+            q.write_buffer(&mask, 0, bytemuck::cast_slice(&as_u32(&batch.x_mask[range.clone()])));
+            let pos = match &model.embed_positions {
+                Some(_) => {
+                    let pos = ws.get_nth(ctx, "positions", i, rows as u64 * 4);
+                    q.write_buffer(&pos, 0, bytemuck::cast_slice(&batch.positions[range]));
+                    Some(pos)
+                }
+                None => {
+                    // The sinusoid rows go straight into x; the embedding adds to them.
+                    let mut rows_f32 = Vec::with_capacity(rows * d);
+                    for &t in &batch.positions[range] {
+                        rows_f32.extend(math::token_sinusoid_row(t as usize, c.padding_idx, d).iter().map(|&v| v as f32));
+                    }
+                    q.write_buffer(&x, 0, bytemuck::cast_slice(&rows_f32));
+                    None
+                }
+            };
+            xs.push((x, tok, mask, pos, rows));
+        }
         let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, floats as u64 * 4);
-        let tok = get("tokens", token_rows);
-        let pos = get("positions", token_rows);
-        let xmask = get("x_mask", token_rows);
         let pmask = get("p_mask", packed_rows);
         let pids = get("p_ids", packed_rows);
         let mut p = get("p0", packed_rows * d);
@@ -105,46 +217,36 @@ impl Engine {
         let qp = get("qp", packed_rows * d);
         let yp = get("yp", packed_rows * d);
         let kv = get("kv", packed_rows * kvw);
-        let (dp, dh) = (c.pack_head_dim(), c.head_dim());
-        let pack_shape = Shape { batch: bsz, q_rows: proj_len, k_rows: n, heads: c.num_pheads, head_dim: dp, scale: (dp as f32).powf(-0.5) };
-        let unpack_shape = Shape { batch: bsz, q_rows: n, k_rows: proj_len, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) };
-        let unpack_flash = dh <= softmax::MAX_HEAD_DIM;
-        let unpack_scratch = if unpack_flash { unpack_shape.flash_state_floats() } else { unpack_shape.scratch_floats() };
-        let partial = get("attn_partial", pack_shape.scratch_floats().max(unpack_scratch));
-
-        let q = &ctx.queue;
-        let as_u32 = |m: &[bool]| m.iter().map(|&b| b as u32).collect::<Vec<u32>>();
-        q.write_buffer(&tok, 0, bytemuck::cast_slice(&batch.tokens));
-        q.write_buffer(&pos, 0, bytemuck::cast_slice(&batch.positions));
-        q.write_buffer(&xmask, 0, bytemuck::cast_slice(&as_u32(&batch.x_mask)));
-        q.write_buffer(&pmask, 0, bytemuck::cast_slice(&as_u32(&batch.p_mask)));
-        let p_ids: Vec<u32> = (0..bsz).flat_map(|_| 0..proj_len as u32).collect();
+        let partial = get("attn_partial", Part::scratch_floats(&pack_shape, all_splits).max(unpack_scratch(c, &block_unpack(rows_cap))));
+        q.write_buffer(&pmask, 0, bytemuck::cast_slice(&as_u32(&batch.p_mask[seq0 * proj_len..(seq0 + seqs) * proj_len])));
+        let p_ids: Vec<u32> = (0..seqs).flat_map(|_| 0..proj_len as u32).collect();
         q.write_buffer(&pids, 0, bytemuck::cast_slice(&p_ids));
 
         let mut rec = Recorder::new(ctx, &self.cache, &self.dummy.buffer);
         let scale = c.embed_scale as f32;
         let ln_emb = model.emb_norms.as_ref();
-        // X: tokens + positions; masked rows zeroed here, or after the embedding LayerNorm.
-        embed::record(
-            &mut rec,
-            embed::Gather {
-                ids: &tok,
-                table: &model.embed_tokens.buffer,
-                positions: Some((&pos, &pos_table)),
-                mask: if ln_emb.is_some() { None } else { Some(&xmask) },
-                out: &s.x,
-            },
-            token_rows,
-            d,
-            scale,
-        );
+        // X: tokens + positions; masked rows zeroed here, or by the embedding LayerNorm.
+        for (x, tok, mask, pos, rows) in &xs {
+            let positions = match (pos, &model.embed_positions) {
+                (Some(pos), Some(table)) => embed::Positions::Table(Some((pos, &table.buffer))),
+                _ => embed::Positions::InOut,
+            };
+            let gather = embed::Gather { ids: tok, table: &model.embed_tokens.buffer, positions, mask: if ln_emb.is_some() { None } else { Some(mask) }, out: x };
+            embed::record(&mut rec, gather, *rows, d, scale);
+            if let Some((nx, _)) = ln_emb {
+                blk.record_norm(&mut rec, nx, Some(mask), x, *rows);
+            }
+        }
         // P: projected embeddings rows 0..l' (+ unoffset sinusoids).
         embed::record(
             &mut rec,
             embed::Gather {
                 ids: &pids,
                 table: &model.projected_embeddings.buffer,
-                positions: model.proj_positions.as_ref().map(|t| (&pids, &t.buffer)),
+                positions: match &model.proj_positions {
+                    Some(t) => embed::Positions::Table(Some((&pids, &t.buffer))),
+                    None => embed::Positions::None,
+                },
                 mask: if ln_emb.is_some() { None } else { Some(&pmask) },
                 out: &p,
             },
@@ -155,62 +257,71 @@ impl Engine {
         let ln = |rec: &mut Recorder, x: &wgpu::Buffer, r: Option<&wgpu::Buffer>, g: Option<&GpuNorm>, mask, out: &wgpu::Buffer, rows| {
             layernorm::record(rec, layernorm::Step { x, residual: r, norm: g.and_then(GpuNorm::pair), mask, out }, rows, d, eps)
         };
-        if let Some((nx, np)) = ln_emb {
-            ln(&mut rec, &s.x, None, Some(nx), Some(&xmask), &s.x_alt, token_rows);
+        if let Some((_, np)) = ln_emb {
             ln(&mut rec, &p, None, Some(np), Some(&pmask), &p_alt, packed_rows);
-            std::mem::swap(&mut s.x, &mut s.x_alt);
             std::mem::swap(&mut p, &mut p_alt);
         }
 
         for i in 0..c.num_layers {
             let l = model.layer(i);
-            // Inputs of the attention: X and P, or their LayerNorms (pre-norm).
-            let ax = s.attention_input(&mut rec, &l.block);
             let ap = if pre {
                 ln(&mut rec, &p, None, Some(&l.ln_proj), None, &pn, packed_rows);
                 &pn
             } else {
                 &p
             };
-            gemm::record(&mut rec, &l.x_proj.gemm(ax, &s.proj, token_rows));
             gemm::record(&mut rec, &l.pq_proj.gemm(ap, &qp, packed_rows));
-            // Pack: P rows read the whole sequence (Hp heads, padding masked).
-            let v_pack = if c.tie_kv { d } else { 2 * d };
-            attention::record(&mut rec, &Attention {
-                q: View { buffer: &qp, stride: d, offset: 0 },
-                k: View { buffer: &s.proj, stride: wx, offset: d },
-                v: View { buffer: &s.proj, stride: wx, offset: v_pack },
-                key_mask: &xmask,
-                out: &yp,
-                out_stride: d,
-                shape: pack_shape,
-                scratch: &partial,
-            });
+            // Pack: P rows read the whole sequence (Hp heads, padding masked), block by block.
+            for ((x, _, mask, _, rows), (_, part)) in xs.iter().zip(&parts) {
+                let input = blk.attention_input(&mut rec, x, &l.block, *rows);
+                gemm::record(&mut rec, &l.pack_kv.gemm(input, &blk.w, *rows));
+                let shape = if blocks.len() > 1 { Shape { k_rows: *rows, ..pack_shape } } else { pack_shape };
+                attention::record_part(&mut rec, &Attention {
+                    q: View { buffer: &qp, stride: d, offset: 0 },
+                    k: View { buffer: &blk.w, stride: pack_kvw, offset: 0 },
+                    v: View { buffer: &blk.w, stride: pack_kvw, offset: if c.tie_kv { 0 } else { d } },
+                    key_mask: mask,
+                    out: &yp,
+                    out_stride: d,
+                    shape,
+                    scratch: &partial,
+                }, *part);
+            }
+            if all_splits > 1 {
+                attention::record_combine(&mut rec, pack_shape, all_splits, &partial, &yp, d);
+            }
             // Unpack: every token reads the packed rows (H heads, masked P rows excluded).
             gemm::record(&mut rec, &l.kv_proj.gemm(&yp, &kv, packed_rows));
-            let unpack = Attention {
-                q: View { buffer: &s.proj, stride: wx, offset: 0 },
-                k: View { buffer: &kv, stride: kvw, offset: 0 },
-                v: View { buffer: &kv, stride: kvw, offset: if c.tie_kv { 0 } else { d } },
-                key_mask: &pmask,
-                out: &s.o,
-                out_stride: d,
-                shape: unpack_shape,
-                scratch: &partial,
-            };
-            if unpack_flash {
-                // Many queries over few keys: the tiled kernel stages the packed K/V once per query tile.
-                softmax::record_flash(&mut rec, &unpack)?;
-            } else {
-                attention::record(&mut rec, &unpack);
+            for (x, _, _, _, rows) in &xs {
+                // Pre-norm: LN(x) is still in the block scratch when there is one block.
+                let input = if pre && blocks.len() == 1 { &blk.b } else { blk.attention_input(&mut rec, x, &l.block, *rows) };
+                gemm::record(&mut rec, &l.q_proj.gemm(input, blk.queries(), *rows));
+                let unpack = Attention {
+                    q: View { buffer: blk.queries(), stride: d, offset: 0 },
+                    k: View { buffer: &kv, stride: kvw, offset: 0 },
+                    v: View { buffer: &kv, stride: kvw, offset: if c.tie_kv { 0 } else { d } },
+                    key_mask: &pmask,
+                    out: blk.attention_output(),
+                    out_stride: d,
+                    shape: block_unpack(*rows),
+                    scratch: &partial,
+                };
+                if unpack_flash {
+                    // Many queries over few keys: the tiled kernel stages the packed K/V once per query tile.
+                    softmax::record_flash(&mut rec, &unpack)?;
+                } else {
+                    attention::record(&mut rec, &unpack);
+                }
+                blk.record_tail(&mut rec, &l.block, x, *rows);
             }
-            // P = LN(P + Yp) (post-norm) or P + Yp (pre-norm); then X's output projection and FFN.
+            // P = LN(P + Yp) (post-norm) or P + Yp (pre-norm).
             ln(&mut rec, &p, Some(&yp), if pre { None } else { Some(&l.ln_proj) }, None, &p_alt, packed_rows);
             std::mem::swap(&mut p, &mut p_alt);
-            s.record_tail(&mut rec, &l.block);
         }
         if let Some((nx, np)) = &model.final_norms {
-            s.record_norm(&mut rec, nx);
+            for (x, _, _, _, rows) in &xs {
+                blk.record_norm(&mut rec, nx, None, x, *rows);
+            }
             ln(&mut rec, &p, None, Some(np), None, &p_alt, packed_rows);
             std::mem::swap(&mut p, &mut p_alt);
         }
@@ -218,6 +329,25 @@ impl Engine {
             Some(t) => rec.submit_timed(t),
             None => rec.submit(),
         }
-        Ok((s.x, p))
+        Ok(GroupOut { x: xs.into_iter().map(|(x, _, _, _, rows)| (x, rows)).collect(), p })
     }
+}
+
+/// Columns of the pack's and the unpack's K/V projections (`[k | v]`, or one block when tied).
+fn kv_width(c: &Config) -> usize {
+    if c.tie_kv { c.embed_dim } else { 2 * c.embed_dim }
+}
+
+/// The attention shapes of a group of `seqs` whole sequences: the pack (a
+/// block's call has its own `k_rows`) and the unpack.
+fn shapes(c: &Config, batch: &Batch, seqs: usize) -> (Shape, Shape) {
+    let (dp, dh) = (c.pack_head_dim(), c.head_dim());
+    let pack = Shape { batch: seqs, q_rows: batch.proj_len, k_rows: batch.len, heads: c.num_pheads, head_dim: dp, scale: (dp as f32).powf(-0.5) };
+    let unpack = Shape { batch: seqs, q_rows: batch.len, k_rows: batch.proj_len, heads: c.num_heads, head_dim: dh, scale: (dh as f32).powf(-0.5) };
+    (pack, unpack)
+}
+
+/// Floats of scratch the unpack of `shape` needs.
+fn unpack_scratch(c: &Config, shape: &Shape) -> usize {
+    if c.head_dim() <= softmax::MAX_HEAD_DIM { shape.flash_state_floats() } else { shape.scratch_floats() }
 }

@@ -58,7 +58,8 @@ impl Engine {
 
     /// Sets the most tokens per segment when one long document is scored
     /// segment by segment (16,384 by default; rounded down to a multiple of
-    /// the chunk). Results do not depend on it beyond rounding.
+    /// the chunk), and the most rows per block or group of the encoder
+    /// (rounded down to a multiple of 64). Results do not depend on it beyond rounding.
     pub fn set_segment_rows(&mut self, rows: usize) -> Result<()> {
         if rows == 0 {
             return Err(LunaError::Input("a segment holds at least one token".into()));

@@ -101,3 +101,85 @@ impl Scratch {
         std::mem::swap(&mut self.x, &mut self.x_alt);
     }
 }
+
+/// The scratch of one row block of the Luna encoder (`engine::encoder`),
+/// reused by liveness so that a token costs the layer's input `x` (held by
+/// the caller, one buffer per block) plus this block's share:
+///
+/// - `b` `[rows, d]`: `LN(x)` (pre-norm); the unpack's queries (post-norm) or
+///   output (pre-norm); the output projection; the FFN output;
+/// - `w` `[rows, max(width, d)]`: the pack's K/V; then the unpack's output
+///   (post-norm) or queries (pre-norm); then the layer's midpoint;
+/// - `h` `[rows, ffn]`: the FFN hidden layer.
+///
+/// The layer's result lands back in `x`.
+pub(crate) struct Block {
+    pub b: wgpu::Buffer,
+    pub w: wgpu::Buffer,
+    h: wgpu::Buffer,
+    dims: Dims,
+}
+
+impl Block {
+    /// Scratch for blocks of at most `dims.rows` rows; `dims.proj_width` is the pack's K/V width.
+    pub(crate) fn get(ws: &mut Workspace, ctx: &GpuContext, dims: Dims) -> Block {
+        let rows = dims.rows as u64;
+        let mut get = |name: &'static str, floats: usize| ws.get(ctx, name, rows * floats as u64 * 4);
+        Block { b: get("block_b", dims.d), w: get("block_w", dims.proj_width.max(dims.d)), h: get("block_ffn", dims.ffn), dims }
+    }
+
+    /// Where the unpack reads its queries (`[rows, d]`).
+    pub(crate) fn queries(&self) -> &wgpu::Buffer {
+        if self.dims.pre_norm { &self.w } else { &self.b }
+    }
+
+    /// Where the unpack writes its output (`[rows, d]`), as [`Block::record_tail`] reads it.
+    pub(crate) fn attention_output(&self) -> &wgpu::Buffer {
+        if self.dims.pre_norm { &self.b } else { &self.w }
+    }
+
+    fn ln(&self, rec: &mut Recorder, x: &wgpu::Buffer, residual: Option<&wgpu::Buffer>, g: &GpuNorm, out: &wgpu::Buffer, rows: usize) {
+        let d = &self.dims;
+        layernorm::record(rec, layernorm::Step { x, residual, norm: g.pair(), mask: None, out }, rows, d.d, d.eps);
+    }
+
+    /// Records the attention input of block `x`: `LN(x)` into `b` (pre-norm), or `x` itself.
+    pub(crate) fn attention_input<'s>(&'s self, rec: &mut Recorder, x: &'s wgpu::Buffer, block: &GpuBlock, rows: usize) -> &'s wgpu::Buffer {
+        if self.dims.pre_norm {
+            self.ln(rec, x, None, &block.ln_attn, &self.b, rows);
+            &self.b
+        } else {
+            x
+        }
+    }
+
+    /// Records the rest of the layer once the unpack has written
+    /// [`Block::attention_output`], leaving the result in `x`:
+    /// post-norm `x = LN(x + out(o)); x = LN(x + fc2(act(fc1(x))))`,
+    /// pre-norm `x = x + out(o); x = x + fc2(act(fc1(LN(x))))`.
+    pub(crate) fn record_tail(&self, rec: &mut Recorder, blk: &GpuBlock, x: &wgpu::Buffer, rows: usize) {
+        let act = Some(self.dims.act);
+        let (b, w, h) = (&self.b, &self.w, &self.h);
+        if self.dims.pre_norm {
+            // o in b; x1 = x + out(o) in w; LN(x1) in b; x = x1 + fc2(act(fc1(LN(x1)))).
+            gemm::record(rec, &blk.out_proj.gemm(b, w, rows).residual(Some(x)));
+            self.ln(rec, w, None, &blk.ln_final, b, rows);
+            gemm::record(rec, &blk.fc1.gemm(b, h, rows).act(act));
+            gemm::record(rec, &blk.fc2.gemm(h, x, rows).residual(Some(w)));
+        } else {
+            // o in w; out(o) in b; x1 = LN(x + out(o)) in w; fc2(act(fc1(x1))) in b; x = LN(x1 + that).
+            gemm::record(rec, &blk.out_proj.gemm(w, b, rows));
+            self.ln(rec, x, Some(b), &blk.ln_attn, w, rows);
+            gemm::record(rec, &blk.fc1.gemm(w, h, rows).act(act));
+            gemm::record(rec, &blk.fc2.gemm(h, b, rows));
+            self.ln(rec, w, Some(b), &blk.ln_final, x, rows);
+        }
+    }
+
+    /// Records `x = LN(x)` (through `b`; a final or embedding LayerNorm, `mask` rows zeroed).
+    pub(crate) fn record_norm(&self, rec: &mut Recorder, g: &GpuNorm, mask: Option<&wgpu::Buffer>, x: &wgpu::Buffer, rows: usize) {
+        let d = &self.dims;
+        layernorm::record(rec, layernorm::Step { x, residual: None, norm: g.pair(), mask, out: &self.b }, rows, d.d, d.eps);
+        rec.copy(&self.b, 0, x, 0, rows * d.d);
+    }
+}

@@ -38,7 +38,7 @@ fn gemm_uses(c: &Config) -> Vec<GemmUse> {
     if c.model == ModelKind::CausalLm {
         v.extend([([causal_columns(c).4, d], None, false, true), ([c.vocab_size, d], None, false, false)]);
     } else {
-        v.extend([([d + kvw, d], None, false, true), ([d, d], None, false, true), ([kvw, d], None, false, true)]);
+        v.extend([([d, d], None, false, true), ([kvw, d], None, false, true)]);
     }
     v.sort_unstable_by_key(|u| format!("{u:?}"));
     v.dedup();

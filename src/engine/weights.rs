@@ -57,8 +57,10 @@ pub(crate) struct GpuBlock {
 
 /// One encoder layer.
 pub(crate) struct GpuLayer {
-    /// `[q_proj; pack k; pack v]` stacked (pack k = v when tied): X is read once for all three.
-    pub(crate) x_proj: GpuLinear,
+    /// `q_proj` of the unpack: run after the pack, when the pack's K/V are dead.
+    pub(crate) q_proj: GpuLinear,
+    /// `[k; v]` of the pack stacked (one block when tied).
+    pub(crate) pack_kv: GpuLinear,
     pub(crate) pq_proj: GpuLinear,
     /// `[k; v]` of the unpack (one block when tied).
     pub(crate) kv_proj: GpuLinear,
@@ -214,13 +216,13 @@ impl Engine {
         let causal = if c.model == ModelKind::CausalLm { Some(self.upload_causal(model)?) } else { None };
         let mut layers = Vec::new();
         for l in &model.layers {
-            let mut xparts = vec![&l.q_proj];
-            xparts.extend(kv_parts(&l.pack_kv));
-            let x_proj = self.stacked("wx", &xparts)?;
+            let q_proj = self.stacked("wq", &[&l.q_proj])?;
+            let pack_kv = self.stacked("wpkv", &kv_parts(&l.pack_kv))?;
             let pq_proj = self.stacked("wpq", &[&l.pq_proj])?;
             let kv_proj = self.stacked("wkv", &kv_parts(&l.unpack_kv))?;
             layers.push(GpuLayer {
-                x_proj,
+                q_proj,
+                pack_kv,
                 pq_proj,
                 kv_proj,
                 ln_proj: self.norm(&l.self_atten_proj_layer_norm)?,

@@ -109,7 +109,7 @@ pub fn check_dispatch_rows(ctx: &GpuContext, rows: u64) -> Result<()> {
 /// Named scratch buffers reused across calls: a buffer is replaced only when a
 /// call needs more bytes than it has.
 pub struct Workspace {
-    buffers: HashMap<&'static str, Tracked>,
+    buffers: HashMap<(&'static str, usize), Tracked>,
     stats: Arc<MemoryStats>,
 }
 
@@ -120,25 +120,42 @@ impl Workspace {
 
     /// A storage buffer of at least `bytes` bytes under `name`.
     pub fn get(&mut self, ctx: &GpuContext, name: &'static str, bytes: u64) -> wgpu::Buffer {
+        self.get_nth(ctx, name, 0, bytes)
+    }
+
+    /// The `index`-th buffer under `name` (one per row block of a long
+    /// sequence), of at least `bytes` bytes.
+    pub fn get_nth(&mut self, ctx: &GpuContext, name: &'static str, index: usize, bytes: u64) -> wgpu::Buffer {
         let need = padded(bytes);
-        if let Some(t) = self.buffers.get(name) {
+        let key = (name, index);
+        if let Some(t) = self.buffers.get(&key) {
             if t.buffer.size() >= need {
                 return t.buffer.clone();
             }
         }
-        if self.buffers.remove(name).is_some() {
+        if self.buffers.remove(&key).is_some() {
             // Cached bind groups would keep the old buffer alive.
             ctx.reuse.forget_bind_groups();
         }
         let buffer = storage(ctx, name, need);
         self.stats.add(need);
-        self.buffers.insert(name, Tracked { buffer: buffer.clone(), stats: self.stats.clone() });
+        self.buffers.insert(key, Tracked { buffer: buffer.clone(), stats: self.stats.clone() });
         buffer
     }
 
     /// Drops every scratch buffer (after a failed call, or to give memory back).
     pub fn clear(&mut self) {
         self.buffers.clear();
+    }
+
+    /// Drops the buffers under `name` from `index` on (row blocks a shorter
+    /// call no longer uses), so that memory follows the latest call.
+    pub fn drop_from(&mut self, ctx: &GpuContext, name: &'static str, index: usize) {
+        let before = self.buffers.len();
+        self.buffers.retain(|&(n, i), _| n != name || i < index);
+        if self.buffers.len() != before {
+            ctx.reuse.forget_bind_groups();
+        }
     }
 }
 

@@ -62,7 +62,9 @@ struct Params {
     scale: f32,
     splits: u32,
     keys_per_split: u32,
-    _pad: u32,
+    first_split: u32,
+    all_splits: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -156,12 +158,63 @@ pub struct Attention<'a> {
     pub scratch: &'a wgpu::Buffer,
 }
 
+/// Where one call's keys lie when a sequence's keys come in several calls
+/// (one per row block, `engine::encoder`): its splits are written as partial
+/// states `first_split..` among `all_splits` per query row, and
+/// [`record_combine`] merges them once every block has run.
+#[derive(Clone, Copy, Debug)]
+pub struct Part {
+    pub first_split: usize,
+    pub all_splits: usize,
+    pub keys_per_split: usize,
+}
+
+impl Part {
+    /// The parts of a sequence of `k_rows` keys cut into blocks of `block_rows`
+    /// (the last may be shorter), split as one call over all keys would be.
+    pub fn cut(shape: &Shape, block_rows: usize) -> Vec<(usize, Part)> {
+        let (_, per) = shape.splits();
+        let starts: Vec<usize> = (0..shape.k_rows).step_by(block_rows.max(1)).collect();
+        let all: usize = starts.iter().map(|&s| (shape.k_rows - s).min(block_rows).div_ceil(per)).sum();
+        let mut first = 0;
+        starts
+            .into_iter()
+            .map(|s| {
+                let part = Part { first_split: first, all_splits: all, keys_per_split: per };
+                first += (shape.k_rows - s).min(block_rows).div_ceil(per);
+                (s, part)
+            })
+            .collect()
+    }
+
+    /// Floats of partial states the parts of `shape` need (0 with a single split in all).
+    pub fn scratch_floats(shape: &Shape, all_splits: usize) -> usize {
+        if all_splits > 1 {
+            shape.batch * shape.heads * shape.q_rows * all_splits * (shape.head_dim + 2)
+        } else {
+            0
+        }
+    }
+}
+
 /// Records `out[b, i, head cols] = softmax(scale · q_i · K^T, masked) · V` for
 /// every batch, head and query row.
 pub fn record(rec: &mut Recorder, a: &Attention) {
-    let (s, scratch, out_stride) = (a.shape, a.scratch, a.out_stride);
+    let (splits, keys_per_split) = a.shape.splits();
+    let part = Part { first_split: 0, all_splits: splits, keys_per_split };
+    record_part(rec, a, part);
+    if splits > 1 {
+        record_combine(rec, a.shape, splits, a.scratch, a.out, a.out_stride);
+    }
+}
+
+/// Records one part of the keys (`a.shape.k_rows` of them, `a.k`/`a.v`/
+/// `a.key_mask` holding only this part): with `all_splits == 1` the output is
+/// written, else partial states into `a.scratch` for [`record_combine`].
+pub fn record_part(rec: &mut Recorder, a: &Attention, part: Part) {
+    let s = a.shape;
     let kernel = rec.kernel(spec());
-    let (splits, keys_per_split) = s.splits();
+    let splits = s.k_rows.div_ceil(part.keys_per_split).max(1);
     let rows = (s.batch * s.heads * s.q_rows) as u32;
     let total = rows * splits as u32;
     let params = Params {
@@ -169,24 +222,30 @@ pub fn record(rec: &mut Recorder, a: &Attention) {
         total,
         scale: s.scale,
         splits: splits as u32,
-        keys_per_split: keys_per_split as u32,
-        _pad: 0,
+        keys_per_split: part.keys_per_split as u32,
+        first_split: part.first_split as u32,
+        all_splits: part.all_splits as u32,
+        _pad: [0; 2],
     };
     let groups = rec.grid(total);
-    let partial = if splits > 1 { scratch } else { rec.dummy };
+    let partial = if part.all_splits > 1 { a.scratch } else { rec.dummy };
     rec.dispatch(&kernel, &params, &[a.q.buffer, a.k.buffer, a.v.buffer, a.key_mask, a.out, partial], groups);
-    if splits > 1 {
-        let combine = rec.kernel(combine_spec());
-        let params = CombineParams {
-            q_rows: s.q_rows as u32,
-            heads: s.heads as u32,
-            head_dim: s.head_dim as u32,
-            splits: splits as u32,
-            o_stride: out_stride as u32,
-            total: rows,
-            _pad: [0; 2],
-        };
-        let groups = rec.grid(rows);
-        rec.dispatch(&combine, &params, &[scratch, a.out], groups);
-    }
+}
+
+/// Merges the `all_splits` partial states per query row of `shape` in
+/// `scratch` into `out` (`out_stride` floats a row).
+pub fn record_combine(rec: &mut Recorder, s: Shape, all_splits: usize, scratch: &wgpu::Buffer, out: &wgpu::Buffer, out_stride: usize) {
+    let rows = (s.batch * s.heads * s.q_rows) as u32;
+    let combine = rec.kernel(combine_spec());
+    let params = CombineParams {
+        q_rows: s.q_rows as u32,
+        heads: s.heads as u32,
+        head_dim: s.head_dim as u32,
+        splits: all_splits as u32,
+        o_stride: out_stride as u32,
+        total: rows,
+        _pad: [0; 2],
+    };
+    let groups = rec.grid(rows);
+    rec.dispatch(&combine, &params, &[scratch, out], groups);
 }
