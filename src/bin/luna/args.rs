@@ -47,6 +47,20 @@ pub enum Command {
     /// Serve the browser demo and its JavaScript package (web/, built by web/build.sh) on 127.0.0.1,
     /// with the models/ folder beside it under /models/
     Serve(ServeArgs),
+    /// Compare two output files of `luna forward` (say the GPU's against `--device cpu`):
+    /// the largest difference per tensor, relative to the reference's largest value
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// An output file of `luna forward`
+    pub output: PathBuf,
+    /// The output file to compare it with (the reference, e.g. from `--device cpu`)
+    pub reference: PathBuf,
+    /// Fail (exit 1) when a tensor's largest difference exceeds this times max(1, its largest |reference| value)
+    #[arg(long, default_value_t = 1e-3)]
+    pub tolerance: f64,
 }
 
 #[derive(Args)]

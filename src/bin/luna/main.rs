@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod compare;
 mod device;
 mod forward;
 mod generate;
@@ -45,5 +46,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::InitRandom(args) => init::init_random(args),
         Command::RandomTokens(args) => init::random_tokens(args),
         Command::Serve(args) => serve::run(args),
+        Command::Compare(args) => compare::run(args),
     }
 }
