@@ -443,49 +443,72 @@ fn head_dim_beyond_the_kernel_is_refused_at_load() {
     assert_engine_still_works();
 }
 
-// 8. Batches beyond the device's binding limit.
+// 8. Batches beyond one binding, and beyond the device's memory.
 
-#[test]
-fn batch_beyond_the_binding_limit_is_refused_before_gpu_work() {
-    let Some(mut engine) = common::engine() else { return };
-    let limit = engine.ctx.max_binding();
-    eprintln!("max binding: {limit} bytes");
-    // The feed-forward hidden layer [rows, ffn] f32 is the largest buffer: make it just exceed the limit,
-    // with small weights (ffn x d floats) and a small embedding dimension. (Not a larger ffn: lavapipe's
-    // loop limiter silently cuts GEMM reductions over K beyond about 50000, which the good call would hit.)
-    let ffn = 1usize << 14;
-    let d = 8;
-    let rows = (limit / (ffn as u64 * 4)) as usize + 1;
-    assert!(rows < 1 << 22, "binding limit {limit} too large for this test's shapes");
+/// The model of the next two tests: the feed-forward hidden layer `[rows,
+/// ffn]` is the widest buffer (16384 floats a row), with small weights.
+/// (Not a larger ffn: lavapipe's loop limiter silently cuts GEMM reductions
+/// over K beyond about 50000.)
+fn wide_ffn_model() -> (luna_wgpu::Config, Model) {
     let c = configs::encoder(json!({
-        "embed_dim": d, "num_heads": 2, "num_pheads": 2, "ffn_embed_dim": ffn, "num_layers": 1,
+        "embed_dim": 8, "num_heads": 2, "num_pheads": 2, "ffn_embed_dim": 1 << 14, "num_layers": 1,
         "learned_pos": false, "embed_scale": 2.0, "projection_length": 4, "vocab_size": 20,
     }));
     let model = Model::random(&c, 4).unwrap();
-    let gm = engine.load(&model).unwrap();
-    // Split the rows across two sequences (the second one padded).
+    (c, model)
+}
+
+#[test]
+fn batch_beyond_one_binding_runs_in_row_blocks() {
+    let Some(mut engine) = common::engine() else { return };
+    let limit = engine.ctx.max_binding();
+    let (c, model) = wide_ffn_model();
+    // Enough rows that the whole batch's hidden layer passes one binding.
+    let rows = (limit / (c.ffn_embed_dim as u64 * 4)) as usize + 1;
+    assert!(rows < 1 << 22, "binding limit {limit} too large for this test's shapes");
     let n = rows.div_ceil(2);
     let (tokens, b, n) = luna_wgpu::init::random_tokens(&c, &[n, n - 3], 8);
     let batch = Batch::new(&c, &tokens, b, n).unwrap();
-    let needed = (b * n * ffn * 4) as u64;
-    assert!(needed > limit);
-
-    let (live, _) = engine.memory();
-    engine.reset_peak_memory();
-    let e = assert_err!(engine.encode_blocking(&gm, &batch), LunaError::TooLarge { .. }, "feed-forward", "limit", &limit.to_string());
-    if let LunaError::TooLarge { needed: got, limit: l, .. } = e {
-        assert_eq!(l, limit);
-        assert_eq!(got, needed);
-    }
-    let (_, peak) = engine.memory();
-    assert!(peak <= live, "the refused call allocated GPU memory ({peak} > {live} bytes)");
-
-    // The same model still runs a batch that fits, and matches the reference.
-    let small_batch = common::random_batch(&c, &[6, 2], 9);
-    let out = engine.encode_blocking(&gm, &small_batch).unwrap();
-    let reference = luna_wgpu::reference::encoder_forward(&model, &small_batch);
-    let (ex, mx) = max_err(&out.x, &reference.x, d, |r| !small_batch.x_mask[r]);
+    assert!((b * n * c.ffn_embed_dim * 4) as u64 > limit);
+    let cut = engine.encoder_cut(&c, &batch).unwrap();
+    assert!(cut.block_rows < n, "{cut:?}");
+    let gm = engine.load(&model).unwrap();
+    let out = engine.encode_blocking(&gm, &batch).unwrap();
+    let reference = luna_wgpu::reference::encoder_forward(&model, &batch);
+    let (ex, mx) = max_err(&out.x, &reference.x, c.embed_dim, |r| !batch.x_mask[r]);
     assert!(ex <= 1e-4 * mx.max(1.0), "x error {ex}");
+    drop(gm);
+    drop(engine);
+    assert_engine_still_works();
+}
+
+#[test]
+fn sequence_over_the_memory_limit_is_refused_before_gpu_work() {
+    let Some(mut engine) = common::engine() else { return };
+    let (c, model) = wide_ffn_model();
+    let gm = engine.load(&model).unwrap();
+    engine.release_workspace();
+    let (held, _) = engine.memory();
+    // Room for the weights and 4 MiB: a 10,000-token sequence needs more.
+    let before = engine.memory_limit();
+    engine.set_memory_limit(Some(held + (4 << 20)));
+    let batch = common::random_batch(&c, &[10_000], 9);
+    engine.reset_peak_memory();
+    let e = assert_err!(engine.encode_blocking(&gm, &batch), LunaError::OutOfMemory(_), "MiB", "longest single sequence that fits is");
+    let (_, peak) = engine.memory();
+    assert!(peak <= held, "the refused call allocated GPU memory ({peak} > {held} bytes)");
+    // The length the message names fits under the limit and runs; a little more does not.
+    let longest: usize = e.to_string().rsplit("fits is ").next().unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(longest > 0 && longest < 10_000, "{e}");
+    let fits = common::random_batch(&c, &[longest], 10);
+    let out = engine.encode_blocking(&gm, &fits);
+    let (_, peak) = engine.memory();
+    let over = common::random_batch(&c, &[longest + 64], 11);
+    let refused = engine.encode_blocking(&gm, &over);
+    engine.set_memory_limit(before);
+    out.unwrap();
+    assert!(peak <= held + (4 << 20), "the call that fits took {peak} bytes, over the limit");
+    assert!(matches!(refused, Err(LunaError::OutOfMemory(_))), "{refused:?}");
     drop(gm);
     drop(engine);
     assert_engine_still_works();

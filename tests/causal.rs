@@ -64,6 +64,43 @@ fn parallel_form_pre_norm_untied_learned() {
 }
 
 #[test]
+fn batch_too_large_for_one_pass_runs_sequence_by_sequence() {
+    // 128 rows a segment: a padded batch of 150 + 70 rows runs each sequence
+    // alone in segments (learned and sinusoid positions), logits and surprisal.
+    let Some(mut engine) = common::engine() else { return };
+    engine.set_segment_rows(128).unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for (i, learned) in [false, true].into_iter().enumerate() {
+            let c = configs::causal(json!({"learned_pos": learned, "embed_scale": 2.0, "normalize_before": i == 1}));
+            let model = Model::random(&c, 70 + i as u64).unwrap();
+            let batch = common::random_batch(&c, &[150, 70], 71);
+            let gm = engine.load(&model).unwrap();
+            let out = engine.causal_forward_blocking(&gm, &batch).unwrap();
+            let want = reference::causal_lm_forward(&model, &batch);
+            let vocab = c.vocab_size;
+            let e = logits_err(&out.logits, &want, &batch, vocab);
+            eprintln!("sequence by sequence, learned {learned}: {e:.2e}");
+            assert!(e < 1e-4, "logits error {e}");
+            // Rows past a sequence's length are zero.
+            assert!(out.logits[(batch.len + 70) * vocab..].iter().all(|&v| v == 0.0));
+            let bits = engine.score_blocking(&gm, &batch).unwrap();
+            for (b, &len) in batch.lengths.iter().enumerate() {
+                for t in 0..len - 1 {
+                    let r = b * batch.len + t;
+                    let want = compare::bits(&want[r * vocab..(r + 1) * vocab], batch.tokens[r + 1] as usize);
+                    assert!((bits[r] as f64 - want).abs() < 1e-3, "surprisal at [{b}, {t}]");
+                }
+                assert_eq!(bits[b * batch.len + len - 1], 0.0);
+            }
+        }
+    }));
+    engine.set_segment_rows(16384).unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
 fn tied_layers_and_odd_shapes() {
     let Some(mut engine) = common::engine() else { return };
     let c = configs::causal(json!({"embed_dim": 66, "num_heads": 2, "ffn_embed_dim": 70, "projection_length": 67,

@@ -116,6 +116,10 @@ fn memory_is_linear_in_sequence_length() {
         engine.encode_blocking(&gm, &batch).unwrap();
         let (_, peak) = engine.memory();
         workspace.push((peak - base) as f64);
+        // The plan the engine checks against the device's memory is what it allocates.
+        let planned = engine.encoder_memory(&c, n, 1).unwrap();
+        let got = peak - base;
+        assert!(got.abs_diff(planned) <= 64 * 16, "n = {n}: planned {planned} B, allocated {got} B");
     }
     // 4x the tokens takes at most 4x the scratch; an n x n or n x l score
     // buffer would not fit under these bounds.

@@ -8,7 +8,7 @@
 use crate::config::Config;
 use crate::engine::context::Engine;
 use crate::engine::tail::{Dims, Scratch};
-use crate::engine::weights::{causal_columns, GpuCausal, GpuModel};
+use crate::engine::weights::{causal_columns, GpuCausal, GpuModel, TokenPositions};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked, Workspace};
 use crate::gpu::recorder::Recorder;
@@ -65,14 +65,14 @@ impl Engine {
     }
 
     /// Checks a batch for the parallel form and sizes its buffers.
-    pub(crate) fn prepare_parallel(&self, model: &GpuModel, batch: &Batch, logit_rows: usize) -> Result<(Shape, wgpu::Buffer)> {
+    pub(crate) fn prepare_parallel(&self, model: &GpuModel, batch: &Batch, logit_rows: usize) -> Result<(Shape, TokenPositions)> {
         self.ctx.check_alive()?;
         model.causal()?;
         batch.check_for(&model.config)?;
         let shape = self.parallel_shape(&model.config, batch);
         self.check_causal_sizes(&model.config, batch.batch * batch.len, &shape, logit_rows)?;
-        let pos_table = self.token_positions(model, batch.max_position() + 1)?;
-        Ok((shape, pos_table))
+        let positions = self.token_positions(model, &batch.positions)?;
+        Ok((shape, positions))
     }
 
     /// Records one parallel pass over `batch`, then `output` after its final
@@ -84,13 +84,13 @@ impl Engine {
         logit_rows: usize,
         output: impl FnOnce(&Run, &mut Recorder, &mut Workspace, &wgpu::Buffer) -> (wgpu::Buffer, usize),
     ) -> Result<Vec<f32>> {
-        let (shape, pos_table) = self.prepare_parallel(model, batch, logit_rows)?;
+        let (shape, positions) = self.prepare_parallel(model, batch, logit_rows)?;
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
             let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
             let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-            let run = Run::new(model, &pos_table, shape, None)?;
-            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
+            let run = Run::new(model, &positions.table, shape, None)?;
+            let x = run.record(&mut rec, workspace, &batch.tokens, &positions.index, &lengths_u32(batch), Hooks::default())?;
             let (out, floats) = output(&run, &mut rec, workspace, &x);
             rec.submit();
             Ok(buffers::read_f32(ctx, &[(&out, floats)]).await?.remove(0))
@@ -100,13 +100,31 @@ impl Engine {
     }
 
     /// Logits of every position of a batch of causal sequences, in one parallel pass.
+    /// A batch too large for one pass runs sequence by sequence, segment by
+    /// segment (`engine::segments`); its logits past a sequence's length are 0.
     pub async fn causal_forward(&mut self, model: &GpuModel, batch: &Batch) -> Result<CausalOutput> {
         let rows = batch.batch * batch.len;
         let vocab = model.config.vocab_size;
-        let logits = self.parallel_pass(model, batch, rows, |run, rec, ws, x| (run.logits(rec, ws, x, rows, "logits"), rows * vocab)).await?;
+        model.causal()?;
+        let logits = if rows > self.segment_rows(&model.config, 0) {
+            self.per_sequence(model, batch, Emit::Logits).await?
+        } else {
+            self.parallel_pass(model, batch, rows, |run, rec, ws, x| (run.logits(rec, ws, x, rows, "logits"), rows * vocab)).await?
+        };
         Ok(CausalOutput { batch: batch.batch, len: batch.len, vocab, logits })
     }
 
+}
+
+/// What a [`Engine::sequence_pass`] gives back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Emit {
+    /// Nothing (its captures are the point).
+    Nothing,
+    /// The surprisal of each next token.
+    Surprisal,
+    /// The logits of every position.
+    Logits,
 }
 
 pub(crate) fn lengths_u32(batch: &Batch) -> Vec<u32> {
@@ -263,14 +281,14 @@ impl Engine {
     /// queries when the device has them, else the wall clock (for benchmarks).
     pub fn time_causal(&mut self, model: &GpuModel, batch: &Batch) -> Result<f64> {
         let rows = batch.batch * batch.len;
-        let (shape, pos_table) = self.prepare_parallel(model, batch, rows)?;
+        let (shape, positions) = self.prepare_parallel(model, batch, rows)?;
         let timestamps = crate::gpu::recorder::Timestamps::new(&self.ctx);
         self.time_submission(
             |e| {
                 let Engine { ctx, cache, workspace, dummy, .. } = &mut *e;
                 let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-                let run = Run::new(model, &pos_table, shape, None)?;
-                let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(batch), Hooks::default())?;
+                let run = Run::new(model, &positions.table, shape, None)?;
+                let x = run.record(&mut rec, workspace, &batch.tokens, &positions.index, &lengths_u32(batch), Hooks::default())?;
                 run.logits(&mut rec, workspace, &x, rows, "logits");
                 match &timestamps {
                     Some(t) => rec.submit_timed(t),

@@ -30,6 +30,8 @@ pub struct Engine {
     pub(crate) segment: usize,
     /// How models uploaded from now on store their GEMM weights.
     pub(crate) precision: Precision,
+    /// Bytes of GPU memory a pass may count on (see [`Engine::set_memory_limit`]).
+    memory_limit: Option<u64>,
 }
 
 impl Engine {
@@ -48,7 +50,8 @@ impl Engine {
         let stats = Arc::new(MemoryStats::default());
         let dummy = buffers::upload(&ctx, &stats, "dummy", &[0u32; 4]).expect("16 bytes fit any device");
         let cache = PipelineCache::new(Tuning::new(&ctx.info, crate::kernels::tuned_shaders_version()));
-        Engine { workspace: Workspace::new(stats.clone()), cache, stats, dummy, ctx, causal_chunk: 64, segment: SEGMENT, precision: Precision::F32 }
+        let memory_limit = ctx.memory;
+        Engine { workspace: Workspace::new(stats.clone()), cache, stats, dummy, ctx, causal_chunk: 64, segment: SEGMENT, precision: Precision::F32, memory_limit }
     }
 
     /// How models uploaded from now on store their GEMM weights: float32 (the
@@ -67,6 +70,21 @@ impl Engine {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Sets the GPU memory a pass may count on: a pass whose buffers (with the
+    /// weights held) would pass it is refused before any GPU work, naming the
+    /// longest sequence that fits. By default the device's memory when known
+    /// (`LUNA_MEMORY_LIMIT`, else the Vulkan driver's device-local heaps);
+    /// `None` turns the check off (a failed allocation then comes back as an
+    /// out-of-memory error).
+    pub fn set_memory_limit(&mut self, bytes: Option<u64>) {
+        self.memory_limit = bytes;
+    }
+
+    /// The GPU memory a pass may count on (see [`Engine::set_memory_limit`]).
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
     }
 
     /// Bytes of GPU buffers the engine holds now, and the most it has held.

@@ -5,7 +5,7 @@
 
 use crate::engine::causal::{lengths_u32, Hooks, Run};
 use crate::engine::context::Engine;
-use crate::engine::weights::GpuModel;
+use crate::engine::weights::{sinusoid_rows, GpuModel};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
 use crate::gpu::recorder::Recorder;
@@ -37,7 +37,7 @@ impl Engine {
         }
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let batch = Batch::new(&model.config, &ids, 1, tokens.len())?;
-        let (shape, pos_table) = self.prepare_parallel(model, &batch, 1)?;
+        let (shape, positions) = self.prepare_parallel(model, &batch, 1)?;
         if batch.lengths[0] != tokens.len() {
             return Err(LunaError::Input(format!(
                 "the prompt holds the padding token {}; a prompt must be real tokens only",
@@ -56,8 +56,8 @@ impl Engine {
             let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
             // The prompt continues from the zero state in `states`, which the
             // pass leaves holding the state after the prompt's last token.
-            let run = Run::new(model, &pos_table, shape, None)?.continuing(&states);
-            let x = run.record(&mut rec, workspace, &batch.tokens, &batch.positions, &lengths_u32(&batch), Hooks::default())?;
+            let run = Run::new(model, &positions.table, shape, None)?.continuing(&states);
+            let x = run.record(&mut rec, workspace, &batch.tokens, &positions.index, &lengths_u32(&batch), Hooks::default())?;
             let last = workspace.get(ctx, "last_x", d as u64 * 4);
             rec.copy(&x, (n - 1) * d, &last, 0, d);
             let logits = run.logits(&mut rec, workspace, &last, 1, "last_logits");
@@ -98,7 +98,15 @@ impl Engine {
             )));
         }
         let position = (c.padding_idx + decoder.position + 1) as u32;
-        let pos_table = self.token_positions(model, position as usize + 1)?;
+        // This token's position row: the learned table, or its sinusoid row in a reused buffer.
+        let (pos_table, pos_index) = match &model.embed_positions {
+            Some(t) => (t.buffer.clone(), position),
+            None => {
+                let row = self.workspace.get(&self.ctx, "step_position", c.embed_dim as u64 * 4);
+                self.ctx.queue.write_buffer(&row, 0, bytemuck::cast_slice(&sinusoid_rows(c, &[position])));
+                (row, 0)
+            }
+        };
         let shape = Shape {
             batch: 1,
             rows: 1,
@@ -114,7 +122,7 @@ impl Engine {
             let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
             let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
             let run = Run::new(model, &pos_table, shape, Some(&decoder.states))?;
-            let x = run.record(&mut rec, workspace, &[token], &[position], &[1], Hooks::default())?;
+            let x = run.record(&mut rec, workspace, &[token], &[pos_index], &[1], Hooks::default())?;
             let logits = run.logits(&mut rec, workspace, &x, 1, "last_logits");
             rec.submit();
             Ok(buffers::read_f32(ctx, &[(&logits, vocab)]).await?.remove(0))

@@ -20,7 +20,7 @@
 use crate::config::Config;
 use crate::engine::context::Engine;
 use crate::engine::tail::{Block, Dims};
-use crate::engine::weights::{GpuModel, GpuNorm};
+use crate::engine::weights::{sinusoid_rows, GpuModel, GpuNorm};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers;
 use crate::gpu::recorder::{Recorder, Timestamps};
@@ -29,7 +29,6 @@ use crate::input::{Batch, EncoderOutput};
 use crate::kernels::attention::{self, Attention, Part, Shape, View};
 use crate::kernels::gemm;
 use crate::kernels::{embed, layernorm, softmax};
-use crate::math;
 
 /// Rows a block keeps at least when a sequence is cut for memory's sake.
 const MIN_BLOCK: usize = 512;
@@ -66,7 +65,7 @@ impl Engine {
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
             let cut = self.encoder_cut(&model.config, batch)?;
-            self.check_sizes(&model.config, batch, cut)?;
+            self.check_sizes(&model.config, batch, cut, true)?;
             let d = model.config.embed_dim;
             let (mut x, mut p) = (Vec::new(), Vec::new());
             for seq0 in (0..batch.batch).step_by(cut.seqs) {
@@ -93,7 +92,7 @@ impl Engine {
     pub fn time_encoder(&mut self, model: &GpuModel, batch: &Batch) -> Result<f64> {
         batch.check_for(&model.config)?;
         let cut = self.encoder_cut(&model.config, batch)?;
-        self.check_sizes(&model.config, batch, cut)?;
+        self.check_sizes(&model.config, batch, cut, false)?;
         // GPU timestamps cover one submission; several groups take the wall clock.
         let timestamps = if cut.seqs >= batch.batch { Timestamps::new(&self.ctx) } else { None };
         self.time_submission(
@@ -118,39 +117,66 @@ impl Engine {
     /// segment ([`Engine::set_segment_rows`]), one binding and one dispatch;
     /// sequences that fit one block share a group.
     pub fn encoder_cut(&self, c: &Config, batch: &Batch) -> Result<Cut> {
+        self.cut_for(c, batch.len, batch.batch)
+    }
+
+    /// Bytes of GPU buffers beyond the weights that encoding `sequences`
+    /// sequences of `n` tokens takes (activations, scratch; not the readback).
+    pub fn encoder_memory(&self, c: &Config, n: usize, sequences: usize) -> Result<u64> {
+        let cut = self.cut_for(c, n, sequences)?;
+        let proj_len = if c.dynamic_projection { c.projection_length.min(n) } else { c.projection_length };
+        Ok(plan(c, n, proj_len, cut, false).iter().map(|p| p.total).sum())
+    }
+
+    fn cut_for(&self, c: &Config, n: usize, sequences: usize) -> Result<Cut> {
         let d = c.embed_dim;
         let widest = [d, kv_width(c), c.ffn_embed_dim].into_iter().max().unwrap_or(1);
         let fit_binding = (self.ctx.max_binding() / (widest as u64 * 4)) as usize;
         let fit_dispatch = self.ctx.limits.max_compute_workgroups_per_dimension as usize * 64;
         let cap = self.segment.min(fit_binding).min(fit_dispatch) / 64 * 64;
         if cap == 0 {
-            return Err(LunaError::TooLarge { what: format!("one token row of a {widest}-float layer buffer, times 64"), needed: widest as u64 * 4 * 64, limit: self.ctx.max_binding() });
+            return Err(LunaError::TooLarge { what: format!("64 token rows of a {widest}-float layer buffer"), needed: widest as u64 * 4 * 64, limit: self.ctx.max_binding() });
         }
-        let n = batch.len;
         let block = (n.div_ceil(MIN_BLOCKS).div_ceil(64) * 64).max(MIN_BLOCK).min(cap);
-        Ok(if block >= n { Cut { seqs: (cap / n).clamp(1, batch.batch), block_rows: n } } else { Cut { seqs: 1, block_rows: block } })
+        Ok(if block >= n { Cut { seqs: (cap / n).clamp(1, sequences), block_rows: n } } else { Cut { seqs: 1, block_rows: block } })
     }
 
-    /// Checks every buffer of a cut against the device before any GPU work is recorded.
-    fn check_sizes(&self, c: &Config, batch: &Batch, cut: Cut) -> Result<()> {
-        let rows = if cut.block_rows < batch.len { cut.block_rows } else { cut.seqs * batch.len } as u64;
-        let packed_rows = (cut.seqs * batch.proj_len) as u64;
-        let (d, f) = (c.embed_dim as u64, 4u64);
-        let (pack, unpack) = shapes(c, batch, cut.seqs);
-        let all_splits = Part::cut(&pack, cut.block_rows).first().map_or(1, |(_, p)| p.all_splits);
-        let unpack_rows = Shape { q_rows: cut.block_rows.min(batch.len), ..unpack };
-        for (what, bytes) in [
-            ("a block of the sequence activations", rows * d * f),
-            ("a block of the pack's keys and values", rows * kv_width(c) as u64 * f),
-            ("a block of the feed-forward hidden layer", rows * c.ffn_embed_dim as u64 * f),
-            ("the packed keys and values", packed_rows * kv_width(c) as u64 * f),
-            ("the pack's partial results", Part::scratch_floats(&pack, all_splits) as u64 * f),
-            ("the unpack's scratch", unpack_scratch(c, &unpack_rows) as u64 * f),
-        ] {
-            buffers::check_binding(&self.ctx, what, bytes)?;
+    /// Checks a batch against the device before any GPU work is recorded:
+    /// every buffer against one binding, and all of them, with the weights
+    /// the engine holds and the readback of the outputs, against the
+    /// device's memory (when known: `gpu::memory`).
+    fn check_sizes(&self, c: &Config, batch: &Batch, cut: Cut, readback: bool) -> Result<()> {
+        let needs = plan(c, batch.len, batch.proj_len, cut, readback);
+        for need in &needs {
+            buffers::check_binding(&self.ctx, need.what, need.each)?;
         }
-        buffers::check_dispatch_rows(&self.ctx, rows)?;
-        Ok(())
+        let rows = if cut.block_rows < batch.len { cut.block_rows } else { cut.seqs * batch.len };
+        buffers::check_dispatch_rows(&self.ctx, rows as u64)?;
+        let Some(limit) = self.memory_limit() else { return Ok(()) };
+        let held = self.stats.live().saturating_sub(self.workspace.bytes());
+        let total = held + needs.iter().map(|p| p.total).sum::<u64>();
+        if total <= limit {
+            return Ok(());
+        }
+        // The longest single sequence that would fit, for the message.
+        let fits = |n: usize| {
+            let proj_len = if c.dynamic_projection { c.projection_length.min(n) } else { c.projection_length };
+            self.cut_for(c, n, 1).is_ok_and(|cut| held + plan(c, n, proj_len, cut, readback).iter().map(|p| p.total).sum::<u64>() <= limit)
+        };
+        let (mut lo, mut hi) = (0usize, batch.len);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) { lo = mid } else { hi = mid - 1 }
+        }
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        Err(LunaError::OutOfMemory(format!(
+            "this batch ({} × {} tokens) needs {:.1} MiB of GPU memory ({:.1} MiB the engine holds for weights, the rest for activations, scratch and readback), over the {:.1} MiB this adapter has (LUNA_MEMORY_LIMIT or Engine::set_memory_limit changes it); the longest single sequence that fits is {lo} tokens",
+            batch.batch,
+            batch.len,
+            mib(total),
+            mib(held),
+            mib(limit),
+        )))
     }
 
     /// Records and submits the whole pass over sequences `seq0..seq0 + seqs`
@@ -198,11 +224,7 @@ impl Engine {
                 }
                 None => {
                     // The sinusoid rows go straight into x; the embedding adds to them.
-                    let mut rows_f32 = Vec::with_capacity(rows * d);
-                    for &t in &batch.positions[range] {
-                        rows_f32.extend(math::token_sinusoid_row(t as usize, c.padding_idx, d).iter().map(|&v| v as f32));
-                    }
-                    q.write_buffer(&x, 0, bytemuck::cast_slice(&rows_f32));
+                    q.write_buffer(&x, 0, bytemuck::cast_slice(&sinusoid_rows(c, &batch.positions[range])));
                     None
                 }
             };
@@ -331,6 +353,54 @@ impl Engine {
         }
         Ok(GroupOut { x: xs.into_iter().map(|(x, _, _, _, rows)| (x, rows)).collect(), p })
     }
+}
+
+/// Buffers of one kind a pass allocates: the largest of them (`each` bytes,
+/// bound whole) and all of them together (`total` bytes).
+struct Need {
+    what: &'static str,
+    each: u64,
+    total: u64,
+}
+
+impl Need {
+    fn one(what: &'static str, bytes: u64) -> Need {
+        Need { what, each: bytes, total: bytes }
+    }
+}
+
+/// Every buffer a pass over sequences of `n` tokens cut as `cut` allocates
+/// beyond the weights (as `Engine::record_group` does), and with `readback`
+/// the staging that reads the outputs back.
+fn plan(c: &Config, n: usize, proj_len: usize, cut: Cut, readback: bool) -> Vec<Need> {
+    let f = 4u64;
+    let (d, kvw) = (c.embed_dim as u64, kv_width(c) as u64);
+    let blocked = cut.block_rows < n;
+    let rows = if blocked { cut.block_rows } else { cut.seqs * n } as u64;
+    let tokens = (cut.seqs * n) as u64;
+    let packed = (cut.seqs * proj_len) as u64;
+    let (dp, dh) = (c.pack_head_dim(), c.head_dim());
+    let pack = Shape { batch: cut.seqs, q_rows: proj_len, k_rows: n, heads: c.num_pheads, head_dim: dp, scale: 1.0 };
+    let unpack = Shape { batch: cut.seqs, q_rows: cut.block_rows.min(n), k_rows: proj_len, heads: c.num_heads, head_dim: dh, scale: 1.0 };
+    let all_splits = Part::cut(&pack, cut.block_rows).first().map_or(1, |(_, p)| p.all_splits);
+    let index_words = if c.learned_pos { 3 } else { 2 };
+    let packed_sets = if c.normalize_before { 5 } else { 4 };
+    let mut plan = vec![
+        Need { what: "a block of the layer input", each: rows * d * f, total: tokens * d * f },
+        Need { what: "the token ids, padding mask and positions of a block", each: rows * f, total: tokens * f * index_words },
+        Need::one("a block's LayerNorm, queries and FFN output", rows * d * f),
+        Need::one("a block of the pack's keys and values", rows * kvw.max(d) * f),
+        Need::one("a block of the feed-forward hidden layer", rows * c.ffn_embed_dim as u64 * f),
+        Need { what: "the packed rows (P, its queries, output and LayerNorm)", each: packed * d * f, total: packed * d * f * packed_sets },
+        Need::one("the packed keys and values", packed * kvw * f),
+        Need { what: "the packed rows' mask and ids", each: packed * f, total: 2 * packed * f },
+        Need::one("the attention's partial results", Part::scratch_floats(&pack, all_splits).max(unpack_scratch(c, &unpack)) as u64 * f),
+    ];
+    if readback {
+        plan.push(Need { what: "the readback of a block of x", each: rows * d * f, total: tokens * d * f });
+        plan.push(Need::one("the readback of p", packed * d * f));
+    }
+    plan
 }
 
 /// Columns of the pack's and the unpack's K/V projections (`[k | v]`, or one block when tied).

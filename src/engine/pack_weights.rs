@@ -19,6 +19,7 @@
 
 use crate::config::ModelKind;
 use crate::engine::context::Engine;
+use crate::engine::causal::Emit;
 use crate::engine::segments::Capture;
 use crate::engine::weights::GpuModel;
 use crate::error::{LunaError, Result};
@@ -146,7 +147,8 @@ impl Engine {
             .iter()
             .map(|(layer, w, b, out)| Capture { layer: *layer, w: &w.buffer, b: &b.buffer, width: heads * proj_len, out: &out.buffer })
             .collect();
-        let bits = self.sequence_pass(gpu, tokens, &captures, score).await?;
+        let emit = if score { Emit::Surprisal } else { Emit::Nothing };
+        let bits = self.sequence_pass(gpu, tokens, None, &captures, emit).await?;
         let reads: Vec<(&wgpu::Buffer, usize)> = folded.iter().map(|f| (&f.3.buffer, floats)).collect();
         let raw = if reads.is_empty() { Vec::new() } else { buffers::read_f32(&self.ctx, &reads).await? };
         drop(captures);

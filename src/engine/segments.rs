@@ -6,11 +6,11 @@
 //! length. The same chain carries the captures of `engine::pack_weights`.
 
 use crate::config::Config;
-use crate::engine::causal::{Hooks, Run};
+use crate::engine::causal::{Emit, Hooks, Run};
 use crate::engine::context::Engine;
 use crate::engine::weights::{causal_columns, GpuModel};
 use crate::error::{LunaError, Result};
-use crate::gpu::buffers::{self, Tracked};
+use crate::gpu::buffers;
 use crate::gpu::recorder::Recorder;
 use crate::gpu::scope::ErrorScopes;
 use crate::input::Batch;
@@ -31,14 +31,9 @@ impl Engine {
     /// Surprisal in bits of each next token, `[B, n]`: entry `t` is
     /// `-log2 p(tokens[t+1] | tokens[..=t])` for `t + 1 < length`, else 0.
     pub async fn score(&mut self, model: &GpuModel, batch: &Batch) -> Result<Vec<f32>> {
-        if batch.batch == 1 && batch.lengths[0] == batch.len && batch.len > self.segment_rows(&model.config, 0) {
-            // One long document: segment by segment, in memory that does not grow with it.
-            batch.check_for(&model.config)?;
-            let mut bits = self.sequence_pass(model, &batch.tokens, &[], true).await?.unwrap_or_default();
-            if let Some(last) = bits.last_mut() {
-                *last = 0.0;
-            }
-            return Ok(bits);
+        if batch.batch * batch.len > self.segment_rows(&model.config, 0) {
+            // Long documents: each segment by segment, in memory that does not grow with them.
+            return self.per_sequence(model, batch, Emit::Surprisal).await;
         }
         let rows = batch.batch * batch.len;
         let targets = next_tokens(batch);
@@ -68,13 +63,34 @@ impl Engine {
         Ok(())
     }
 
+    /// Runs every sequence of a batch alone, segment by segment (a batch too
+    /// large for one pass splits like a long sequence): `[B, n]` surprisal
+    /// or `[B, n, vocab]` logits, zero past each sequence's length.
+    pub(crate) async fn per_sequence(&mut self, model: &GpuModel, batch: &Batch, emit: Emit) -> Result<Vec<f32>> {
+        batch.check_for(&model.config)?;
+        let n = batch.len;
+        let width = match emit {
+            Emit::Logits => model.config.vocab_size,
+            _ => 1,
+        };
+        let mut out = vec![0f32; batch.batch * n * width];
+        for b in 0..batch.batch {
+            let rows = b * n..b * n + batch.lengths[b];
+            let values = self.sequence_pass(model, &batch.tokens[rows.clone()], Some(&batch.positions[rows.clone()]), &[], emit).await?.unwrap_or_default();
+            out[rows.start * width..rows.end * width].copy_from_slice(&values);
+        }
+        Ok(out)
+    }
+
     /// Runs one sequence of real tokens through the causal LM segment by
     /// segment: each segment is a parallel pass (one submission) that starts
     /// from the per-layer states the previous one left. Memory is that of one
-    /// segment, whatever the length. Records `captures` on the way; with
-    /// `score`, returns the surprisal of each next token (`[n]`, entry `t` for
-    /// token `t + 1`, the last entry 0).
-    pub(crate) async fn sequence_pass(&mut self, model: &GpuModel, tokens: &[u32], captures: &[Capture<'_>], score: bool) -> Result<Option<Vec<f32>>> {
+    /// segment, whatever the length. `positions` are the tokens' fairseq
+    /// positions (`padding_idx + 1 + t` when `None`). Records `captures` on
+    /// the way; returns what `emit` names: the surprisal of each next token
+    /// (`[n]`, entry `t` for token `t + 1`, the last entry 0), or the logits
+    /// `[n, vocab]`, read back segment by segment.
+    pub(crate) async fn sequence_pass(&mut self, model: &GpuModel, tokens: &[u32], positions: Option<&[u32]>, captures: &[Capture<'_>], emit: Emit) -> Result<Option<Vec<f32>>> {
         self.ctx.check_alive()?;
         model.causal()?;
         let c = &model.config;
@@ -89,8 +105,9 @@ impl Engine {
         let carry = (0..c.num_layers)
             .map(|_| buffers::upload(&self.ctx, &self.stats, "carried state", &vec![0f32; block]))
             .collect::<Result<Vec<_>>>()?;
-        let bits_all = if score { Some(buffers::create(&self.ctx, &self.stats, "the surprisal", n as u64 * 4)?) } else { None };
-        let last = if score { c.num_layers } else { captures.iter().map(|k| k.layer + 1).max().unwrap_or(0) };
+        let bits_all = if emit == Emit::Surprisal { Some(buffers::create(&self.ctx, &self.stats, "the surprisal", n as u64 * 4)?) } else { None };
+        let mut logits_all = Vec::new();
+        let last = if emit == Emit::Nothing { captures.iter().map(|k| k.layer + 1).max().unwrap_or(0) } else { c.num_layers };
         for start in (0..n).step_by(seg) {
             let end = (start + seg).min(n);
             let rows = end - start;
@@ -103,23 +120,19 @@ impl Engine {
                 chunk: self.causal_chunk.min(rows.next_power_of_two()),
                 t_base: start,
             };
-            self.check_causal_sizes(c, rows, &shape, if score { rows } else { 0 })?;
+            self.check_causal_sizes(c, rows, &shape, if emit == Emit::Nothing { 0 } else { rows })?;
             // Positions: learned ones by index; sinusoids as this segment's own rows.
-            let (table, positions): (Option<Tracked>, Vec<u32>) = match &model.embed_positions {
-                Some(_) => (None, (start..end).map(|t| (pad + 1 + t) as u32).collect()),
-                None => (Some(self.segment_positions(c, pad + 1 + start, rows)?), (0..rows as u32).collect()),
+            let here: Vec<u32> = match positions {
+                Some(p) => p[start..end].to_vec(),
+                None => (start..end).map(|t| (pad + 1 + t) as u32).collect(),
             };
-            let pos_table = match (&table, &model.embed_positions) {
-                (Some(t), _) => t.buffer.clone(),
-                (None, Some(p)) => p.buffer.clone(),
-                (None, None) => unreachable!("one of the two position sources exists"),
-            };
+            let positions = self.token_positions(model, &here)?;
             let targets: Vec<u32> = (start..end).map(|t| if t + 1 < n { tokens[t + 1] } else { kernel::NO_TARGET }).collect();
             let scope = ErrorScopes::push(&self.ctx);
             let result = async {
                 let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
                 let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-                let run = Run::new(model, &pos_table, shape, None)?.continuing(&carry).first_layers(last);
+                let run = Run::new(model, &positions.table, shape, None)?.continuing(&carry).first_layers(last);
                 let scratch = (!captures.is_empty()).then(|| workspace.get(ctx, "captured", (rows * extra) as u64 * 4));
                 let mut capture = |rec: &mut Recorder, i: usize, ax: &wgpu::Buffer| {
                     if let Some(scratch) = &scratch {
@@ -130,17 +143,26 @@ impl Engine {
                     }
                 };
                 let hooks = Hooks { attention_input: Some(&mut capture) };
-                let x = run.record(&mut rec, workspace, &tokens[start..end], &positions, &[rows as u32], hooks)?;
+                let x = run.record(&mut rec, workspace, &tokens[start..end], &positions.index, &[rows as u32], hooks)?;
                 if let Some(all) = &bits_all {
                     let bits = run.surprisal(&mut rec, workspace, &x, &targets);
                     rec.copy(&bits, 0, &all.buffer, start, rows);
                 }
-                rec.submit();
+                if emit == Emit::Logits {
+                    let logits = run.logits(&mut rec, workspace, &x, rows, "logits");
+                    rec.submit();
+                    logits_all.extend(buffers::read_f32(ctx, &[(&logits, rows * c.vocab_size)]).await?.remove(0));
+                } else {
+                    rec.submit();
+                }
                 Ok(())
             }
             .await;
             self.close(scope, result).await?;
-            drop(table);
+            drop(positions);
+        }
+        if emit == Emit::Logits {
+            return Ok(Some(logits_all));
         }
         match &bits_all {
             Some(all) => Ok(Some(buffers::read_f32(&self.ctx, &[(&all.buffer, n)]).await?.remove(0))),

@@ -12,7 +12,6 @@ use crate::kernels::gemm::{self, Gemm};
 use crate::kernels::{attention, causal};
 use crate::math;
 use crate::model::{KvProj, Linear, Model, Norm};
-use std::sync::Mutex;
 
 pub(crate) struct GpuNorm {
     pub(crate) weight: Tracked,
@@ -93,7 +92,7 @@ pub struct GpuModel {
     /// Tells decoders which model they belong to.
     pub(crate) id: u64,
     pub(crate) embed_tokens: Tracked,
-    /// Learned table, or `None` for sinusoids (built on demand in `token_pos`).
+    /// Learned table, or `None` for sinusoids (rows built per pass: [`Engine::token_positions`]).
     pub(crate) embed_positions: Option<Tracked>,
     pub(crate) projected_embeddings: Tracked,
     /// Sinusoid rows 0..l for P, when positions are not learned.
@@ -102,8 +101,6 @@ pub struct GpuModel {
     pub(crate) final_norms: Option<(GpuNorm, GpuNorm)>,
     /// The encoder's layers (empty for a causal LM).
     pub(crate) layers: Vec<GpuLayer>,
-    /// Grow-only sinusoid table for token positions: (rows, buffer).
-    token_pos: Mutex<Option<(usize, Tracked)>>,
     /// The causal LM's weights, for a `causal_lm` model.
     pub(crate) causal: Option<GpuCausal>,
 }
@@ -132,16 +129,27 @@ pub(crate) fn causal_columns(c: &Config) -> (usize, usize, usize, usize, usize) 
 }
 
 /// `rows` sinusoid rows, float32; with `zero_row`, the token table whose row `pad` is zero.
-fn sinusoid_table(rows: usize, d: usize, zero_row: Option<usize>) -> Vec<f32> {
-    let mut t = Vec::with_capacity(rows * d);
-    for r in 0..rows {
-        let row = match zero_row {
-            Some(pad) => math::token_sinusoid_row(r, pad, d),
-            None => math::sinusoid_row(r, d),
-        };
-        t.extend(row.iter().map(|&v| v as f32));
+/// The position rows of a pass: `table` and each token's row in it.
+pub(crate) struct TokenPositions {
+    pub(crate) table: wgpu::Buffer,
+    pub(crate) index: Vec<u32>,
+    /// The sinusoid rows this pass owns, if any.
+    _rows: Option<Tracked>,
+}
+
+/// The token sinusoid rows of `positions`, `[positions.len(), d]`.
+pub(crate) fn sinusoid_rows(c: &Config, positions: &[u32]) -> Vec<f32> {
+    let d = c.embed_dim;
+    let mut rows = Vec::with_capacity(positions.len() * d);
+    for &t in positions {
+        rows.extend(math::token_sinusoid_row(t as usize, c.padding_idx, d).iter().map(|&v| v as f32));
     }
-    t
+    rows
+}
+
+/// Sinusoid rows `0..rows` (P's positions, not offset).
+fn sinusoid_table(rows: usize, d: usize) -> Vec<f32> {
+    (0..rows).flat_map(|r| math::sinusoid_row(r, d)).map(|v| v as f32).collect()
 }
 
 fn kv_parts(kv: &KvProj) -> Vec<&Linear> {
@@ -246,12 +254,11 @@ impl Engine {
             proj_positions: if c.learned_pos {
                 None
             } else {
-                Some(self.up("proj_positions", &sinusoid_table(c.projection_length, c.embed_dim, None))?)
+                Some(self.up("proj_positions", &sinusoid_table(c.projection_length, c.embed_dim))?)
             },
             emb_norms: pair(&model.emb_layer_norm, &model.proj_emb_layer_norm)?,
             final_norms: pair(&model.layer_norm, &model.proj_layer_norm)?,
             layers,
-            token_pos: Mutex::new(None),
         })
     }
 
@@ -293,34 +300,22 @@ impl Engine {
         })
     }
 
-    /// The token position table covering `rows` rows (learned, or a cached sinusoid table).
-    pub(crate) fn token_positions(&self, model: &GpuModel, rows: usize) -> Result<wgpu::Buffer> {
-        if let Some(p) = &model.embed_positions {
-            return Ok(p.buffer.clone());
-        }
-        let mut cached = model.token_pos.lock().unwrap();
-        if let Some((have, buf)) = cached.as_ref() {
-            if *have >= rows {
-                return Ok(buf.buffer.clone());
+    /// Where a pass over tokens at fairseq `positions` reads their position
+    /// rows: the learned table, or exactly these tokens' sinusoid rows (sized
+    /// to the pass, dropped with it; no table grows to the longest sequence seen).
+    pub(crate) fn token_positions(&self, model: &GpuModel, positions: &[u32]) -> Result<TokenPositions> {
+        Ok(match &model.embed_positions {
+            Some(t) => TokenPositions { table: t.buffer.clone(), index: positions.to_vec(), _rows: None },
+            None => {
+                let rows = self.position_rows(&model.config, positions)?;
+                TokenPositions { table: rows.buffer.clone(), index: (0..positions.len() as u32).collect(), _rows: Some(rows) }
             }
-        }
-        let c = &model.config;
-        let rows = rows.max(c.position_rows()).next_power_of_two();
-        let table = sinusoid_table(rows, c.embed_dim, Some(c.padding_idx));
-        let t = self.up("token_positions", &table)?;
-        let buf = t.buffer.clone();
-        *cached = Some((rows, t));
-        Ok(buf)
+        })
     }
 
-    /// Sinusoid rows for token positions `first..first + rows` (offset
-    /// positions, row `padding_idx` zero), as one segment of a long sequence needs.
-    pub(crate) fn segment_positions(&self, c: &Config, first: usize, rows: usize) -> Result<Tracked> {
-        let (d, pad) = (c.embed_dim, c.padding_idx);
-        let mut table = Vec::with_capacity(rows * d);
-        for r in first..first + rows {
-            table.extend(math::token_sinusoid_row(r, pad, d).iter().map(|&v| v as f32));
-        }
-        self.up("segment positions", &table)
+    /// The sinusoid row of each of `positions` (fairseq positions, row
+    /// `padding_idx` zero), as one segment of a long sequence reads them.
+    pub(crate) fn position_rows(&self, c: &Config, positions: &[u32]) -> Result<Tracked> {
+        self.up("segment positions", &sinusoid_rows(c, positions))
     }
 }

@@ -143,6 +143,11 @@ impl Workspace {
         buffer
     }
 
+    /// Bytes of the scratch buffers held now.
+    pub fn bytes(&self) -> u64 {
+        self.buffers.values().map(|t| t.buffer.size()).sum()
+    }
+
     /// Drops every scratch buffer (after a failed call, or to give memory back).
     pub fn clear(&mut self) {
         self.buffers.clear();

@@ -29,6 +29,8 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Bytes of memory the device has, when known (see `gpu::memory`).
+    pub memory: Option<u64>,
     lost: Arc<AtomicBool>,
     errors: Arc<Mutex<Vec<String>>>,
     /// Host-side buffers reused between submissions (see [`Reuse`]).
@@ -253,7 +255,8 @@ impl GpuContext {
             log::error!("uncaptured GPU error: {e}");
             errors2.lock().unwrap().push(e.to_string());
         }));
-        Ok(GpuContext { adapter, device, queue, info, limits, features, lost, errors, reuse: Reuse::default() })
+        let memory = super::memory::device_memory(&adapter);
+        Ok(GpuContext { adapter, device, queue, info, limits, features, memory, lost, errors, reuse: Reuse::default() })
     }
 
     /// Fails if the device has been lost (the engine must then be recreated).
@@ -285,6 +288,7 @@ impl GpuContext {
              max_uniform_buffer_binding_size:       {}\n  max_compute_workgroup_storage_size:    {}\n  \
              max_compute_invocations_per_workgroup: {}\n  max_compute_workgroup_size:            {} x {} x {}\n  \
              max_compute_workgroups_per_dimension:  {}\n  max_storage_buffers_per_shader_stage:  {}\n\
+             memory:       {}\n\
              features:\n  subgroups:        {}\n  shader-f16:       {}\n  timestamp-query:  {}",
             i.name,
             i.backend,
@@ -303,6 +307,10 @@ impl GpuContext {
             l.max_compute_workgroup_size_z,
             l.max_compute_workgroups_per_dimension,
             l.max_storage_buffers_per_shader_stage,
+            match self.memory {
+                Some(b) => format!("{:.1} GiB (LUNA_MEMORY_LIMIT, else the Vulkan device-local heaps)", b as f64 / (1u64 << 30) as f64),
+                None => "unknown (the backend does not say; set LUNA_MEMORY_LIMIT)".into(),
+            },
             f(wgpu::Features::SUBGROUP),
             f(wgpu::Features::SHADER_F16),
             f(wgpu::Features::TIMESTAMP_QUERY),

@@ -3,6 +3,7 @@
 
 pub mod buffers;
 pub mod context;
+pub mod memory;
 pub mod pipelines;
 pub mod recorder;
 pub mod scope;
