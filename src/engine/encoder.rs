@@ -19,6 +19,7 @@
 
 use crate::config::Config;
 use crate::engine::context::Engine;
+use crate::engine::plan::{self, Cut, Need};
 use crate::engine::tail::{Block, Dims};
 use crate::engine::weights::{sinusoid_rows, GpuModel, GpuNorm};
 use crate::error::{LunaError, Result};
@@ -29,21 +30,6 @@ use crate::input::{Batch, EncoderOutput};
 use crate::kernels::attention::{self, Attention, Part, Shape, View};
 use crate::kernels::gemm;
 use crate::kernels::{embed, layernorm, softmax};
-
-/// Rows a block keeps at least when a sequence is cut for memory's sake.
-const MIN_BLOCK: usize = 512;
-/// A sequence long enough is cut into at least this many blocks, so that the
-/// block scratch costs a fraction of the layer input.
-const MIN_BLOCKS: usize = 4;
-
-/// How an encoder call is cut: groups of `seqs` whole sequences, each group
-/// one submission; a group of one long sequence runs in blocks of
-/// `block_rows` rows (a group of several is one block).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cut {
-    pub seqs: usize,
-    pub block_rows: usize,
-}
 
 /// One group's recorded pass: the buffers holding `x` (one per block, with its
 /// rows) and `p`.
@@ -112,10 +98,7 @@ impl Engine {
         pollster::block_on(self.encode(model, batch))
     }
 
-    /// How a batch is cut into groups and row blocks (see [`Cut`]): blocks of a
-    /// quarter of the sequence (at least 512 rows), within the rows per
-    /// segment ([`Engine::set_segment_rows`]), one binding and one dispatch;
-    /// sequences that fit one block share a group.
+    /// How a batch is cut into groups and row blocks (see [`Cut`]).
     pub fn encoder_cut(&self, c: &Config, batch: &Batch) -> Result<Cut> {
         self.cut_for(c, batch.len, batch.batch)
     }
@@ -124,59 +107,19 @@ impl Engine {
     /// sequences of `n` tokens takes (activations, scratch; not the readback).
     pub fn encoder_memory(&self, c: &Config, n: usize, sequences: usize) -> Result<u64> {
         let cut = self.cut_for(c, n, sequences)?;
-        let proj_len = if c.dynamic_projection { c.projection_length.min(n) } else { c.projection_length };
-        Ok(plan(c, n, proj_len, cut, false).iter().map(|p| p.total).sum())
+        Ok(plan::total(&encoder_plan(c, n, proj_len_for(c, n), cut, false)))
     }
 
     fn cut_for(&self, c: &Config, n: usize, sequences: usize) -> Result<Cut> {
-        let d = c.embed_dim;
-        let widest = [d, kv_width(c), c.ffn_embed_dim].into_iter().max().unwrap_or(1);
-        let fit_binding = (self.ctx.max_binding() / (widest as u64 * 4)) as usize;
-        let fit_dispatch = self.ctx.limits.max_compute_workgroups_per_dimension as usize * 64;
-        let cap = self.segment.min(fit_binding).min(fit_dispatch) / 64 * 64;
-        if cap == 0 {
-            return Err(LunaError::TooLarge { what: format!("64 token rows of a {widest}-float layer buffer"), needed: widest as u64 * 4 * 64, limit: self.ctx.max_binding() });
-        }
-        let block = (n.div_ceil(MIN_BLOCKS).div_ceil(64) * 64).max(MIN_BLOCK).min(cap);
-        Ok(if block >= n { Cut { seqs: (cap / n).clamp(1, sequences), block_rows: n } } else { Cut { seqs: 1, block_rows: block } })
+        let widest = [c.embed_dim, kv_width(c), c.ffn_embed_dim].into_iter().max().unwrap_or(1);
+        self.cut_rows(widest, n, sequences, true)
     }
 
-    /// Checks a batch against the device before any GPU work is recorded:
-    /// every buffer against one binding, and all of them, with the weights
-    /// the engine holds and the readback of the outputs, against the
-    /// device's memory (when known: `gpu::memory`).
+    /// Checks a batch against the device before any GPU work (`engine::plan`).
     fn check_sizes(&self, c: &Config, batch: &Batch, cut: Cut, readback: bool) -> Result<()> {
-        let needs = plan(c, batch.len, batch.proj_len, cut, readback);
-        for need in &needs {
-            buffers::check_binding(&self.ctx, need.what, need.each)?;
-        }
-        let rows = if cut.block_rows < batch.len { cut.block_rows } else { cut.seqs * batch.len };
-        buffers::check_dispatch_rows(&self.ctx, rows as u64)?;
-        let Some(limit) = self.memory_limit() else { return Ok(()) };
-        let held = self.stats.live().saturating_sub(self.workspace.bytes());
-        let total = held + needs.iter().map(|p| p.total).sum::<u64>();
-        if total <= limit {
-            return Ok(());
-        }
-        // The longest single sequence that would fit, for the message.
-        let fits = |n: usize| {
-            let proj_len = if c.dynamic_projection { c.projection_length.min(n) } else { c.projection_length };
-            self.cut_for(c, n, 1).is_ok_and(|cut| held + plan(c, n, proj_len, cut, readback).iter().map(|p| p.total).sum::<u64>() <= limit)
-        };
-        let (mut lo, mut hi) = (0usize, batch.len);
-        while lo < hi {
-            let mid = lo + (hi - lo).div_ceil(2);
-            if fits(mid) { lo = mid } else { hi = mid - 1 }
-        }
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-        Err(LunaError::OutOfMemory(format!(
-            "this batch ({} × {} tokens) needs {:.1} MiB of GPU memory ({:.1} MiB the engine holds for weights, the rest for activations, scratch and readback), over the {:.1} MiB this adapter has (LUNA_MEMORY_LIMIT or Engine::set_memory_limit changes it); the longest single sequence that fits is {lo} tokens",
-            batch.batch,
-            batch.len,
-            mib(total),
-            mib(held),
-            mib(limit),
-        )))
+        let needs = encoder_plan(c, batch.len, batch.proj_len, cut, readback);
+        let plan_for = |n: usize| self.cut_for(c, n, 1).ok().map(|cut| plan::total(&encoder_plan(c, n, proj_len_for(c, n), cut, readback)));
+        self.check_plan(&needs, batch.batch, batch.len, cut, plan_for)
     }
 
     /// Records and submits the whole pass over sequences `seq0..seq0 + seqs`
@@ -185,8 +128,7 @@ impl Engine {
         let c = &model.config;
         let (n, proj_len, d) = (batch.len, batch.proj_len, c.embed_dim);
         // Row blocks `(first row, rows)` of the group's token rows.
-        let blocks: Vec<(usize, usize)> =
-            if cut.block_rows < n { (0..n).step_by(cut.block_rows).map(|s| (s, (n - s).min(cut.block_rows))).collect() } else { vec![(0, seqs * n)] };
+        let blocks = cut.blocks(n, seqs);
         let rows_cap = blocks.iter().map(|b| b.1).max().unwrap_or(1);
         let (row0, packed_rows) = (seq0 * n, seqs * proj_len);
         let (pack_kvw, kvw) = (kv_width(c), kv_width(c));
@@ -355,28 +297,18 @@ impl Engine {
     }
 }
 
-/// Buffers of one kind a pass allocates: the largest of them (`each` bytes,
-/// bound whole) and all of them together (`total` bytes).
-struct Need {
-    what: &'static str,
-    each: u64,
-    total: u64,
-}
-
-impl Need {
-    fn one(what: &'static str, bytes: u64) -> Need {
-        Need { what, each: bytes, total: bytes }
-    }
-}
-
 /// Every buffer a pass over sequences of `n` tokens cut as `cut` allocates
 /// beyond the weights (as `Engine::record_group` does), and with `readback`
 /// the staging that reads the outputs back.
-fn plan(c: &Config, n: usize, proj_len: usize, cut: Cut, readback: bool) -> Vec<Need> {
+/// `l'` of a single sequence of `n` tokens.
+fn proj_len_for(c: &Config, n: usize) -> usize {
+    if c.dynamic_projection { c.projection_length.min(n) } else { c.projection_length }
+}
+
+fn encoder_plan(c: &Config, n: usize, proj_len: usize, cut: Cut, readback: bool) -> Vec<Need> {
     let f = 4u64;
     let (d, kvw) = (c.embed_dim as u64, kv_width(c) as u64);
-    let blocked = cut.block_rows < n;
-    let rows = if blocked { cut.block_rows } else { cut.seqs * n } as u64;
+    let rows = cut.rows(n) as u64;
     let tokens = (cut.seqs * n) as u64;
     let packed = (cut.seqs * proj_len) as u64;
     let (dp, dh) = (c.pack_head_dim(), c.head_dim());

@@ -10,6 +10,8 @@
 //! - `decoder`: streaming generation ([`Decoder`]);
 //! - `segments`: scoring, and one long sequence segment by segment;
 //! - `pack_weights`: what the packed slots read ([`PackWeights`]);
+//! - `plan`: how a pass is cut into groups and row blocks, and its buffers
+//!   checked against the device before any GPU work;
 //! - `baseline`: the softmax-attention baselines;
 //! - `tune`: timing the GEMM family's variants on this adapter.
 //!
@@ -22,6 +24,7 @@ mod context;
 mod decoder;
 mod encoder;
 mod pack_weights;
+mod plan;
 mod segments;
 mod tail;
 mod tune;
@@ -31,4 +34,5 @@ pub use causal::CausalOutput;
 pub use context::Engine;
 pub use decoder::Decoder;
 pub use pack_weights::PackWeights;
+pub use plan::Cut;
 pub use weights::GpuModel;
