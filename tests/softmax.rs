@@ -299,7 +299,7 @@ fn naive_and_flash_agree() {
 }
 
 #[test]
-fn recording_without_readback_gives_the_same_output() {
+fn timing_runs_the_same_pass_and_leaves_the_engine_as_it_was() {
     let Some(mut engine) = common::engine() else { return };
     let c = config(24, 40, 3, 2, Activation::Relu, false);
     let layers = random_layers(24, 40, 2, 700);
@@ -308,13 +308,10 @@ fn recording_without_readback_gives_the_same_output() {
     let input = SoftmaxInput { x: &x, batch, len: n, key_mask: &mask };
     for kind in [Kind::Flash, Kind::Naive] {
         let want = engine.softmax_forward_blocking(&enc, &input, kind).unwrap();
-        let (rec, out) = engine.softmax_record(&enc, &input, kind).unwrap();
-        assert!(!rec.is_empty());
-        rec.submit();
-        let got = engine.read_blocking(&[(&out, want.len())]).unwrap().remove(0);
-        assert_eq!(got, want, "{}: recorded run differs from softmax_forward", kind.name());
         let seconds = engine.softmax_time(&enc, &input, kind).unwrap();
-        assert!(seconds.is_finite() && seconds >= 0.0, "{seconds}");
+        assert!(seconds.is_finite() && seconds > 0.0, "{seconds}");
+        let again = engine.softmax_forward_blocking(&enc, &input, kind).unwrap();
+        assert_eq!(again, want, "{}: a forward pass after timing differs", kind.name());
     }
 }
 
@@ -338,7 +335,7 @@ fn refusals_leave_the_engine_usable() {
         }
         other => panic!("expected TooLarge, got {:?}", other.map(|v| v.len())),
     }
-    assert!(engine.softmax_record(&enc, &big, Kind::Naive).is_err());
+    assert!(engine.softmax_check(&enc, &big, Kind::Naive).is_err());
 
     // Bad inputs: typed errors.
     let (x, mask, batch, n) = input_data(8, &[10, 4], 9);
@@ -367,5 +364,47 @@ fn refusals_leave_the_engine_usable() {
     // And the engine still runs both kinds correctly.
     for kind in [Kind::Flash, Kind::Naive] {
         check_layers(&mut engine, &c, &layers, &[10, 4], kind, 9);
+    }
+}
+
+#[test]
+fn flash_in_row_blocks_walks_every_key_block() {
+    // 128 rows a block: n = 300 runs as blocks of 128, 128 and 44 rows (each
+    // sequence alone), the flash state carried across the key blocks; padding
+    // inside the second sequence's last blocks. Pre- and post-norm. The naive
+    // form runs each sequence whole.
+    let Some(mut engine) = common::engine() else { return };
+    engine.set_segment_rows(128).unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for (pre, seed) in [(false, 900), (true, 901)] {
+            let c = config(24, 40, 3, 2, Activation::Gelu, pre);
+            let layers = random_layers(24, 40, 2, seed);
+            assert!(engine.softmax_cut(&c, 300, 2, Kind::Flash).unwrap().block_rows < 300);
+            check_layers(&mut engine, &c, &layers, &[300, 190], Kind::Flash, seed + 10);
+            check_layers(&mut engine, &c, &layers, &[300, 190], Kind::Naive, seed + 10);
+        }
+    }));
+    engine.set_segment_rows(16384).unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn planned_memory_is_what_a_pass_allocates() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = config(16, 32, 2, 1, Activation::Relu, false);
+    let layers = random_layers(16, 32, 1, 950);
+    let enc = engine.load_softmax(&c, &layers).unwrap();
+    for (kind, n) in [(Kind::Flash, 3000), (Kind::Naive, 600)] {
+        let (x, mask, batch, n) = input_data(16, &[n], 951);
+        let input = SoftmaxInput { x: &x, batch, len: n, key_mask: &mask };
+        engine.release_workspace();
+        let (base, _) = engine.memory();
+        engine.reset_peak_memory();
+        engine.softmax_time(&enc, &input, kind).unwrap();
+        let (_, peak) = engine.memory();
+        let planned = engine.softmax_memory(&c, n, 1, kind).unwrap();
+        assert!((peak - base).abs_diff(planned) <= 64 * 16, "{}: planned {planned} B, allocated {} B", kind.name(), peak - base);
     }
 }

@@ -210,20 +210,7 @@ fn time_softmax(engine: &mut Engine, naive: bool, batch: usize, n: usize, d: usi
     let key_mask = vec![false; batch * n];
     let input = SoftmaxInput { x: &x, batch, len: n, key_mask: &key_mask };
     let kind = if naive { Kind::Naive } else { Kind::Flash };
-    let timestamps = Timestamps::new(&engine.ctx);
-    measure(engine, repeats, |e| {
-        e.time_submission(
-            |e| {
-                let (rec, _) = e.softmax_record(&encoder, &input, kind)?;
-                match &timestamps {
-                    Some(t) => rec.submit_timed(t),
-                    None => rec.submit(),
-                }
-                Ok(())
-            },
-            timestamps.as_ref(),
-        )
-    })
+    measure(engine, repeats, |e| e.softmax_time(&encoder, &input, kind))
 }
 
 /// The whole sweep, reporting each point as it is done.

@@ -7,6 +7,12 @@
 //! (materialised `[B, H, n, n]` scores, memory O(n²)); see
 //! [`crate::kernels::softmax`].
 //!
+//! Its memory follows the same plan as Luna's encoder (`engine::plan`): a long
+//! sequence runs in row blocks that keep their layer input and their keys and
+//! values, with one block's scratch shared; the flash attention walks the key
+//! blocks one after another, carrying its softmax state. The naive attention
+//! needs every query row at once, so it runs each sequence as one block.
+//!
 //! ```no_run
 //! # use luna_wgpu::{Engine, AdapterChoice};
 //! # use luna_wgpu::baseline::*;
@@ -27,12 +33,11 @@
 //! ```
 
 use crate::engine::context::Engine;
-use crate::engine::tail::{Dims, Scratch};
+use crate::engine::plan::{self, Cut, Need};
+use crate::engine::tail::{Block, Dims};
 use crate::engine::weights::{GpuBlock, GpuLinear};
 use crate::error::{LunaError, Result};
-use crate::gpu::buffers::{self, Tracked};
-use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::PipelineCache;
+use crate::gpu::buffers;
 use crate::gpu::recorder::Recorder;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gpu::recorder::Timestamps;
@@ -44,8 +49,9 @@ pub use crate::kernels::softmax::Kind;
 pub use crate::softmax_model::{SoftmaxConfig, SoftmaxLayer};
 
 struct GpuSoftmaxLayer {
-    /// `[q_proj; k_proj; v_proj]` stacked: X is read once for all three.
-    qkv_proj: GpuLinear,
+    q_proj: GpuLinear,
+    /// `[k_proj; v_proj]` stacked: X is read once for both.
+    kv_proj: GpuLinear,
     /// Output projection, FFN and LayerNorms: the same code as Luna's layers.
     block: GpuBlock,
 }
@@ -133,34 +139,48 @@ impl Engine {
         let uploaded: Result<Vec<GpuSoftmaxLayer>> = layers
             .iter()
             .map(|l| {
-                let qkv_proj = self.stacked("sm_wqkv", &[&l.q_proj, &l.k_proj, &l.v_proj])?;
+                let q_proj = self.stacked("sm_wq", &[&l.q_proj])?;
+                let kv_proj = self.stacked("sm_wkv", &[&l.k_proj, &l.v_proj])?;
                 let block = self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?;
-                Ok(GpuSoftmaxLayer { qkv_proj, block })
+                Ok(GpuSoftmaxLayer { q_proj, kv_proj, block })
             })
             .collect();
         let layers = scope.close(&self.ctx, uploaded).await?;
         Ok(SoftmaxEncoder { config: config.clone(), layers })
     }
 
-    /// Checks an input against the encoder and the device for `kind`, before any GPU work.
+    /// How an input is cut into groups and row blocks (`engine::plan`); the
+    /// naive attention runs each sequence as one block.
+    pub fn softmax_cut(&self, c: &SoftmaxConfig, n: usize, sequences: usize, kind: Kind) -> Result<Cut> {
+        let widest = (2 * c.embed_dim).max(c.ffn_embed_dim);
+        self.cut_rows(widest, n, sequences, kind == Kind::Flash)
+    }
+
+    /// Bytes of GPU buffers beyond the weights that `sequences` sequences of
+    /// `n` tokens take with `kind` (activations, scratch; not the readback).
+    pub fn softmax_memory(&self, c: &SoftmaxConfig, n: usize, sequences: usize, kind: Kind) -> Result<u64> {
+        let cut = self.softmax_cut(c, n, sequences, kind)?;
+        Ok(plan::total(&softmax_plan(c, n, cut, kind, false)))
+    }
+
+    /// Checks an input against the encoder and the device for `kind`, before
+    /// any GPU work: shapes, every buffer against one binding, all of them
+    /// against the device's memory (`engine::plan`).
     pub fn softmax_check(&self, enc: &SoftmaxEncoder, input: &SoftmaxInput, kind: Kind) -> Result<()> {
+        self.softmax_checked(enc, input, kind, true).map(|_| ())
+    }
+
+    fn softmax_checked(&self, enc: &SoftmaxEncoder, input: &SoftmaxInput, kind: Kind, readback: bool) -> Result<Cut> {
         self.ctx.check_alive()?;
         let c = &enc.config;
         input.check(c)?;
-        let rows = (input.batch * input.len) as u64;
-        let d = c.embed_dim as u64;
-        for (what, bytes) in [
-            ("the fused q/k/v projections", rows * 3 * d * 4),
-            ("the feed-forward hidden layer", rows * c.ffn_embed_dim as u64 * 4),
-            ("the sequence activations", rows * d * 4),
-        ] {
-            buffers::check_binding(&self.ctx, what, bytes)?;
-        }
-        buffers::check_dispatch_rows(&self.ctx, rows)?;
-        let s = shape(c, input);
+        let cut = self.softmax_cut(c, input.len, input.batch, kind)?;
+        let s = Shape { batch: cut.seqs, q_rows: input.len, ..shape(c, input) };
         kernel::check(&self.ctx, kind, &s)?;
-        buffers::check_binding(&self.ctx, "the attention scratch", kernel::scratch_floats(kind, &s) * 4)?;
-        Ok(())
+        let needs = softmax_plan(c, input.len, cut, kind, readback);
+        let plan_for = |n: usize| self.softmax_cut(c, n, 1, kind).ok().map(|cut| plan::total(&softmax_plan(c, n, cut, kind, readback)));
+        self.check_plan(&needs, input.batch, input.len, cut, plan_for)?;
+        Ok(cut)
     }
 
     /// Runs the encoder's `num_layers` layers on `input` with softmax attention
@@ -168,13 +188,19 @@ impl Engine {
     /// (asynchronous; nothing blocks on the web). A failed call (a typed
     /// error) leaves the engine usable.
     pub async fn softmax_forward(&mut self, enc: &SoftmaxEncoder, input: &SoftmaxInput<'_>, kind: Kind) -> Result<Vec<f32>> {
-        self.softmax_check(enc, input, kind)?;
-        let floats = input.batch * input.len * enc.config.embed_dim;
+        let cut = self.softmax_checked(enc, input, kind, true)?;
+        let d = enc.config.embed_dim;
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
-            let (rec, out) = self.softmax_record(enc, input, kind)?;
-            rec.submit();
-            Ok(buffers::read_f32(&self.ctx, &[(&out, floats)]).await?.remove(0))
+            let mut out = Vec::with_capacity(input.batch * input.len * d);
+            for seq0 in (0..input.batch).step_by(cut.seqs) {
+                let blocks = self.softmax_group(enc, input, kind, seq0, cut.seqs.min(input.batch - seq0), cut, None)?;
+                let sources: Vec<(&wgpu::Buffer, usize)> = blocks.iter().map(|(b, rows)| (b, rows * d)).collect();
+                for part in buffers::read_f32(&self.ctx, &sources).await? {
+                    out.extend(part);
+                }
+            }
+            Ok(out)
         }
         .await;
         self.close(scope, result).await
@@ -188,18 +214,17 @@ impl Engine {
 
     /// Runs the encoder on `input` without reading the output back and returns
     /// the time the GPU spent on it: from timestamp queries when the device
-    /// has them, else the wall clock around the submission and a wait (the
-    /// counterpart of [`Engine::time_encoder`], for benchmarks).
+    /// has them and the input is one submission, else the wall clock around
+    /// the submissions and a wait (the counterpart of [`Engine::time_encoder`],
+    /// for benchmarks).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn softmax_time(&mut self, enc: &SoftmaxEncoder, input: &SoftmaxInput<'_>, kind: Kind) -> Result<f64> {
-        self.softmax_check(enc, input, kind)?;
-        let timestamps = Timestamps::new(&self.ctx);
+        let cut = self.softmax_checked(enc, input, kind, false)?;
+        let timestamps = if cut.seqs >= input.batch { Timestamps::new(&self.ctx) } else { None };
         self.time_submission(
             |e| {
-                let (rec, _) = e.softmax_record(enc, input, kind)?;
-                match &timestamps {
-                    Some(t) => rec.submit_timed(t),
-                    None => rec.submit(),
+                for seq0 in (0..input.batch).step_by(cut.seqs) {
+                    e.softmax_group(enc, input, kind, seq0, cut.seqs.min(input.batch - seq0), cut, timestamps.as_ref())?;
                 }
                 Ok(())
             },
@@ -207,72 +232,118 @@ impl Engine {
         )
     }
 
-    /// Writes the input into the workspace and records every layer without
-    /// submitting: returns the recorder (call `submit`, or `submit_timed` to
-    /// time the GPU work alone) and the buffer that will hold the output
-    /// `[batch, len, embed_dim]` (a workspace buffer: valid until the next
-    /// call that uses the workspace). The input upload is queued at once and
-    /// lands before the recorder's submission. No error scope is pushed here:
-    /// wrap the call in one (as [`Engine::softmax_forward`] does) to turn GPU
-    /// errors into `LunaError`s.
-    pub fn softmax_record<'e>(
-        &'e mut self,
-        enc: &SoftmaxEncoder,
-        input: &SoftmaxInput<'_>,
-        kind: Kind,
-    ) -> Result<(Recorder<'e>, wgpu::Buffer)> {
-        self.softmax_check(enc, input, kind)?;
-        let Engine { ctx, cache, workspace, dummy, .. } = self;
-        let ctx: &'e GpuContext = ctx;
-        let cache: &'e PipelineCache = cache;
-        let dummy: &'e Tracked = dummy;
+    /// Writes sequences `seq0..seq0 + seqs` of the input into the workspace,
+    /// records every layer and submits; returns the buffers that will hold
+    /// the output, one per row block with its rows (workspace buffers: valid
+    /// until the next call that uses the workspace).
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_group(&mut self, enc: &SoftmaxEncoder, input: &SoftmaxInput<'_>, kind: Kind, seq0: usize, seqs: usize, cut: Cut, timestamps: Option<&Timestamps>) -> Result<Vec<(wgpu::Buffer, usize)>> {
+        let Engine { ctx, cache, workspace: ws, dummy, .. } = self;
         let c = &enc.config;
-        let (rows, d) = (input.batch * input.len, c.embed_dim);
-        let s = shape(c, input);
+        let (n, d) = (input.len, c.embed_dim);
+        let blocks = cut.blocks(n, seqs);
+        let row0 = seq0 * n;
         let dims = Dims {
-            rows,
+            rows: cut.rows(n),
             d,
             ffn: c.ffn_embed_dim,
-            proj_width: 3 * d,
+            proj_width: d,
             pre_norm: c.normalize_before,
             act: c.activation,
             eps: c.layer_norm_eps as f32,
         };
-        let scratch = Scratch::get(workspace, ctx, &dummy.buffer, dims);
-        let mask = workspace.get(ctx, "sm_mask", rows as u64 * 4);
-        let attn = match kind {
-            Kind::Flash => workspace.get(ctx, "sm_state", kernel::scratch_floats(kind, &s).max(1) * 4),
-            Kind::Naive => workspace.get(ctx, "sm_scores", kernel::scratch_floats(kind, &s).max(1) * 4),
-        };
-        ctx.queue.write_buffer(&scratch.x, 0, bytemuck::cast_slice(input.x));
-        let key_mask: Vec<u32> = input.key_mask.iter().map(|&m| m as u32).collect();
-        ctx.queue.write_buffer(&mask, 0, bytemuck::cast_slice(&key_mask));
+        let blk = Block::get(ws, ctx, dims);
+        for name in ["sm_x", "sm_mask", "sm_kv"] {
+            ws.drop_from(ctx, name, blocks.len());
+        }
+        // Per block: its layer input, key mask, and keys and values.
+        let mut xs = Vec::new();
+        for (i, &(s, rows)) in blocks.iter().enumerate() {
+            let range = row0 + s..row0 + s + rows;
+            let x = ws.get_nth(ctx, "sm_x", i, (rows * d) as u64 * 4);
+            let mask = ws.get_nth(ctx, "sm_mask", i, rows as u64 * 4);
+            let kv = ws.get_nth(ctx, "sm_kv", i, (rows * 2 * d) as u64 * 4);
+            ctx.queue.write_buffer(&x, 0, bytemuck::cast_slice(&input.x[range.start * d..range.end * d]));
+            let key_mask: Vec<u32> = input.key_mask[range].iter().map(|&m| m as u32).collect();
+            ctx.queue.write_buffer(&mask, 0, bytemuck::cast_slice(&key_mask));
+            xs.push((x, mask, kv, rows));
+        }
+        let whole = Shape { batch: seqs, q_rows: n, ..shape(c, input) };
+        let attn_floats = attention_floats(kind, &whole, cut);
+        let attn = ws.get(ctx, if kind == Kind::Flash { "sm_state" } else { "sm_scores" }, attn_floats.max(1) * 4);
         let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-        let out = record_layers(&mut rec, enc, scratch, &mask, &attn, s, kind)?;
-        Ok((rec, out))
+        let one = blocks.len() == 1;
+        for i in 0..c.num_layers {
+            let l = enc.layer(i);
+            for (x, _, kv, rows) in &xs {
+                let input = blk.attention_input(&mut rec, x, &l.block, *rows);
+                gemm::record(&mut rec, &l.kv_proj.gemm(input, kv, *rows));
+            }
+            for (x, _, _, rows) in &xs {
+                // Pre-norm: LN(x) is still in the block scratch when there is one block.
+                let input = if c.normalize_before && one { &blk.b } else { blk.attention_input(&mut rec, x, &l.block, *rows) };
+                gemm::record(&mut rec, &l.q_proj.gemm(input, blk.queries(), *rows));
+                let q_rows = if one { n } else { *rows };
+                for (j, (_, mask, kv, k_rows)) in xs.iter().enumerate() {
+                    let k_rows = if one { n } else { *k_rows };
+                    let a = Attention {
+                        q: View { buffer: blk.queries(), stride: d, offset: 0 },
+                        k: View { buffer: kv, stride: 2 * d, offset: 0 },
+                        v: View { buffer: kv, stride: 2 * d, offset: d },
+                        key_mask: mask,
+                        out: blk.attention_output(),
+                        out_stride: d,
+                        shape: Shape { q_rows, k_rows, ..whole },
+                        scratch: &attn,
+                    };
+                    match kind {
+                        Kind::Flash => kernel::record_flash_keys(&mut rec, &a, j == 0, j + 1 == xs.len())?,
+                        Kind::Naive => kernel::record(&mut rec, kind, &a)?,
+                    }
+                }
+                blk.record_tail(&mut rec, &l.block, x, *rows);
+            }
+        }
+        match timestamps {
+            Some(t) => rec.submit_timed(t),
+            None => rec.submit(),
+        }
+        Ok(xs.into_iter().map(|(x, _, _, rows)| (x, rows)).collect())
     }
 }
 
-/// Records the encoder's layers reading `s.x`; returns the buffer holding the result.
-fn record_layers(rec: &mut Recorder, enc: &SoftmaxEncoder, mut s: Scratch, mask: &wgpu::Buffer, attn: &wgpu::Buffer, shape: Shape, kind: Kind) -> Result<wgpu::Buffer> {
-    let c = &enc.config;
-    let (rows, d) = (shape.batch * shape.q_rows, c.embed_dim);
-    let w = 3 * d;
-    for i in 0..c.num_layers {
-        let l = enc.layer(i);
-        let input = s.attention_input(rec, &l.block);
-        gemm::record(rec, &l.qkv_proj.gemm(input, &s.proj, rows));
-        kernel::record(rec, kind, &Attention {
-            q: View { buffer: &s.proj, stride: w, offset: 0 },
-            k: View { buffer: &s.proj, stride: w, offset: d },
-            v: View { buffer: &s.proj, stride: w, offset: 2 * d },
-            key_mask: mask,
-            out: &s.o,
-            out_stride: d,
-            shape,
-            scratch: attn,
-        })?;
-        s.record_tail(rec, &l.block);
+/// Floats of the attention's scratch for a group (`whole`: all its queries
+/// and keys): the flash state when keys take several passes or blocks, or the
+/// naive score matrix.
+fn attention_floats(kind: Kind, whole: &Shape, cut: Cut) -> u64 {
+    let blocked = cut.blocked(whole.q_rows);
+    match kind {
+        Kind::Flash if blocked => 2 * (whole.heads * cut.block_rows) as u64,
+        _ => kernel::scratch_floats(kind, whole),
     }
-    Ok(s.x)
+}
+
+/// Every buffer a pass over sequences of `n` tokens cut as `cut` allocates
+/// beyond the weights (as `Engine::softmax_group` does), and with `readback`
+/// the staging that reads the output back.
+fn softmax_plan(c: &SoftmaxConfig, n: usize, cut: Cut, kind: Kind, readback: bool) -> Vec<Need> {
+    let f = 4u64;
+    let d = c.embed_dim as u64;
+    let rows = cut.rows(n) as u64;
+    let tokens = (cut.seqs * n) as u64;
+    let dh = c.head_dim();
+    let whole = Shape { batch: cut.seqs, q_rows: n, k_rows: n, heads: c.num_heads, head_dim: dh, scale: 1.0 };
+    let mut plan = vec![
+        Need { what: "a block of the layer input", each: rows * d * f, total: tokens * d * f },
+        Need { what: "a block's key mask", each: rows * f, total: tokens * f },
+        Need { what: "a block of the keys and values", each: rows * 2 * d * f, total: tokens * 2 * d * f },
+        Need::one("a block's LayerNorm, queries and FFN output", rows * d * f),
+        Need::one("a block's attention output and layer midpoint", rows * d * f),
+        Need::one("a block of the feed-forward hidden layer", rows * c.ffn_embed_dim as u64 * f),
+        Need::one(if kind == Kind::Flash { "the softmax state" } else { "the [batch, heads, n, n] attention score matrix" }, attention_floats(kind, &whole, cut) * f),
+    ];
+    if readback {
+        plan.push(Need { what: "the readback of a block of the output", each: rows * d * f, total: tokens * d * f });
+    }
+    plan
 }

@@ -196,6 +196,16 @@ pub fn check_naive(ctx: &GpuContext, s: &Shape) -> Result<()> {
 /// `a.key_mask` is `[batch, k_rows]` u32, nonzero = masked. `a.scratch` (the state) must hold
 /// [`Shape::flash_state_floats`] floats (any buffer when that is 0).
 pub fn record_flash(rec: &mut Recorder, a: &Attention) -> Result<()> {
+    record_flash_keys(rec, a, true, true)
+}
+
+/// [`record_flash`] over one block of the keys (`a.k`, `a.v`, `a.key_mask`
+/// holding only that block, `a.shape.k_rows` its rows), for keys that come
+/// in several buffers: the first block starts from an empty state, the last
+/// normalises, and between them the softmax state in `a.scratch`
+/// (`2 · batch · heads · q_rows` floats) and the unnormalised output in
+/// `a.out` carry over.
+pub fn record_flash_keys(rec: &mut Recorder, a: &Attention, first_block: bool, last_block: bool) -> Result<()> {
     let (s, state) = (a.shape, a.scratch);
     check_flash(&s)?;
     let (t, sv) = s.flash_split();
@@ -205,7 +215,7 @@ pub fn record_flash(rec: &mut Recorder, a: &Attention) -> Result<()> {
     let total = (s.batch * s.heads * q_tiles) as u32;
     let groups = rec.grid(total);
     let passes = s.k_rows.div_ceil(FLASH_KEYS_PER_PASS);
-    let state = if passes > 1 { state } else { rec.dummy };
+    let state = if passes > 1 || !(first_block && last_block) { state } else { rec.dummy };
     debug_assert_eq!(FLASH_KEYS_PER_PASS % FLASH_BK, 0);
     for pass in 0..passes {
         let key_begin = pass * FLASH_KEYS_PER_PASS;
@@ -217,8 +227,8 @@ pub fn record_flash(rec: &mut Recorder, a: &Attention) -> Result<()> {
             scale: s.scale,
             key_begin: key_begin as u32,
             key_end: key_end as u32,
-            first: (pass == 0) as u32,
-            last: (pass + 1 == passes) as u32,
+            first: (first_block && pass == 0) as u32,
+            last: (last_block && pass + 1 == passes) as u32,
             _pad: [0; 2],
         };
         rec.dispatch(&kernel, &params, &[a.q.buffer, a.k.buffer, a.v.buffer, a.key_mask, a.out, state], groups);
