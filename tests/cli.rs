@@ -127,6 +127,73 @@ fn forward_gpu_agrees_with_cpu() {
 }
 
 #[test]
+fn compare_passes_the_gpu_against_cpu_and_fails_a_tampered_output() {
+    if !has_gpu() {
+        return;
+    }
+    let dir = TempDir::new("compare");
+    let input = fixture("public_encoder.input.safetensors");
+    let (cpu, gpu) = (dir.path("cpu.safetensors"), dir.path("gpu.safetensors"));
+    assert_ok(&forward(&encoder_model(), &input, &cpu, "cpu"), "forward --device cpu");
+    assert_ok(&forward(&encoder_model(), &input, &gpu, "gpu"), "forward --device gpu");
+    let o = luna(&["compare", &s(&gpu), &s(&cpu), "--tolerance", "1e-4"]);
+    assert_ok(&o, "luna compare");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("x [") && stdout.contains("p [") && stdout.contains("within"), "{stdout}");
+    // One value of x changed by 0.5, at a real (not padding) row: over any tolerance below it.
+    let bytes = std::fs::read(&gpu).unwrap();
+    let st = tensors::parse(&bytes, "output").unwrap();
+    let meta = tensors::metadata(&bytes).unwrap();
+    let mut named: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .names()
+        .into_iter()
+        .map(|n| {
+            let v = st.tensor(n).unwrap();
+            (n.to_string(), v.shape().to_vec(), tensors::view_to_f32(n, &v).unwrap())
+        })
+        .collect();
+    named.iter_mut().find(|t| t.0 == "x").unwrap().2[3] += 0.5;
+    let views: Vec<tensors::Named> = named.iter().map(|(n, sh, d)| tensors::Named { name: n, shape: sh.clone(), data: d }).collect();
+    let tampered = dir.path("tampered.safetensors");
+    std::fs::write(&tampered, tensors::serialize_f32(&views, Some(meta)).unwrap()).unwrap();
+    assert_fails(&luna(&["compare", &s(&tampered), &s(&cpu), "--tolerance", "1e-2"]), &["x differs by", "over the tolerance"]);
+    // Files that do not match.
+    assert_fails(&luna(&["compare", &s(&gpu), &s(&input)]), &["tensor"]);
+}
+
+#[test]
+fn bench_finds_the_longest_sequence_each_method_holds() {
+    if !has_gpu() {
+        return;
+    }
+    let dir = TempDir::new("bench-longest");
+    let out = s(&dir.path("out"));
+    // 64 MiB of device memory: Luna holds sequences far longer than the flash
+    // baseline (d floats a token against its 3d), the naive one stops at its
+    // n x n scores.
+    let o = luna_command()
+        .env("LUNA_MEMORY_LIMIT", "64M")
+        .args(["bench", "--op", "longest", "--min-n", "1024", "--l", "8", "--d", "32", "--heads", "2", "--max-seconds", "2", "--out-dir", &out])
+        .output()
+        .unwrap();
+    assert_ok(&o, "luna bench --op longest");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let longest = |method: &str| -> usize {
+        let line = stdout.lines().find(|l| l.starts_with(&format!("{method} d=32: the longest sequence"))).unwrap_or_else(|| panic!("{stdout}"));
+        line.split("holds is ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    let (luna, flash, naive) = (longest("luna-8"), longest("softmax-flash"), longest("softmax-naive"));
+    eprintln!("longest under 64 MiB: luna {luna}, flash {flash}, naive {naive}");
+    assert!(luna > 2 * flash && flash > naive && naive > 100, "{stdout}");
+    assert!(stdout.contains("MiB this adapter has"), "{stdout}");
+    // Every method's last point is its longest n, run or skipped for time.
+    let csv = std::fs::read_to_string(dir.path("out").join("bench.csv")).unwrap();
+    for (method, n) in [("luna-8", luna), ("softmax-flash", flash), ("softmax-naive", naive)] {
+        assert!(csv.lines().any(|r| r.starts_with(&format!("layer,{method},{n},"))), "{method} {n}: {csv}");
+    }
+}
+
+#[test]
 fn init_random_random_tokens_forward_round_trip() {
     let dir = TempDir::new("round-trip");
     let config = dir.path("config.json");

@@ -11,7 +11,9 @@
 #              chromium and npm).
 #   4. bench   `luna info`, then `luna bench --op layer|encoder|matmul|decode|lm`, each op
 #              on its own with --repeats/--max-seconds and a timeout; CSV/JSON per op,
-#              merged into bench.csv / bench.json.
+#              merged into bench.csv / bench.json. Then `--op longest` at d = 128, 2 heads,
+#              l = 16: the longest sequence Luna and both baselines hold on the GPU, and one
+#              layer at doubling n up to it (the target: a million tokens in one pass).
 #   5. gemm    the best matmul GFLOP/s as a share of the GPU's float32 peak:
 #              GPU_FP32_TFLOPS, default 67 (H100/H200 SXM, FP32 without tensor cores).
 #   6. torch   tools/torch_luna_layer.py: the same Luna layer in PyTorch eager, CUDA,
@@ -26,7 +28,7 @@
 #
 # Time budget: one deadline, LUNA_CHECK_BUDGET seconds (default 420) after the build,
 # with the last 60 s kept for the PyTorch step; each step also has a cap (tests 100 s
-# in all, info 15, bench layer 120, encoder 60, matmul 60, decode 45, lm 45, torch 60;
+# in all, info 15, bench layer 120, encoder 60, matmul 60, decode 45, lm 45, longest 90, torch 60;
 # `luna bench` gets --repeats 3 --max-seconds 10). A step cut by its timeout is reported
 # (a bench op cut short keeps the rows it printed); one with no time left is "not run".
 # With staged binaries the whole check ends within 8 minutes (vulkan setup and
@@ -318,12 +320,16 @@ fi
 if [ "$QUICK" = 1 ]; then
     BENCH_FLAGS=(--min-n 256 --max-n 512 --d 64 --heads 2 --projection-length 16 --layers 2 --repeats 1 --max-seconds 20)
     CAPS=(layer:240 encoder:240 matmul:300 decode:180 lm:300)
+    LONGEST_FLAGS=(--d 64 --heads 2 --projection-length 16 --min-n 4096 --max-seconds 5)
+    LONGEST_CAP=120
     TORCH_FLAGS=(--n 256,512 --projection-length 16 --d 64 --heads 2 --warmup 1 --repeats 1)
     TORCH_CAP=120
 else
     # The defaults are hardware sizes: n = 1024..65536, l = 16,128,256, d = 256, 4 heads, 4 layers.
     BENCH_FLAGS=(--repeats 3 --max-seconds 10)
     CAPS=(layer:120 encoder:60 matmul:60 decode:45 lm:45)
+    LONGEST_FLAGS=(--d 128 --heads 2 --projection-length 16 --min-n 65536 --max-seconds 20)
+    LONGEST_CAP=90
     TORCH_FLAGS=(--n 4096,8192,16384,32768,65536 --warmup 2 --repeats 5 --max-seconds 10)
     TORCH_CAP=60
 fi
@@ -355,6 +361,21 @@ for cap_op in "${CAPS[@]}"; do
     n_points=$(($(wc -l <"$WORK/bench-$op/bench.csv" 2>/dev/null || echo 1) - 1))
     record "bench-$op" "$(status_of $rc)" $t0 "$n_points points"
 done
+
+# The longest sequence each method holds (its own flags: d = 128 is the target's width).
+t0=$SECONDS
+if [ -z "$LUNA" ]; then
+    record bench-longest "not run" $t0 "no luna binary"
+else
+    log "luna bench --op longest ${LONGEST_FLAGS[*]}"
+    # Quick (lavapipe): a 256 MiB device, so the longest n stays a few seconds' work.
+    limit=${LUNA_MEMORY_LIMIT:-}
+    if [ "$QUICK" = 1 ]; then limit=${limit:-256M}; fi
+    run_capped "$LOGS/bench-longest.log" "$LONGEST_CAP" env ${limit:+LUNA_MEMORY_LIMIT=$limit} "$LUNA" bench --op longest "${LONGEST_FLAGS[@]}" --out-dir "$WORK/bench-longest"
+    rc=$?
+    held=$(grep -o '^luna-16 d=[0-9]*: the longest sequence this adapter holds is [0-9]* tokens' "$LOGS/bench-longest.log" 2>/dev/null | grep -o '[0-9]* tokens$')
+    record bench-longest "$(status_of $rc)" $t0 "luna-16 holds ${held:-? (see the log)}"
+fi
 
 # Merge the per-op files, then 5. the GEMM against the float32 peak.
 t0=$SECONDS

@@ -11,6 +11,7 @@
 //! - GEMM m×n×k: `2mnk`.
 
 pub mod lm;
+pub mod longest;
 pub mod peer;
 pub mod report;
 
@@ -116,6 +117,16 @@ pub struct Sweep {
     pub repeats: usize,
     /// A point predicted to take longer than this (from the previous n) is skipped.
     pub max_seconds: f64,
+    /// Run each point once untimed before timing it (off for `--op longest`,
+    /// whose points are too long to run twice).
+    pub warm_up: bool,
+}
+
+impl Sweep {
+    /// Timed runs per point for [`measure`]: 0 means one run and no warm-up.
+    fn measured_repeats(&self) -> usize {
+        if self.warm_up { self.repeats.max(1) } else { 0 }
+    }
 }
 
 pub fn luna_layer_flops(n: usize, projection_length: usize, d: usize, ffn: usize) -> f64 {
@@ -134,7 +145,7 @@ pub fn luna_config(d: usize, heads: usize, projection_length: usize, layers: usi
     Config::from_json(
         &serde_json::json!({
             "model": "encoder", "vocab_size": 1000, "embed_dim": d, "ffn_embed_dim": 4 * d, "num_layers": layers,
-            "num_heads": heads, "num_pheads": heads, "projection_length": projection_length, "max_positions": max_n.max(16),
+            "num_heads": heads, "num_pheads": heads, "projection_length": projection_length, "max_positions": max_n.clamp(16, 1 << 24),
             "learned_pos": false, "embed_scale": (d as f64).sqrt(), "activation": "gelu",
         })
         .to_string(),
@@ -145,11 +156,14 @@ fn timer_name(engine: &Engine) -> String {
     if Timestamps::new(&engine.ctx).is_some() { "gpu-timestamps".into() } else { "wall-clock".into() }
 }
 
-/// Warm-up, then `repeats` timings of `run`; the engine's peak buffer bytes over all of them.
+/// Warm-up (unless `repeats` is 0), then `repeats` timings of `run` (one
+/// when 0); the engine's peak buffer bytes over all of them.
 fn measure(engine: &mut Engine, repeats: usize, mut run: impl FnMut(&mut Engine) -> Result<f64>) -> Result<(Vec<f64>, u64)> {
     engine.release_workspace();
     engine.reset_peak_memory();
-    run(engine)?;
+    if repeats > 0 {
+        run(engine)?;
+    }
     let mut times = Vec::new();
     for _ in 0..repeats.max(1) {
         times.push(run(engine)?);
@@ -178,13 +192,13 @@ pub fn time_point(engine: &mut Engine, method: Method, n: usize, sweep: &Sweep, 
             let gm = engine.load(&model)?;
             let (tokens, b, len) = random_tokens(&config, &vec![n; batch], 2);
             let input = Batch::new(&config, &tokens, b, len)?;
-            let r = measure(engine, sweep.repeats, |e| e.time_encoder(&gm, &input));
+            let r = measure(engine, sweep.measured_repeats(), |e| e.time_encoder(&gm, &input));
             drop(gm);
             r.map(|t| (t, luna_layer_flops(n, projection_length, d, ffn)))
         }
         Method::SoftmaxFlash | Method::SoftmaxNaive => {
             let naive = method == Method::SoftmaxNaive;
-            time_softmax(engine, naive, batch, n, d, heads, layers, sweep.repeats).map(|t| (t, softmax_layer_flops(n, d, ffn)))
+            time_softmax(engine, naive, batch, n, d, heads, layers, sweep.measured_repeats()).map(|t| (t, softmax_layer_flops(n, d, ffn)))
         }
     };
     match outcome {
@@ -213,6 +227,21 @@ fn time_softmax(engine: &mut Engine, naive: bool, batch: usize, n: usize, d: usi
     measure(engine, repeats, |e| e.softmax_time(&encoder, &input, kind))
 }
 
+/// A point of `method` at `n` not run because it was predicted to take `t` seconds.
+fn skipped_point(method: Method, n: usize, sweep: &Sweep, layers: usize, t: f64) -> Point {
+    let mut p = Point::new(if layers == 1 { "layer" } else { "encoder" }, &method.name());
+    p.n = n;
+    p.d = sweep.d;
+    p.heads = sweep.heads;
+    p.batch = sweep.batch;
+    p.layers = layers;
+    if let Method::Luna { projection_length } = method {
+        p.projection_length = projection_length;
+    }
+    p.skipped = Some(format!("predicted {t:.0} s, over the --max-seconds limit of {:.0} s", sweep.max_seconds));
+    p
+}
+
 /// The whole sweep, reporting each point as it is done.
 pub fn run_sweep(engine: &mut Engine, sweep: &Sweep, layers: usize, on_point: &mut dyn FnMut(&Point)) -> Result<Vec<Point>> {
     let mut points: Vec<Point> = Vec::new();
@@ -223,19 +252,7 @@ pub fn run_sweep(engine: &mut Engine, sweep: &Sweep, layers: usize, on_point: &m
             let exponent = if matches!(method, Method::Luna { .. }) { 1.0 } else { 2.0 };
             let predicted = last.map(|(n0, t0)| t0 * (n as f64 / n0 as f64).powf(exponent) * (sweep.repeats + 1) as f64);
             let point = match predicted {
-                Some(t) if t > sweep.max_seconds => {
-                    let mut p = Point::new(if layers == 1 { "layer" } else { "encoder" }, &method.name());
-                    p.n = n;
-                    p.d = sweep.d;
-                    p.heads = sweep.heads;
-                    p.batch = sweep.batch;
-                    p.layers = layers;
-                    if let Method::Luna { projection_length } = method {
-                        p.projection_length = projection_length;
-                    }
-                    p.skipped = Some(format!("predicted {t:.0} s, over the --max-seconds limit of {:.0} s", sweep.max_seconds));
-                    p
-                }
+                Some(t) if t > sweep.max_seconds => skipped_point(method, n, sweep, layers, t),
                 _ => time_point(engine, method, n, sweep, layers)?,
             };
             if point.skipped.is_none() {

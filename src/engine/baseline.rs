@@ -38,9 +38,7 @@ use crate::engine::tail::{Block, Dims};
 use crate::engine::weights::{GpuBlock, GpuLinear};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers;
-use crate::gpu::recorder::Recorder;
-#[cfg(not(target_arch = "wasm32"))]
-use crate::gpu::recorder::Timestamps;
+use crate::gpu::recorder::{Recorder, Timestamps};
 use crate::gpu::scope::ErrorScopes;
 use crate::kernels::gemm;
 use crate::kernels::softmax::{self as kernel, Attention, Shape, View};
@@ -172,14 +170,21 @@ impl Engine {
 
     fn softmax_checked(&self, enc: &SoftmaxEncoder, input: &SoftmaxInput, kind: Kind, readback: bool) -> Result<Cut> {
         self.ctx.check_alive()?;
-        let c = &enc.config;
-        input.check(c)?;
-        let cut = self.softmax_cut(c, input.len, input.batch, kind)?;
-        let s = Shape { batch: cut.seqs, q_rows: input.len, ..shape(c, input) };
+        input.check(&enc.config)?;
+        self.softmax_fits(&enc.config, input.len, input.batch, kind, readback)
+    }
+
+    /// Checks, without any GPU work, that `sequences` sequences of `n` tokens
+    /// would run with `kind` (read back or not) with the weights the engine
+    /// holds now: the refusal a call would give, or the cut it would run.
+    pub fn softmax_fits(&self, c: &SoftmaxConfig, n: usize, sequences: usize, kind: Kind, readback: bool) -> Result<Cut> {
+        let cut = self.softmax_cut(c, n, sequences, kind)?;
+        let dh = c.head_dim();
+        let s = Shape { batch: cut.seqs, q_rows: n, k_rows: n, heads: c.num_heads, head_dim: dh, scale: 1.0 };
         kernel::check(&self.ctx, kind, &s)?;
-        let needs = softmax_plan(c, input.len, cut, kind, readback);
+        let needs = softmax_plan(c, n, cut, kind, readback);
         let plan_for = |n: usize| self.softmax_cut(c, n, 1, kind).ok().map(|cut| plan::total(&softmax_plan(c, n, cut, kind, readback)));
-        self.check_plan(&needs, input.batch, input.len, cut, plan_for)?;
+        self.check_plan(&needs, sequences, n, cut, plan_for)?;
         Ok(cut)
     }
 

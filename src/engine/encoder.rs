@@ -110,6 +110,16 @@ impl Engine {
         Ok(plan::total(&encoder_plan(c, n, proj_len_for(c, n), cut, false)))
     }
 
+    /// Checks, without any GPU work, that `sequences` sequences of `n` tokens
+    /// would run (not read back) with the weights the engine holds now: the
+    /// refusal a call would give, or `Ok`.
+    pub fn encoder_check(&self, c: &Config, n: usize, sequences: usize) -> Result<()> {
+        let cut = self.cut_for(c, n, sequences)?;
+        let needs = encoder_plan(c, n, proj_len_for(c, n), cut, false);
+        let plan_for = |n: usize| self.cut_for(c, n, 1).ok().map(|cut| plan::total(&encoder_plan(c, n, proj_len_for(c, n), cut, false)));
+        self.check_plan(&needs, sequences, n, cut, plan_for)
+    }
+
     fn cut_for(&self, c: &Config, n: usize, sequences: usize) -> Result<Cut> {
         let widest = [c.embed_dim, kv_width(c), c.ffn_embed_dim].into_iter().max().unwrap_or(1);
         self.cut_rows(widest, n, sequences, true)

@@ -112,7 +112,7 @@ impl Engine {
         }
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         Err(LunaError::OutOfMemory(format!(
-            "this batch ({batch} × {n} tokens) needs {:.1} MiB of GPU memory ({:.1} MiB the engine holds for weights, the rest for activations, scratch and readback), over the {:.1} MiB this adapter has (LUNA_MEMORY_LIMIT or Engine::set_memory_limit changes it); the longest single sequence that fits is {lo} tokens",
+            "this batch ({batch} × {n} tokens) needs {:.1} MiB of GPU memory ({:.1} MiB the engine holds for weights, the rest for activations and scratch, and for reading the outputs back when a call does), over the {:.1} MiB this adapter has (LUNA_MEMORY_LIMIT or Engine::set_memory_limit changes it); the longest single sequence that fits is {lo} tokens",
             mib(needed),
             mib(held),
             mib(limit),

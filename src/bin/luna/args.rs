@@ -183,7 +183,12 @@ pub enum BenchOp {
     /// The causal LM of the demo model's shape: a forward pass at each n as a share of the
     /// 1024^3 GEMM's GFLOP/s (timed alternately), and its decode step at position 1000
     Lm,
-    /// All of the above
+    /// The longest single sequence each method holds on this adapter (the engine's own
+    /// check against one binding and the device's memory), and one layer at --min-n,
+    /// doubling, up to it: peak memory against n (each point timed once; --max-seconds
+    /// skips what would take too long). Not part of `all`
+    Longest,
+    /// All of the above but `longest`
     All,
 }
 

@@ -29,7 +29,8 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
     if !a.no_softmax {
         methods.extend([Method::SoftmaxFlash, Method::SoftmaxNaive]);
     }
-    let sweep = Sweep { ns, methods, d: a.d, heads: a.heads, batch: a.batch, layers: a.layers, repeats: a.repeats, max_seconds: a.max_seconds };
+    let longest = matches!(a.op, BenchOp::Longest);
+    let sweep = Sweep { ns, methods, d: a.d, heads: a.heads, batch: a.batch, layers: a.layers, repeats: a.repeats, max_seconds: a.max_seconds, warm_up: !longest };
     let ops: Vec<BenchOp> = match a.op {
         BenchOp::All => vec![BenchOp::Layer, BenchOp::Encoder, BenchOp::Matmul, BenchOp::Decode, BenchOp::Lm],
         op => vec![op],
@@ -50,7 +51,7 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
             BenchOp::Matmul => matmul_shapes.len(),
             BenchOp::Decode => decode_positions.len(),
             BenchOp::Lm => 2 * sweep.ns.len() + 1,
-            BenchOp::All => 0,
+            BenchOp::Longest | BenchOp::All => 0,
         })
         .sum();
     let bar = indicatif::ProgressBar::new(total as u64);
@@ -92,6 +93,17 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
                 points.extend(bench::run_decode(&mut engine, a.d, a.heads, a.projection_length[0], &decode_positions, a.repeats.max(10), &mut on_point)?)
             }
             BenchOp::Lm => points.extend(bench::lm::run_lm(&mut engine, &sweep.ns, 1000, a.repeats, &mut on_point)?),
+            BenchOp::Longest => {
+                bar.set_length(0);
+                let mut limits = Vec::new();
+                points.extend(bench::longest::run_longest(&mut engine, &sweep, &mut on_point, &mut |line| {
+                    bar.println(line);
+                    limits.push(line.to_string());
+                })?);
+                for line in limits {
+                    println!("{line}");
+                }
+            }
             BenchOp::All => {}
         }
     }
