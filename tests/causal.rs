@@ -345,6 +345,22 @@ fn prefill_leaves_the_final_state_after_several_tiles() {
 }
 
 #[test]
+fn long_prompt_prefills_segment_by_segment() {
+    // A prompt of 141 tokens in segments of 64: the decoder states carried
+    // from segment to segment are the state the steps continue from.
+    let Some(mut engine) = common::engine() else { return };
+    let c = configs::causal(json!({"embed_dim": 32, "num_heads": 2, "projection_length": 8}));
+    let model = Model::random(&c, 31).unwrap();
+    let batch = common::random_batch(&c, &[150], 32);
+    engine.set_segment_rows(64).unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_prefill_against_reference(&mut engine, &model, &batch, 141)));
+    engine.set_segment_rows(16384).unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
 fn long_document_of_the_demo_width_in_segments() {
     // 3000 tokens, heads of the demo width (tiles of 64), in segments of 1024
     // with the state carried, and at chunk 16 (one tile per chunk) in segments of 700.

@@ -125,6 +125,8 @@ pub(crate) enum Emit {
     Surprisal,
     /// The logits of every position.
     Logits,
+    /// The logits after the last token (a prompt's).
+    LastLogits,
 }
 
 pub(crate) fn lengths_u32(batch: &Batch) -> Vec<u32> {

@@ -3,7 +3,7 @@
 //! [`Decoder`]; each further token is one step of the recurrence that folds
 //! it into those states. The state never grows with the position.
 
-use crate::engine::causal::{lengths_u32, Hooks, Run};
+use crate::engine::causal::{Emit, Hooks, Run};
 use crate::engine::context::Engine;
 use crate::engine::weights::{sinusoid_rows, GpuModel};
 use crate::error::{LunaError, Result};
@@ -37,7 +37,7 @@ impl Engine {
         }
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let batch = Batch::new(&model.config, &ids, 1, tokens.len())?;
-        let (shape, positions) = self.prepare_parallel(model, &batch, 1)?;
+        batch.check_for(&model.config)?;
         if batch.lengths[0] != tokens.len() {
             return Err(LunaError::Input(format!(
                 "the prompt holds the padding token {}; a prompt must be real tokens only",
@@ -45,27 +45,14 @@ impl Engine {
             )));
         }
         let c = &model.config;
-        let (d, vocab, n) = (c.embed_dim, c.vocab_size, tokens.len());
-        let block = c.num_heads * shape.block();
+        let n = tokens.len();
+        let block = c.num_heads * 2 * c.projection_length * c.head_dim();
         let states = (0..c.num_layers)
             .map(|_| buffers::upload(&self.ctx, &self.stats, "decoder state", &vec![0f32; block]))
             .collect::<Result<Vec<_>>>()?;
-        let scope = ErrorScopes::push(&self.ctx);
-        let result = async {
-            let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
-            let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-            // The prompt continues from the zero state in `states`, which the
-            // pass leaves holding the state after the prompt's last token.
-            let run = Run::new(model, &positions.table, shape, None)?.continuing(&states);
-            let x = run.record(&mut rec, workspace, &batch.tokens, &positions.index, &lengths_u32(&batch), Hooks::default())?;
-            let last = workspace.get(ctx, "last_x", d as u64 * 4);
-            rec.copy(&x, (n - 1) * d, &last, 0, d);
-            let logits = run.logits(&mut rec, workspace, &last, 1, "last_logits");
-            rec.submit();
-            Ok(buffers::read_f32(ctx, &[(&logits, vocab)]).await?.remove(0))
-        }
-        .await;
-        let logits = self.close(scope, result).await?;
+        // The prompt, segment by segment when long, continues from the zero
+        // states in `states`, which it leaves holding the state after its last token.
+        let logits = self.sequence_pass(model, tokens, Some(&batch.positions), Some(&states), &[], Emit::LastLogits).await?;
         // The prompt's scratch is sized for n rows, a step's for one: giving it
         // back frees that memory for the generation, and steps run measurably
         // faster on lavapipe with small scratch buffers bound (3.5 -> 2.9 ms a

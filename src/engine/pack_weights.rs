@@ -96,8 +96,7 @@ impl Engine {
         tokens: &[u32],
         layers: &[usize],
     ) -> Result<(Vec<f32>, Vec<PackWeights>)> {
-        let (bits, weights) = self.pack_pass(gpu, model, tokens, layers, true).await?;
-        Ok((bits.unwrap_or_default(), weights))
+        self.pack_pass(gpu, model, tokens, layers, true).await
     }
 
     async fn pack_pass(
@@ -107,7 +106,7 @@ impl Engine {
         tokens: &[u32],
         layers: &[usize],
         score: bool,
-    ) -> Result<(Option<Vec<f32>>, Vec<PackWeights>)> {
+    ) -> Result<(Vec<f32>, Vec<PackWeights>)> {
         self.ctx.check_alive()?;
         let c = &model.config;
         if c.model != ModelKind::CausalLm {
@@ -148,7 +147,7 @@ impl Engine {
             .map(|(layer, w, b, out)| Capture { layer: *layer, w: &w.buffer, b: &b.buffer, width: heads * proj_len, out: &out.buffer })
             .collect();
         let emit = if score { Emit::Surprisal } else { Emit::Nothing };
-        let bits = self.sequence_pass(gpu, tokens, None, &captures, emit).await?;
+        let bits = self.sequence_pass(gpu, tokens, None, None, &captures, emit).await?;
         let reads: Vec<(&wgpu::Buffer, usize)> = folded.iter().map(|f| (&f.3.buffer, floats)).collect();
         let raw = if reads.is_empty() { Vec::new() } else { buffers::read_f32(&self.ctx, &reads).await? };
         drop(captures);

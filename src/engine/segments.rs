@@ -10,7 +10,7 @@ use crate::engine::causal::{Emit, Hooks, Run};
 use crate::engine::context::Engine;
 use crate::engine::weights::{causal_columns, GpuModel};
 use crate::error::{LunaError, Result};
-use crate::gpu::buffers;
+use crate::gpu::buffers::{self, Tracked};
 use crate::gpu::recorder::Recorder;
 use crate::gpu::scope::ErrorScopes;
 use crate::input::Batch;
@@ -76,7 +76,7 @@ impl Engine {
         let mut out = vec![0f32; batch.batch * n * width];
         for b in 0..batch.batch {
             let rows = b * n..b * n + batch.lengths[b];
-            let values = self.sequence_pass(model, &batch.tokens[rows.clone()], Some(&batch.positions[rows.clone()]), &[], emit).await?.unwrap_or_default();
+            let values = self.sequence_pass(model, &batch.tokens[rows.clone()], Some(&batch.positions[rows.clone()]), None, &[], emit).await?;
             out[rows.start * width..rows.end * width].copy_from_slice(&values);
         }
         Ok(out)
@@ -86,11 +86,21 @@ impl Engine {
     /// segment: each segment is a parallel pass (one submission) that starts
     /// from the per-layer states the previous one left. Memory is that of one
     /// segment, whatever the length. `positions` are the tokens' fairseq
-    /// positions (`padding_idx + 1 + t` when `None`). Records `captures` on
-    /// the way; returns what `emit` names: the surprisal of each next token
-    /// (`[n]`, entry `t` for token `t + 1`, the last entry 0), or the logits
-    /// `[n, vocab]`, read back segment by segment.
-    pub(crate) async fn sequence_pass(&mut self, model: &GpuModel, tokens: &[u32], positions: Option<&[u32]>, captures: &[Capture<'_>], emit: Emit) -> Result<Option<Vec<f32>>> {
+    /// positions (`padding_idx + 1 + t` when `None`); `carry` holds the
+    /// per-layer states to start from and leaves them after the last token
+    /// (zero states of its own when `None`). Records `captures` on the way;
+    /// returns what `emit` names, read back segment by segment: the surprisal
+    /// of each next token (`[n]`, entry `t` for token `t + 1`, the last entry
+    /// 0), the logits `[n, vocab]`, or the last token's logits `[vocab]`.
+    pub(crate) async fn sequence_pass(
+        &mut self,
+        model: &GpuModel,
+        tokens: &[u32],
+        positions: Option<&[u32]>,
+        carry: Option<&[Tracked]>,
+        captures: &[Capture<'_>],
+        emit: Emit,
+    ) -> Result<Vec<f32>> {
         self.ctx.check_alive()?;
         model.causal()?;
         let c = &model.config;
@@ -100,13 +110,14 @@ impl Engine {
         }
         let extra = captures.iter().map(|k| k.width).max().unwrap_or(0);
         let seg = self.segment_rows(c, extra);
-        let (d, heads, pad) = (c.embed_dim, c.num_heads, c.padding_idx);
+        let (d, heads, pad, vocab) = (c.embed_dim, c.num_heads, c.padding_idx, c.vocab_size);
         let block = heads * 2 * c.projection_length * c.head_dim();
-        let carry = (0..c.num_layers)
-            .map(|_| buffers::upload(&self.ctx, &self.stats, "carried state", &vec![0f32; block]))
-            .collect::<Result<Vec<_>>>()?;
-        let bits_all = if emit == Emit::Surprisal { Some(buffers::create(&self.ctx, &self.stats, "the surprisal", n as u64 * 4)?) } else { None };
-        let mut logits_all = Vec::new();
+        let own: Vec<Tracked> = match carry {
+            Some(_) => Vec::new(),
+            None => (0..c.num_layers).map(|_| buffers::upload(&self.ctx, &self.stats, "carried state", &vec![0f32; block])).collect::<Result<_>>()?,
+        };
+        let carry = carry.unwrap_or(&own);
+        let mut values = Vec::new();
         let last = if emit == Emit::Nothing { captures.iter().map(|k| k.layer + 1).max().unwrap_or(0) } else { c.num_layers };
         for start in (0..n).step_by(seg) {
             let end = (start + seg).min(n);
@@ -120,7 +131,12 @@ impl Engine {
                 chunk: self.causal_chunk.min(rows.next_power_of_two()),
                 t_base: start,
             };
-            self.check_causal_sizes(c, rows, &shape, if emit == Emit::Nothing { 0 } else { rows })?;
+            let logit_rows = match emit {
+                Emit::Nothing => 0,
+                Emit::LastLogits => 1,
+                Emit::Surprisal | Emit::Logits => rows,
+            };
+            self.check_causal_sizes(c, rows, &shape, logit_rows)?;
             // Positions: learned ones by index; sinusoids as this segment's own rows.
             let here: Vec<u32> = match positions {
                 Some(p) => p[start..end].to_vec(),
@@ -132,7 +148,7 @@ impl Engine {
             let result = async {
                 let Engine { ctx, cache, workspace, dummy, .. } = &mut *self;
                 let mut rec = Recorder::new(ctx, cache, &dummy.buffer);
-                let run = Run::new(model, &positions.table, shape, None)?.continuing(&carry).first_layers(last);
+                let run = Run::new(model, &positions.table, shape, None)?.continuing(carry).first_layers(last);
                 let scratch = (!captures.is_empty()).then(|| workspace.get(ctx, "captured", (rows * extra) as u64 * 4));
                 let mut capture = |rec: &mut Recorder, i: usize, ax: &wgpu::Buffer| {
                     if let Some(scratch) = &scratch {
@@ -144,16 +160,20 @@ impl Engine {
                 };
                 let hooks = Hooks { attention_input: Some(&mut capture) };
                 let x = run.record(&mut rec, workspace, &tokens[start..end], &positions.index, &[rows as u32], hooks)?;
-                if let Some(all) = &bits_all {
-                    let bits = run.surprisal(&mut rec, workspace, &x, &targets);
-                    rec.copy(&bits, 0, &all.buffer, start, rows);
-                }
-                if emit == Emit::Logits {
-                    let logits = run.logits(&mut rec, workspace, &x, rows, "logits");
-                    rec.submit();
-                    logits_all.extend(buffers::read_f32(ctx, &[(&logits, rows * c.vocab_size)]).await?.remove(0));
-                } else {
-                    rec.submit();
+                let out = match emit {
+                    Emit::Nothing => None,
+                    Emit::Surprisal => Some((run.surprisal(&mut rec, workspace, &x, &targets), rows)),
+                    Emit::Logits => Some((run.logits(&mut rec, workspace, &x, rows, "logits"), rows * vocab)),
+                    Emit::LastLogits if end < n => None,
+                    Emit::LastLogits => {
+                        let last_x = workspace.get(ctx, "last_x", d as u64 * 4);
+                        rec.copy(&x, (rows - 1) * d, &last_x, 0, d);
+                        Some((run.logits(&mut rec, workspace, &last_x, 1, "last_logits"), vocab))
+                    }
+                };
+                rec.submit();
+                if let Some((buffer, floats)) = out {
+                    values.extend(buffers::read_f32(ctx, &[(&buffer, floats)]).await?.remove(0));
                 }
                 Ok(())
             }
@@ -161,13 +181,7 @@ impl Engine {
             self.close(scope, result).await?;
             drop(positions);
         }
-        if emit == Emit::Logits {
-            return Ok(Some(logits_all));
-        }
-        match &bits_all {
-            Some(all) => Ok(Some(buffers::read_f32(&self.ctx, &[(&all.buffer, n)]).await?.remove(0))),
-            None => Ok(None),
-        }
+        Ok(values)
     }
 }
 
