@@ -58,7 +58,9 @@ impl Model {
         let d = c.embed_dim;
         let per_layer = 6 * d * d + 2 * d * c.ffn_embed_dim;
         let layers = if c.tie_layer_weights { 1 } else { c.num_layers };
-        let floats = (c.vocab_size + c.position_rows() + c.projection_length) as u128 * d as u128
+        // Only learned positions are weights; sinusoids cost nothing whatever max_positions says.
+        let positions = if c.learned_pos { c.position_rows() } else { 0 };
+        let floats = (c.vocab_size + positions + c.projection_length) as u128 * d as u128
             + layers as u128 * per_layer as u128;
         if floats > 1 << 31 {
             return Err(LunaError::Config(format!(

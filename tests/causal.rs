@@ -68,8 +68,7 @@ fn batch_too_large_for_one_pass_runs_sequence_by_sequence() {
     // 128 rows a segment: a padded batch of 150 + 70 rows runs each sequence
     // alone in segments (learned and sinusoid positions), logits and surprisal.
     let Some(mut engine) = common::engine() else { return };
-    engine.set_segment_rows(128).unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    common::with_segment_rows(&mut engine, 128, |engine| {
         for (i, learned) in [false, true].into_iter().enumerate() {
             let c = configs::causal(json!({"learned_pos": learned, "embed_scale": 2.0, "normalize_before": i == 1}));
             let model = Model::random(&c, 70 + i as u64).unwrap();
@@ -93,11 +92,7 @@ fn batch_too_large_for_one_pass_runs_sequence_by_sequence() {
                 assert_eq!(bits[b * batch.len + len - 1], 0.0);
             }
         }
-    }));
-    engine.set_segment_rows(16384).unwrap();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    });
 }
 
 #[test]
@@ -352,12 +347,7 @@ fn long_prompt_prefills_segment_by_segment() {
     let c = configs::causal(json!({"embed_dim": 32, "num_heads": 2, "projection_length": 8}));
     let model = Model::random(&c, 31).unwrap();
     let batch = common::random_batch(&c, &[150], 32);
-    engine.set_segment_rows(64).unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_prefill_against_reference(&mut engine, &model, &batch, 141)));
-    engine.set_segment_rows(16384).unwrap();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    common::with_segment_rows(&mut engine, 64, |engine| check_prefill_against_reference(engine, &model, &batch, 141));
 }
 
 #[test]

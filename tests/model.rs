@@ -143,14 +143,11 @@ fn run_in_blocks(overrides: serde_json::Value, lengths: &[usize], block: usize, 
     let c = configs::encoder(overrides);
     let model = Model::random(&c, seed).unwrap();
     let batch = random_batch(&c, lengths, seed + 1);
-    engine.set_segment_rows(block).unwrap();
-    let cut = engine.encoder_cut(&c, &batch).unwrap();
-    eprintln!("{lengths:?} in blocks of {block}: {cut:?}");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_model(&mut engine, &model, &batch, TOL)));
-    engine.set_segment_rows(16384).unwrap();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    common::with_segment_rows(&mut engine, block, |engine| {
+        let cut = engine.encoder_cut(&c, &batch).unwrap();
+        eprintln!("{lengths:?} in blocks of {block}: {cut:?}");
+        check_model(engine, &model, &batch, TOL)
+    });
 }
 
 #[test]

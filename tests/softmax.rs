@@ -374,20 +374,15 @@ fn flash_in_row_blocks_walks_every_key_block() {
     // inside the second sequence's last blocks. Pre- and post-norm. The naive
     // form runs each sequence whole.
     let Some(mut engine) = common::engine() else { return };
-    engine.set_segment_rows(128).unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    common::with_segment_rows(&mut engine, 128, |engine| {
         for (pre, seed) in [(false, 900), (true, 901)] {
             let c = config(24, 40, 3, 2, Activation::Gelu, pre);
             let layers = random_layers(24, 40, 2, seed);
             assert!(engine.softmax_cut(&c, 300, 2, Kind::Flash).unwrap().block_rows < 300);
-            check_layers(&mut engine, &c, &layers, &[300, 190], Kind::Flash, seed + 10);
-            check_layers(&mut engine, &c, &layers, &[300, 190], Kind::Naive, seed + 10);
+            check_layers(engine, &c, &layers, &[300, 190], Kind::Flash, seed + 10);
+            check_layers(engine, &c, &layers, &[300, 190], Kind::Naive, seed + 10);
         }
-    }));
-    engine.set_segment_rows(16384).unwrap();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    });
 }
 
 #[test]

@@ -24,7 +24,8 @@ const SEARCH_CAP: usize = 1 << 34;
 pub fn longest_by_plan(engine: &mut Engine, method: Method, d: usize, heads: usize) -> Result<(usize, String)> {
     match method {
         Method::Luna { projection_length } => {
-            let config = luna_config(d, heads, projection_length, 1, SEARCH_CAP)?;
+            // Sinusoid positions: any length runs whatever max_positions says.
+            let config = luna_config(d, heads, projection_length, 1, 16)?;
             let gm = engine.load(&Model::random(&config, 1)?)?;
             let found = search(|n| engine.encoder_check(&config, n, 1).err().map(|e| e.to_string()));
             drop(gm);

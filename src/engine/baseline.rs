@@ -200,9 +200,9 @@ impl Engine {
             let mut out = Vec::with_capacity(input.batch * input.len * d);
             for seq0 in (0..input.batch).step_by(cut.seqs) {
                 let blocks = self.softmax_group(enc, input, kind, seq0, cut.seqs.min(input.batch - seq0), cut, None)?;
-                let sources: Vec<(&wgpu::Buffer, usize)> = blocks.iter().map(|(b, rows)| (b, rows * d)).collect();
-                for part in buffers::read_f32(&self.ctx, &sources).await? {
-                    out.extend(part);
+                // Block by block, so that the staging memory is one block's.
+                for (block, rows) in &blocks {
+                    out.extend(buffers::read_f32(&self.ctx, &[(block, rows * d)]).await?.remove(0));
                 }
             }
             Ok(out)
@@ -348,7 +348,8 @@ fn softmax_plan(c: &SoftmaxConfig, n: usize, cut: Cut, kind: Kind, readback: boo
         Need::one(if kind == Kind::Flash { "the softmax state" } else { "the [batch, heads, n, n] attention score matrix" }, attention_floats(kind, &whole, cut) * f),
     ];
     if readback {
-        plan.push(Need { what: "the readback of a block of the output", each: rows * d * f, total: tokens * d * f });
+        // Read back block by block: one block's staging at a time.
+        plan.push(Need::one("the readback of a block of the output", rows * d * f));
     }
     plan
 }

@@ -51,18 +51,16 @@ impl Engine {
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
             let cut = self.encoder_cut(&model.config, batch)?;
-            self.check_sizes(&model.config, batch, cut, true)?;
+            self.check_sizes(&model.config, batch.len, batch.batch, batch.proj_len, cut, true)?;
             let d = model.config.embed_dim;
             let (mut x, mut p) = (Vec::new(), Vec::new());
             for seq0 in (0..batch.batch).step_by(cut.seqs) {
                 let seqs = cut.seqs.min(batch.batch - seq0);
                 let out = self.record_group(model, batch, seq0, seqs, cut, None)?;
-                let mut sources: Vec<(&wgpu::Buffer, usize)> = out.x.iter().map(|(b, rows)| (b, rows * d)).collect();
-                sources.push((&out.p, seqs * batch.proj_len * d));
-                let mut v = buffers::read_f32(&self.ctx, &sources).await?;
-                p.extend(v.pop().expect("p is read last"));
-                for part in v {
-                    x.extend(part);
+                // Block by block, so that the staging memory is one block's.
+                p.extend(buffers::read_f32(&self.ctx, &[(&out.p, seqs * batch.proj_len * d)]).await?.remove(0));
+                for (block, rows) in &out.x {
+                    x.extend(buffers::read_f32(&self.ctx, &[(block, rows * d)]).await?.remove(0));
                 }
             }
             Ok(EncoderOutput { batch: batch.batch, len: batch.len, proj_len: batch.proj_len, dim: d, x, p })
@@ -78,7 +76,7 @@ impl Engine {
     pub fn time_encoder(&mut self, model: &GpuModel, batch: &Batch) -> Result<f64> {
         batch.check_for(&model.config)?;
         let cut = self.encoder_cut(&model.config, batch)?;
-        self.check_sizes(&model.config, batch, cut, false)?;
+        self.check_sizes(&model.config, batch.len, batch.batch, batch.proj_len, cut, false)?;
         // GPU timestamps cover one submission; several groups take the wall clock.
         let timestamps = if cut.seqs >= batch.batch { Timestamps::new(&self.ctx) } else { None };
         self.time_submission(
@@ -115,9 +113,7 @@ impl Engine {
     /// refusal a call would give, or `Ok`.
     pub fn encoder_check(&self, c: &Config, n: usize, sequences: usize) -> Result<()> {
         let cut = self.cut_for(c, n, sequences)?;
-        let needs = encoder_plan(c, n, proj_len_for(c, n), cut, false);
-        let plan_for = |n: usize| self.cut_for(c, n, 1).ok().map(|cut| plan::total(&encoder_plan(c, n, proj_len_for(c, n), cut, false)));
-        self.check_plan(&needs, sequences, n, cut, plan_for)
+        self.check_sizes(c, n, sequences, proj_len_for(c, n), cut, false)
     }
 
     fn cut_for(&self, c: &Config, n: usize, sequences: usize) -> Result<Cut> {
@@ -125,11 +121,12 @@ impl Engine {
         self.cut_rows(widest, n, sequences, true)
     }
 
-    /// Checks a batch against the device before any GPU work (`engine::plan`).
-    fn check_sizes(&self, c: &Config, batch: &Batch, cut: Cut, readback: bool) -> Result<()> {
-        let needs = encoder_plan(c, batch.len, batch.proj_len, cut, readback);
+    /// Checks `sequences` sequences of `n` tokens (`proj_len` packed rows
+    /// each) against the device before any GPU work (`engine::plan`).
+    fn check_sizes(&self, c: &Config, n: usize, sequences: usize, proj_len: usize, cut: Cut, readback: bool) -> Result<()> {
+        let needs = encoder_plan(c, n, proj_len, cut, readback);
         let plan_for = |n: usize| self.cut_for(c, n, 1).ok().map(|cut| plan::total(&encoder_plan(c, n, proj_len_for(c, n), cut, readback)));
-        self.check_plan(&needs, batch.batch, batch.len, cut, plan_for)
+        self.check_plan(&needs, sequences, n, cut, plan_for)
     }
 
     /// Records and submits the whole pass over sequences `seq0..seq0 + seqs`
@@ -141,7 +138,7 @@ impl Engine {
         let blocks = cut.blocks(n, seqs);
         let rows_cap = blocks.iter().map(|b| b.1).max().unwrap_or(1);
         let (row0, packed_rows) = (seq0 * n, seqs * proj_len);
-        let (pack_kvw, kvw) = (kv_width(c), kv_width(c));
+        let kvw = kv_width(c);
         let pre = c.normalize_before;
         let eps = c.layer_norm_eps as f32;
         let (pack_shape, unpack_shape) = shapes(c, batch, seqs);
@@ -152,7 +149,7 @@ impl Engine {
 
         let ctx = &self.ctx;
         let ws = &mut self.workspace;
-        let dims = Dims { rows: rows_cap, d, ffn: c.ffn_embed_dim, proj_width: pack_kvw, pre_norm: pre, act: c.activation, eps };
+        let dims = Dims { rows: rows_cap, d, ffn: c.ffn_embed_dim, proj_width: kvw, pre_norm: pre, act: c.activation, eps };
         let blk = Block::get(ws, ctx, dims);
         // Per block: its layer input x, tokens, padding mask (and learned positions).
         for name in ["x", "tokens", "x_mask", "positions"] {
@@ -252,8 +249,8 @@ impl Engine {
                 let shape = if blocks.len() > 1 { Shape { k_rows: *rows, ..pack_shape } } else { pack_shape };
                 attention::record_part(&mut rec, &Attention {
                     q: View { buffer: &qp, stride: d, offset: 0 },
-                    k: View { buffer: &blk.w, stride: pack_kvw, offset: 0 },
-                    v: View { buffer: &blk.w, stride: pack_kvw, offset: if c.tie_kv { 0 } else { d } },
+                    k: View { buffer: &blk.w, stride: kvw, offset: 0 },
+                    v: View { buffer: &blk.w, stride: kvw, offset: if c.tie_kv { 0 } else { d } },
                     key_mask: mask,
                     out: &yp,
                     out_stride: d,
@@ -339,7 +336,8 @@ fn encoder_plan(c: &Config, n: usize, proj_len: usize, cut: Cut, readback: bool)
         Need::one("the attention's partial results", Part::scratch_floats(&pack, all_splits).max(unpack_scratch(c, &unpack)) as u64 * f),
     ];
     if readback {
-        plan.push(Need { what: "the readback of a block of x", each: rows * d * f, total: tokens * d * f });
+        // Read back block by block: one block's staging at a time.
+        plan.push(Need::one("the readback of a block of x", rows * d * f));
         plan.push(Need::one("the readback of p", packed * d * f));
     }
     plan

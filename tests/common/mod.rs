@@ -46,6 +46,16 @@ pub fn engine() -> Option<MutexGuard<'static, Engine>> {
     e.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
+/// Runs `f` on the shared engine with at most `rows` rows per segment or
+/// block (`Engine::set_segment_rows`), and puts the default (16,384) back
+/// afterwards, even when `f` fails: the engine is shared by every test of a binary.
+pub fn with_segment_rows<T>(engine: &mut Engine, rows: usize, f: impl FnOnce(&mut Engine) -> T) -> T {
+    engine.set_segment_rows(rows).unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(engine)));
+    engine.set_segment_rows(16384).unwrap();
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 /// Whether a GPU adapter exists, for tests that run the GPU in the `luna`
 /// binary: the probe's engine is closed again rather than kept for the whole
 /// run. A failure instead of `false` when `LUNA_REQUIRE_GPU=1`.

@@ -15,7 +15,9 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
     let mut engine = crate::device::new_engine(choice)?;
     let adapter = describe(&engine.ctx.info);
     let software = engine.ctx.info.device_type == wgpu::DeviceType::Cpu;
+    // `--op longest` goes as far as the adapter holds: --max-n does not bound it.
     let max_n = a.max_n.unwrap_or(if software { 8192 } else { 65536 });
+    let max_n = if matches!(a.op, BenchOp::Longest) { max_n.max(a.min_n) } else { max_n };
     if a.min_n == 0 || a.min_n > max_n {
         return Err(LunaError::Input(format!("--min-n {} must be between 1 and --max-n {max_n}", a.min_n)));
     }
