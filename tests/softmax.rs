@@ -403,3 +403,21 @@ fn planned_memory_is_what_a_pass_allocates() {
         assert!((peak - base).abs_diff(planned) <= 64 * 16, "{}: planned {planned} B, allocated {} B", kind.name(), peak - base);
     }
 }
+
+#[test]
+fn naive_batch_past_one_binding_runs_in_groups() {
+    // Each sequence's [heads, n, n] scores take a third of one binding: a batch
+    // of 4 runs as groups of 3 and 1, where it used to be refused whole.
+    let Some(mut engine) = common::engine() else { return };
+    let limit = engine.ctx.max_binding();
+    if limit > 256 << 20 {
+        eprintln!("skipped: the binding limit ({limit} bytes) would need a long float64 reference");
+        return;
+    }
+    let n = ((limit / 3 / 4) as f64).sqrt() as usize;
+    let c = config(8, 16, 1, 1, Activation::Relu, false);
+    let layers = random_layers(8, 16, 1, 960);
+    let cut = engine.softmax_cut(&c, n, 4, Kind::Naive).unwrap();
+    assert_eq!(cut.seqs, 3, "{cut:?}");
+    check_layers(&mut engine, &c, &layers, &[n, n - 5, n, 40], Kind::Naive, 961);
+}

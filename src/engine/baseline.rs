@@ -151,7 +151,13 @@ impl Engine {
     /// naive attention runs each sequence as one block.
     pub fn softmax_cut(&self, c: &SoftmaxConfig, n: usize, sequences: usize, kind: Kind) -> Result<Cut> {
         let widest = (2 * c.embed_dim).max(c.ffn_embed_dim);
-        self.cut_rows(widest, n, sequences, kind == Kind::Flash)
+        let mut cut = self.cut_rows(widest, n, sequences, kind == Kind::Flash)?;
+        if kind == Kind::Naive {
+            // A group's [seqs, heads, n, n] scores in one binding, when one sequence's fit.
+            let per_sequence = (c.num_heads * n * n) as u64 * 4;
+            cut.seqs = cut.seqs.min((self.ctx.max_binding() / per_sequence.max(1)).max(1) as usize);
+        }
+        Ok(cut)
     }
 
     /// Bytes of GPU buffers beyond the weights that `sequences` sequences of
