@@ -1,7 +1,8 @@
 //! How much memory the adapter has, so that a pass too large for it is
 //! refused before any GPU work: `LUNA_MEMORY_LIMIT` (bytes, or with a K, M
 //! or G suffix) when set, else the sum of the device-local memory heaps the
-//! Vulkan driver reports (natively, through wgpu-hal). Other backends and the
+//! Vulkan driver reports (natively, through wgpu-hal; every heap for an
+//! integrated GPU, which shares system memory). Other backends and the
 //! browser tell nothing; there an allocation that fails comes back as an
 //! out-of-memory error instead.
 
@@ -43,7 +44,11 @@ fn vulkan_heaps(adapter: &wgpu::Adapter) -> Option<u64> {
         let hal = adapter.as_hal::<wgpu::hal::api::Vulkan>()?;
         let props = hal.shared_instance().raw_instance().get_physical_device_memory_properties(hal.raw_physical_device());
         let heaps = &props.memory_heaps[..props.memory_heap_count as usize];
-        let total: u64 = heaps.iter().filter(|h| h.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL)).map(|h| h.size).sum();
+        // A discrete GPU's buffers live in its device-local heaps; an integrated
+        // one may also place them in the system memory it shares (an APU's
+        // device-local heap is often a small carve-out), so every heap counts.
+        let shared = adapter.get_info().device_type == wgpu::DeviceType::IntegratedGpu;
+        let total: u64 = heaps.iter().filter(|h| shared || h.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL)).map(|h| h.size).sum();
         (total > 0).then_some(total)
     }
 }
