@@ -200,6 +200,7 @@ impl Engine {
     /// error) leaves the engine usable.
     pub async fn softmax_forward(&mut self, enc: &SoftmaxEncoder, input: &SoftmaxInput<'_>, kind: Kind) -> Result<Vec<f32>> {
         let cut = self.softmax_checked(enc, input, kind, true)?;
+        self.make_room(plan::total(&softmax_plan(&enc.config, input.len, cut, kind, true)));
         let d = enc.config.embed_dim;
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
@@ -231,6 +232,7 @@ impl Engine {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn softmax_time(&mut self, enc: &SoftmaxEncoder, input: &SoftmaxInput<'_>, kind: Kind) -> Result<f64> {
         let cut = self.softmax_checked(enc, input, kind, false)?;
+        self.make_room(plan::total(&softmax_plan(&enc.config, input.len, cut, kind, false)));
         let timestamps = if cut.seqs >= input.batch { Timestamps::new(&self.ctx) } else { None };
         self.time_submission(
             |e| {

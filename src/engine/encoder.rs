@@ -51,7 +51,8 @@ impl Engine {
         let scope = ErrorScopes::push(&self.ctx);
         let result = async {
             let cut = self.encoder_cut(&model.config, batch)?;
-            self.check_sizes(&model.config, batch.len, batch.batch, batch.proj_len, cut, true)?;
+            let bytes = self.check_sizes(&model.config, batch.len, batch.batch, batch.proj_len, cut, true)?;
+            self.make_room(bytes);
             let d = model.config.embed_dim;
             let (mut x, mut p) = (Vec::new(), Vec::new());
             for seq0 in (0..batch.batch).step_by(cut.seqs) {
@@ -76,7 +77,8 @@ impl Engine {
     pub fn time_encoder(&mut self, model: &GpuModel, batch: &Batch) -> Result<f64> {
         batch.check_for(&model.config)?;
         let cut = self.encoder_cut(&model.config, batch)?;
-        self.check_sizes(&model.config, batch.len, batch.batch, batch.proj_len, cut, false)?;
+        let bytes = self.check_sizes(&model.config, batch.len, batch.batch, batch.proj_len, cut, false)?;
+        self.make_room(bytes);
         // GPU timestamps cover one submission; several groups take the wall clock.
         let timestamps = if cut.seqs >= batch.batch { Timestamps::new(&self.ctx) } else { None };
         self.time_submission(
@@ -113,7 +115,7 @@ impl Engine {
     /// refusal a call would give, or `Ok`.
     pub fn encoder_check(&self, c: &Config, n: usize, sequences: usize) -> Result<()> {
         let cut = self.cut_for(c, n, sequences)?;
-        self.check_sizes(c, n, sequences, proj_len_for(c, n), cut, false)
+        self.check_sizes(c, n, sequences, proj_len_for(c, n), cut, false).map(|_| ())
     }
 
     fn cut_for(&self, c: &Config, n: usize, sequences: usize) -> Result<Cut> {
@@ -122,11 +124,13 @@ impl Engine {
     }
 
     /// Checks `sequences` sequences of `n` tokens (`proj_len` packed rows
-    /// each) against the device before any GPU work (`engine::plan`).
-    fn check_sizes(&self, c: &Config, n: usize, sequences: usize, proj_len: usize, cut: Cut, readback: bool) -> Result<()> {
+    /// each) against the device before any GPU work (`engine::plan`);
+    /// returns the bytes of the plan.
+    fn check_sizes(&self, c: &Config, n: usize, sequences: usize, proj_len: usize, cut: Cut, readback: bool) -> Result<u64> {
         let needs = encoder_plan(c, n, proj_len, cut, readback);
         let plan_for = |n: usize| self.cut_for(c, n, 1).ok().map(|cut| plan::total(&encoder_plan(c, n, proj_len_for(c, n), cut, readback)));
-        self.check_plan(&needs, sequences, n, cut, plan_for)
+        self.check_plan(&needs, sequences, n, cut, plan_for)?;
+        Ok(plan::total(&needs))
     }
 
     /// Records and submits the whole pass over sequences `seq0..seq0 + seqs`

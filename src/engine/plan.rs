@@ -68,6 +68,16 @@ pub(crate) fn total(plan: &[Need]) -> u64 {
 }
 
 impl Engine {
+    /// After a plan of `bytes` passed [`Engine::check_plan`]: when scratch that
+    /// earlier calls left (other shapes, other models) would take the pass
+    /// over the device's memory, gives it back first, so that what the pass
+    /// holds is what the check counted (the weights and the plan).
+    pub(crate) fn make_room(&mut self, bytes: u64) {
+        if self.memory_limit().is_some_and(|limit| self.stats.live() + bytes > limit) {
+            self.release_workspace();
+        }
+    }
+
     /// How `sequences` sequences of `n` tokens are cut when the widest
     /// per-token buffer has `widest` floats: blocks of a quarter of the
     /// sequence (at least 512 rows) within the rows per segment
