@@ -104,7 +104,8 @@ fn make_fixtures(dir: &Path) {
     let p = |name: &str| dir.join(name);
     let s = |path: PathBuf| path.to_str().unwrap().to_string();
 
-    // An encoder, two right-padded sequences.
+    // An encoder, two right-padded sequences: 1300 tokens run as row blocks
+    // of 512 (the pack merged across blocks), each sequence its own group.
     let enc = Config::from_json(
         &json!({
             "model": "encoder", "vocab_size": 50, "embed_dim": 32, "ffn_embed_dim": 48, "num_layers": 2,
@@ -116,7 +117,7 @@ fn make_fixtures(dir: &Path) {
     )
     .unwrap();
     Model::random(&enc, 3).unwrap().save(&p("encoder.safetensors")).unwrap();
-    let (tokens, b, n) = luna_wgpu::init::random_tokens(&enc, &[70, 41], 4);
+    let (tokens, b, n) = luna_wgpu::init::random_tokens(&enc, &[1300, 41], 4);
     tensors::write_file(&p("encoder.tokens.safetensors"), &tensors::serialize_tokens(&tokens, [b, n]).unwrap()).unwrap();
     luna(&["forward", "--model", &s(p("encoder.safetensors")), "--input", &s(p("encoder.tokens.safetensors")), "--output", &s(p("encoder.out.safetensors"))]);
 
