@@ -118,6 +118,7 @@ fn memory_is_linear_in_sequence_length() {
         workspace.push((peak - base) as f64);
         // The plan the engine checks against the device's memory is what it allocates.
         let planned = engine.encoder_memory(&c, n, 1).unwrap();
+        assert!(engine.encoder_memory(&c, 0, 1).is_err() && engine.encoder_memory(&c, n, 0).is_err(), "an empty batch is refused, not a panic");
         let got = peak - base;
         assert!(got.abs_diff(planned) <= 64 * 16, "n = {n}: planned {planned} B, allocated {got} B");
     }

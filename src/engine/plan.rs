@@ -85,6 +85,9 @@ impl Engine {
     /// sequences that fit one block share a group. Without `blocks`, every
     /// sequence is one block (a method that needs all its rows at once).
     pub(crate) fn cut_rows(&self, widest: usize, n: usize, sequences: usize, blocks: bool) -> Result<Cut> {
+        if n == 0 || sequences == 0 {
+            return Err(LunaError::Input(format!("an empty batch: {sequences} sequences of {n} tokens")));
+        }
         let fit_binding = (self.ctx.max_binding() / (widest.max(1) as u64 * 4)) as usize;
         let fit_dispatch = self.ctx.limits.max_compute_workgroups_per_dimension as usize * 64;
         let cap = self.segment.min(fit_binding).min(fit_dispatch) / 64 * 64;
