@@ -24,6 +24,26 @@ const KNOWN_KEYS: &[&str] = &[
     "tie_output_embedding", "activation", "embed_scale", "layer_norm_eps",
 ];
 
+/// The largest value of each size in a config (README, "The model file").
+/// Sizes that a weight's shape carries (the vocabulary, widths, l) are also
+/// bounded by the file; `num_layers` and the head counts are not (one stored
+/// layer runs `num_layers` times with `tie_layer_weights`), so they are
+/// capped at what a real model uses, far beyond any published Luna model.
+pub const LIMITS: &[(&str, usize)] = &[
+    ("vocab_size", 1 << 31),
+    ("embed_dim", 1 << 16),
+    ("ffn_embed_dim", 1 << 18),
+    ("num_layers", 1024),
+    ("num_heads", 1024),
+    ("num_pheads", 1024),
+    ("projection_length", 1 << 24),
+    ("max_positions", 1 << 24),
+];
+
+/// The largest `|embed_scale|`: `2^32`, so that a scaled embedding row stays
+/// far from float32's overflow (3.4e38) for any weight the loader accepts.
+pub const MAX_SCALE: f64 = 4_294_967_296.0;
+
 /// The raw JSON form: optional keys are optional here, defaults applied in [`Config::from_json`].
 #[derive(Deserialize)]
 struct RawConfig {
@@ -167,22 +187,49 @@ impl Config {
                 self.padding_idx, self.vocab_size
             ));
         }
-        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
-            return err(format!("layer_norm_eps {} must be positive", self.layer_norm_eps));
+        if !(self.layer_norm_eps >= f32::MIN_POSITIVE as f64 && self.layer_norm_eps <= f32::MAX as f64) {
+            return err(format!(
+                "layer_norm_eps {} must be positive and a normal float32 ({:e} to {:e})",
+                self.layer_norm_eps,
+                f32::MIN_POSITIVE,
+                f32::MAX
+            ));
         }
         if !self.embed_scale.is_finite() {
             return err("embed_scale must be finite".into());
         }
         // Token ids and row indices are u32 on the GPU.
-        if self.max_positions > 1 << 24
-            || self.embed_dim > 1 << 16
-            || self.ffn_embed_dim > 1 << 18
-            || self.vocab_size > 1 << 31
-            || self.projection_length > 1 << 24
-        {
-            return err("sizes are beyond what this engine supports (max_positions <= 2^24, embed_dim <= 65536, ffn_embed_dim <= 262144, vocab_size <= 2^31, projection_length <= 2^24)".into());
+        for (name, value, limit) in LIMITS.iter().map(|&(name, limit)| (name, self.size(name), limit)) {
+            if value > limit {
+                return err(format!(
+                    "{name} = {value} is over this engine's limit of {limit}{}",
+                    if name == "num_layers" && self.tie_layer_weights {
+                        " (with tie_layer_weights one stored layer runs num_layers times, so the file's size does not bound the work)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        // The GPU computes in float32: a scale near its limit overflows the embedding.
+        if self.embed_scale.abs() > MAX_SCALE {
+            return err(format!("embed_scale {:e} is beyond float32's safe range (|embed_scale| <= {MAX_SCALE:e})", self.embed_scale));
         }
         Ok(())
+    }
+
+    /// The size field `name` of [`LIMITS`].
+    fn size(&self, name: &str) -> usize {
+        match name {
+            "vocab_size" => self.vocab_size,
+            "embed_dim" => self.embed_dim,
+            "ffn_embed_dim" => self.ffn_embed_dim,
+            "num_layers" => self.num_layers,
+            "num_heads" => self.num_heads,
+            "num_pheads" => self.num_pheads,
+            "projection_length" => self.projection_length,
+            _ => self.max_positions,
+        }
     }
 
     pub fn head_dim(&self) -> usize {

@@ -8,6 +8,11 @@ use safetensors::SafeTensors;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+/// The largest weight magnitude a model file may hold: `2^32`. Trained
+/// weights are orders of magnitude smaller; beyond it a product of two
+/// weights summed over a wide row approaches float32's overflow (3.4e38).
+pub const MAX_WEIGHT: f32 = 4_294_967_296.0;
+
 /// `y = x · W^T + b`, `weight` is `[out, inp]` row-major.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -297,7 +302,15 @@ impl Reader<'_, '_> {
         }
         let data = tensors::view_to_f32(name, &view)?;
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(LunaError::Model(format!("tensor {name:?} holds a non-finite value at index {i}")));
+            return Err(LunaError::Model(format!(
+                "tensor {name:?} holds a value at index {i} that is not a finite float32 (NaN, infinite, or beyond float32's range)"
+            )));
+        }
+        if let Some(i) = data.iter().position(|v| v.abs() > MAX_WEIGHT) {
+            return Err(LunaError::Model(format!(
+                "tensor {name:?} holds {:e} at index {i}: weights beyond ±{MAX_WEIGHT:e} overflow float32 in the engine's arithmetic; is the file corrupt?",
+                data[i]
+            )));
         }
         self.used.insert(name.to_string());
         Ok(data)
