@@ -14,8 +14,8 @@ pub enum LunaError {
     /// The device could not be created or was lost.
     #[error("GPU device error: {0}")]
     Device(String),
-    /// The GPU ran out of memory or rejected an allocation.
-    #[error("GPU out of memory: {0}")]
+    /// The GPU (or, for the float64 reference, the host) would run out of memory, or rejected an allocation.
+    #[error("out of memory: {0}")]
     OutOfMemory(String),
     /// The model file is unreadable, malformed, or does not match its config.
     #[error("invalid model: {0}")]
@@ -27,8 +27,11 @@ pub enum LunaError {
     #[error("invalid input: {0}")]
     Input(String),
     /// The work would exceed a device limit.
-    #[error("{what} needs {needed} bytes in one buffer binding, over this adapter's limit of {limit} bytes; use a shorter sequence or a smaller batch")]
-    TooLarge { what: String, needed: u64, limit: u64 },
+    #[error("{what} needs {needed} bytes in one buffer binding, over this adapter's limit of {limit} bytes; {advice}")]
+    TooLarge { what: String, needed: u64, limit: u64, advice: String },
+    /// A result holds NaN or infinity: the model's numbers overflowed float32.
+    #[error("{tensor} holds {count} values that are not finite (NaN or infinity; the first at flat index {first}): this model's numbers overflow float32 on this input; check its weights and embed_scale")]
+    NotFinite { tensor: String, count: usize, first: usize },
     /// A feature that this version does not support.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -42,3 +45,26 @@ pub enum LunaError {
 }
 
 pub type Result<T> = std::result::Result<T, LunaError>;
+
+/// What to change when an input's buffer is too large.
+pub const SHORTER_INPUT: &str = "use a shorter sequence or a smaller batch";
+
+impl LunaError {
+    /// [`LunaError::TooLarge`] for a buffer that grows with the input.
+    pub fn too_large(what: impl Into<String>, needed: u64, limit: u64) -> LunaError {
+        LunaError::TooLarge { what: what.into(), needed, limit, advice: SHORTER_INPUT.into() }
+    }
+}
+
+/// Refuses a result that holds NaN or infinity, naming the tensor: the
+/// check every output passes before it reaches the caller.
+pub fn check_finite(tensor: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(first) => Err(LunaError::NotFinite {
+            tensor: tensor.to_string(),
+            count: values[first..].iter().filter(|v| !v.is_finite()).count(),
+            first,
+        }),
+    }
+}

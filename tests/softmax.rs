@@ -329,7 +329,7 @@ fn refusals_leave_the_engine_usable() {
     let mask = vec![false; n];
     let big = SoftmaxInput { x: &x, batch: 1, len: n, key_mask: &mask };
     match engine.softmax_forward_blocking(&enc, &big, Kind::Naive) {
-        Err(LunaError::TooLarge { needed, limit: l, what }) => {
+        Err(LunaError::TooLarge { needed, limit: l, what, .. }) => {
             assert!(needed > l, "{what}");
             assert!(what.contains("score"), "{what}");
         }

@@ -209,7 +209,7 @@ impl Engine {
                 let blocks = self.softmax_group(enc, input, kind, seq0, cut.seqs.min(input.batch - seq0), cut, None)?;
                 // Block by block, so that the staging memory is one block's.
                 for (block, rows) in &blocks {
-                    out.extend(buffers::read_f32(&self.ctx, &[(block, rows * d)]).await?.remove(0));
+                    out.extend(buffers::read_output(&self.ctx, "x", block, rows * d).await?);
                 }
             }
             Ok(out)

@@ -7,6 +7,7 @@
 
 use crate::config::Config;
 use crate::engine::context::Engine;
+use crate::engine::plan::{Need, Over};
 use crate::engine::tail::{Dims, Scratch};
 use crate::engine::weights::{causal_columns, GpuCausal, GpuModel, TokenPositions};
 use crate::error::{LunaError, Result};
@@ -38,16 +39,34 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn check_causal_sizes(&self, c: &Config, rows: usize, shape: &Shape, logit_rows: usize) -> Result<()> {
+    /// Checks a pass over `rows` token rows (`shape`, `logit_rows` rows of
+    /// logits, `carried` layers of decoder state allocated for it) before any
+    /// GPU work: every buffer against one binding, and all of them with the
+    /// weights held against the device's memory (`engine::plan`).
+    pub(crate) fn check_causal_sizes(&self, c: &Config, rows: usize, shape: &Shape, logit_rows: usize, carried: usize) -> Result<()> {
         let (_, _, _, _, width) = causal_columns(c);
         let f = 4u64;
-        for (what, floats) in [
-            ("the fused q/k/v/pc projections", rows * width),
-            ("the feed-forward hidden layer", rows * c.ffn_embed_dim),
-            ("the causal chunk states", shape.state_floats()),
-            ("the logits", logit_rows * c.vocab_size),
-        ] {
-            buffers::check_binding(&self.ctx, what, floats as u64 * f)?;
+        let (rows64, d) = (rows as u64, c.embed_dim as u64);
+        let plan = [
+            Need::one("the fused q/k/v/pc projections and the feed-forward hidden layer", rows64 * width.max(c.ffn_embed_dim) as u64 * f),
+            Need { what: "the layer input, its LayerNorm and the attention output", each: rows64 * d * f, total: 5 * rows64 * d * f },
+            Need { what: "the token ids, positions, targets and surprisal", each: rows64 * f, total: 4 * rows64 * f },
+            Need::one("the position rows", rows64 * d * f),
+            Need::one("the causal chunk states", shape.state_floats() as u64 * f),
+            Need { what: "the logits and their readback", each: (logit_rows * c.vocab_size) as u64 * f, total: 2 * (logit_rows * c.vocab_size) as u64 * f },
+            Need { what: "the decoder states carried between segments", each: 2 * (c.projection_length * c.embed_dim) as u64 * f, total: carried as u64 * 2 * (c.projection_length * c.embed_dim) as u64 * f },
+        ];
+        for need in &plan {
+            buffers::check_binding(&self.ctx, need.what, need.each)?;
+        }
+        if let Some(Over { needed, held, limit }) = self.over_memory(&plan) {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            return Err(LunaError::OutOfMemory(format!(
+                "a pass of {rows} tokens of this causal LM needs {:.1} MiB of GPU memory ({:.1} MiB the engine holds for weights), over the {:.1} MiB this adapter has (LUNA_MEMORY_LIMIT or Engine::set_memory_limit changes it); Engine::set_segment_rows with fewer rows lowers it",
+                mib(needed),
+                mib(held),
+                mib(limit)
+            )));
         }
         Ok(())
     }
@@ -70,18 +89,20 @@ impl Engine {
         model.causal()?;
         batch.check_for(&model.config)?;
         let shape = self.parallel_shape(&model.config, batch);
-        self.check_causal_sizes(&model.config, batch.batch * batch.len, &shape, logit_rows)?;
+        self.check_causal_sizes(&model.config, batch.batch * batch.len, &shape, logit_rows, 0)?;
         let positions = self.token_positions(model, &batch.positions)?;
         Ok((shape, positions))
     }
 
     /// Records one parallel pass over `batch`, then `output` after its final
-    /// states `x`; submits it and reads back the floats `output` names.
+    /// states `x`; submits it and reads back the floats `output` names
+    /// (checked finite, as `tensor`).
     pub(crate) async fn parallel_pass(
         &mut self,
         model: &GpuModel,
         batch: &Batch,
         logit_rows: usize,
+        tensor: &str,
         output: impl FnOnce(&Run, &mut Recorder, &mut Workspace, &wgpu::Buffer) -> (wgpu::Buffer, usize),
     ) -> Result<Vec<f32>> {
         let (shape, positions) = self.prepare_parallel(model, batch, logit_rows)?;
@@ -93,7 +114,7 @@ impl Engine {
             let x = run.record(&mut rec, workspace, &batch.tokens, &positions.index, &lengths_u32(batch), Hooks::default())?;
             let (out, floats) = output(&run, &mut rec, workspace, &x);
             rec.submit();
-            Ok(buffers::read_f32(ctx, &[(&out, floats)]).await?.remove(0))
+            buffers::read_output(ctx, tensor, &out, floats).await
         }
         .await;
         self.close(scope, result).await
@@ -109,7 +130,7 @@ impl Engine {
         let logits = if rows > self.segment_rows(&model.config, 0) {
             self.per_sequence(model, batch, Emit::Logits).await?
         } else {
-            self.parallel_pass(model, batch, rows, |run, rec, ws, x| (run.logits(rec, ws, x, rows, "logits"), rows * vocab)).await?
+            self.parallel_pass(model, batch, rows, "logits", |run, rec, ws, x| (run.logits(rec, ws, x, rows, "logits"), rows * vocab)).await?
         };
         Ok(CausalOutput { batch: batch.batch, len: batch.len, vocab, logits })
     }
@@ -127,6 +148,25 @@ pub(crate) enum Emit {
     Logits,
     /// The logits after the last token (a prompt's).
     LastLogits,
+}
+
+impl Emit {
+    /// The name of what is read back, for errors.
+    pub(crate) fn tensor(self) -> &'static str {
+        match self {
+            Emit::Surprisal => "surprisal",
+            _ => "logits",
+        }
+    }
+
+    /// Rows of logits a pass over `rows` tokens computes.
+    pub(crate) fn logit_rows(self, rows: usize) -> usize {
+        match self {
+            Emit::Nothing => 0,
+            Emit::LastLogits => 1,
+            Emit::Surprisal | Emit::Logits => rows,
+        }
+    }
 }
 
 pub(crate) fn lengths_u32(batch: &Batch) -> Vec<u32> {

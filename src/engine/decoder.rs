@@ -112,7 +112,7 @@ impl Engine {
             let x = run.record(&mut rec, workspace, &[token], &[pos_index], &[1], Hooks::default())?;
             let logits = run.logits(&mut rec, workspace, &x, 1, "last_logits");
             rec.submit();
-            Ok(buffers::read_f32(ctx, &[(&logits, vocab)]).await?.remove(0))
+            buffers::read_output(ctx, "logits", &logits, vocab).await
         }
         .await;
         let logits = self.close(scope, result).await?;

@@ -59,9 +59,9 @@ impl Engine {
                 let seqs = cut.seqs.min(batch.batch - seq0);
                 let out = self.record_group(model, batch, seq0, seqs, cut, None)?;
                 // Block by block, so that the staging memory is one block's.
-                p.extend(buffers::read_f32(&self.ctx, &[(&out.p, seqs * batch.proj_len * d)]).await?.remove(0));
+                p.extend(buffers::read_output(&self.ctx, "p", &out.p, seqs * batch.proj_len * d).await?);
                 for (block, rows) in &out.x {
-                    x.extend(buffers::read_f32(&self.ctx, &[(block, rows * d)]).await?.remove(0));
+                    x.extend(buffers::read_output(&self.ctx, "x", block, rows * d).await?);
                 }
             }
             Ok(EncoderOutput { batch: batch.batch, len: batch.len, proj_len: batch.proj_len, dim: d, x, p })

@@ -150,6 +150,9 @@ impl Engine {
         let bits = self.sequence_pass(gpu, tokens, None, None, &captures, emit).await?;
         let reads: Vec<(&wgpu::Buffer, usize)> = folded.iter().map(|f| (&f.3.buffer, floats)).collect();
         let raw = if reads.is_empty() { Vec::new() } else { buffers::read_f32(&self.ctx, &reads).await? };
+        for z in &raw {
+            crate::error::check_finite("the pack weights", z)?;
+        }
         drop(captures);
         drop(folded);
         let weights = layers

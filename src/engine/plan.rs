@@ -11,6 +11,8 @@
 use crate::engine::context::Engine;
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers;
+use crate::config::ModelKind;
+use crate::model::Model;
 
 /// Rows a block keeps at least when a sequence is cut for memory's sake.
 const MIN_BLOCK: usize = 512;
@@ -62,6 +64,13 @@ impl Need {
     }
 }
 
+/// A plan over the device's memory: bytes needed in all, held for weights, and the limit.
+pub(crate) struct Over {
+    pub needed: u64,
+    pub held: u64,
+    pub limit: u64,
+}
+
 /// Bytes of all of a plan's buffers.
 pub(crate) fn total(plan: &[Need]) -> u64 {
     plan.iter().map(|p| p.total).sum()
@@ -92,10 +101,61 @@ impl Engine {
         let fit_dispatch = self.ctx.limits.max_compute_workgroups_per_dimension as usize * 64;
         let cap = self.segment.min(fit_binding).min(fit_dispatch) / 64 * 64;
         if cap == 0 {
-            return Err(LunaError::TooLarge { what: format!("64 token rows of a {widest}-float layer buffer"), needed: widest as u64 * 4 * 64, limit: self.ctx.max_binding() });
+            return Err(LunaError::TooLarge {
+                what: format!("64 token rows of a {widest}-float layer buffer"),
+                needed: widest as u64 * 4 * 64,
+                limit: self.ctx.max_binding(),
+                advice: "this model is too wide for this adapter; use a model with a smaller embed_dim or ffn_embed_dim".into(),
+            });
         }
         let block = if blocks { (n.div_ceil(MIN_BLOCKS).div_ceil(64) * 64).max(MIN_BLOCK).min(cap) } else { n };
         Ok(if block >= n { Cut { seqs: (cap / n).clamp(1, sequences), block_rows: n } } else { Cut { seqs: 1, block_rows: block } })
+    }
+
+    /// Checks a model's weights before any upload: every tensor, and the
+    /// widest projections stacked into one buffer, against one binding, and
+    /// all of them, with what the engine holds, against the device's memory.
+    pub(crate) fn check_weights(&self, model: &Model) -> Result<()> {
+        let binding = self.ctx.max_binding();
+        let d = model.config.embed_dim as u64;
+        let tensors = model.named_tensors();
+        let c = &model.config;
+        let widest = match c.model {
+            ModelKind::CausalLm => crate::engine::weights::causal_columns(c).4,
+            ModelKind::Encoder if c.tie_kv => c.embed_dim,
+            ModelKind::Encoder => 2 * c.embed_dim,
+        };
+        let stacked = ("the stacked projections of a layer".to_string(), widest as u64 * d * 4);
+        let sizes = tensors.iter().map(|(name, _, data)| (format!("the model's tensor {name}"), data.len() as u64 * 4));
+        for (what, bytes) in sizes.chain([stacked]) {
+            if bytes > binding {
+                return Err(LunaError::TooLarge {
+                    what,
+                    needed: bytes,
+                    limit: binding,
+                    advice: "this adapter cannot bind a weight this large; use a model with a smaller vocabulary or width, or another adapter".into(),
+                });
+            }
+        }
+        let total: u64 = tensors.iter().map(|(_, _, data)| data.len() as u64 * 4).sum();
+        if let Some(Over { needed, held, limit }) = self.over_memory(&[Need::one("the weights", total)]) {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            return Err(LunaError::OutOfMemory(format!(
+                "this model's weights need {:.1} MiB of GPU memory beside the {:.1} MiB the engine holds, over the {:.1} MiB this adapter has (LUNA_MEMORY_LIMIT or Engine::set_memory_limit changes it)",
+                mib(needed - held),
+                mib(held),
+                mib(limit)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The plan's bytes with the weights held, when they pass the device's memory.
+    pub(crate) fn over_memory(&self, plan: &[Need]) -> Option<Over> {
+        let limit = self.memory_limit()?;
+        let held = self.stats.live().saturating_sub(self.workspace.bytes());
+        let needed = held + total(plan);
+        (needed > limit).then_some(Over { needed, held, limit })
     }
 
     /// Checks a plan (the pass over `batch` sequences of `n` tokens cut as
@@ -108,12 +168,7 @@ impl Engine {
             buffers::check_binding(&self.ctx, need.what, need.each)?;
         }
         buffers::check_dispatch_rows(&self.ctx, cut.rows(n) as u64)?;
-        let Some(limit) = self.memory_limit() else { return Ok(()) };
-        let held = self.stats.live().saturating_sub(self.workspace.bytes());
-        let needed = held + total(plan);
-        if needed <= limit {
-            return Ok(());
-        }
+        let Some(Over { needed, held, limit }) = self.over_memory(plan) else { return Ok(()) };
         let (mut lo, mut hi) = (0usize, n);
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);

@@ -37,7 +37,7 @@ impl Engine {
         }
         let rows = batch.batch * batch.len;
         let targets = next_tokens(batch);
-        self.parallel_pass(model, batch, rows, |run, rec, ws, x| (run.surprisal(rec, ws, x, &targets), rows)).await
+        self.parallel_pass(model, batch, rows, "surprisal", |run, rec, ws, x| (run.surprisal(rec, ws, x, &targets), rows)).await
     }
 
     /// Rows per segment of a long sequence: [`Engine::set_segment_rows`], or fewer when a
@@ -112,6 +112,19 @@ impl Engine {
         let seg = self.segment_rows(c, extra);
         let (d, heads, pad, vocab) = (c.embed_dim, c.num_heads, c.padding_idx, c.vocab_size);
         let block = heads * 2 * c.projection_length * c.head_dim();
+        let chunk = self.causal_chunk;
+        let shape_at = |start: usize, rows: usize| Shape {
+            batch: 1,
+            rows,
+            heads,
+            head_dim: c.head_dim(),
+            proj_len: c.projection_length,
+            chunk: chunk.min(rows.next_power_of_two()),
+            t_base: start,
+        };
+        // The first segment is the largest: check it, with the states this call allocates, before any GPU work.
+        let first = seg.min(n);
+        self.check_causal_sizes(c, first, &shape_at(0, first), emit.logit_rows(first), if carry.is_none() { c.num_layers } else { 0 })?;
         let own: Vec<Tracked> = match carry {
             Some(_) => Vec::new(),
             None => (0..c.num_layers).map(|_| buffers::upload(&self.ctx, &self.stats, "carried state", &vec![0f32; block])).collect::<Result<_>>()?,
@@ -122,21 +135,8 @@ impl Engine {
         for start in (0..n).step_by(seg) {
             let end = (start + seg).min(n);
             let rows = end - start;
-            let shape = Shape {
-                batch: 1,
-                rows,
-                heads,
-                head_dim: c.head_dim(),
-                proj_len: c.projection_length,
-                chunk: self.causal_chunk.min(rows.next_power_of_two()),
-                t_base: start,
-            };
-            let logit_rows = match emit {
-                Emit::Nothing => 0,
-                Emit::LastLogits => 1,
-                Emit::Surprisal | Emit::Logits => rows,
-            };
-            self.check_causal_sizes(c, rows, &shape, logit_rows)?;
+            let shape = shape_at(start, rows);
+            self.check_causal_sizes(c, rows, &shape, emit.logit_rows(rows), 0)?;
             // Positions: learned ones by index; sinusoids as this segment's own rows.
             let here: Vec<u32> = match positions {
                 Some(p) => p[start..end].to_vec(),
@@ -173,7 +173,7 @@ impl Engine {
                 };
                 rec.submit();
                 if let Some((buffer, floats)) = out {
-                    values.extend(buffers::read_f32(ctx, &[(&buffer, floats)]).await?.remove(0));
+                    values.extend(buffers::read_output(ctx, emit.tensor(), &buffer, floats).await?);
                 }
                 Ok(())
             }

@@ -210,6 +210,7 @@ impl Engine {
                 )));
             }
         }
+        self.check_weights(model)?;
         // Bind groups of an earlier model's dispatches would keep its weights alive.
         self.ctx.reuse.forget_bind_groups();
         let scope = ErrorScopes::push(&self.ctx);

@@ -88,7 +88,7 @@ pub fn create(ctx: &GpuContext, stats: &Arc<MemoryStats>, label: &str, bytes: u6
 pub fn check_binding(ctx: &GpuContext, what: &str, bytes: u64) -> Result<()> {
     let limit = ctx.max_binding();
     if bytes > limit {
-        return Err(LunaError::TooLarge { what: what.to_string(), needed: bytes, limit });
+        return Err(LunaError::too_large(what, bytes, limit));
     }
     Ok(())
 }
@@ -162,6 +162,14 @@ impl Workspace {
             ctx.reuse.forget_bind_groups();
         }
     }
+}
+
+/// Reads the first `len` floats of an output buffer back and checks that
+/// every one is finite ([`LunaError::NotFinite`] names `tensor` otherwise).
+pub async fn read_output(ctx: &GpuContext, tensor: &str, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    let values = read_f32(ctx, &[(buffer, len)]).await?.remove(0);
+    crate::error::check_finite(tensor, &values)?;
+    Ok(values)
 }
 
 /// Copies the first `len` f32 values of each buffer back to the host.

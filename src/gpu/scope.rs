@@ -27,7 +27,7 @@ impl ErrorScopes {
         let validation = self.validation.pop().await;
         let oom = self.oom.pop().await;
         if let Some(e) = oom {
-            return Err(LunaError::OutOfMemory(format!("{e}; try a shorter sequence or a smaller batch")));
+            return Err(LunaError::OutOfMemory(format!("the GPU: {e}; try a shorter sequence or a smaller batch")));
         }
         if let Some(e) = validation {
             return Err(LunaError::Device(format!("the GPU rejected the work (an engine bug, please report it): {e}")));

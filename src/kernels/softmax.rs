@@ -186,6 +186,7 @@ pub fn check_naive(ctx: &GpuContext, s: &Shape) -> Result<()> {
             what: format!("naive attention over {} sequences × {} heads of {} tokens (dispatch grid)", s.batch, s.heads, s.q_rows),
             needed: (s.batch * s.heads) as u64,
             limit: max_groups as u64,
+            advice: crate::error::SHORTER_INPUT.into(),
         });
     }
     Ok(())

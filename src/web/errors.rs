@@ -17,6 +17,7 @@ pub fn kind(e: &LunaError) -> &'static str {
         LunaError::Config(_) => "config",
         LunaError::Input(_) => "input",
         LunaError::TooLarge { .. } => "too-large",
+        LunaError::NotFinite { .. } => "not-finite",
         LunaError::Unsupported(_) => "unsupported",
         LunaError::Io { .. } => "io",
     }

@@ -80,6 +80,7 @@ impl LunaModel {
                 what: format!("a document of {tokens} tokens in one pass"),
                 needed: tokens as u64 * self.widest_row() as u64 * 4,
                 limit: self.max_binding,
+                advice: "use a shorter text (the browser scores one pass)".into(),
             }));
         }
         Ok(())
