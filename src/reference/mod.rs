@@ -2,11 +2,13 @@
 //! docs/luna.md. It is the oracle every GPU kernel is tested against, and the
 //! `--device cpu` path. No cleverness here on purpose.
 
+pub mod budget;
 pub mod causal;
 pub mod ops;
 pub mod softmax;
 
 use crate::config::Config;
+use crate::error::{check_finite, Result};
 use crate::input::{Batch, EncoderOutput};
 use crate::model::{KvProj, Layer, Model};
 use ops::*;
@@ -147,17 +149,38 @@ pub fn encoder_forward(model: &Model, batch: &Batch) -> Output64 {
     out
 }
 
-/// The reference as an [`EncoderOutput`] (rounded to f32), for the `--device cpu` path.
-pub fn encoder_output(model: &Model, batch: &Batch) -> EncoderOutput {
+/// The reference as an [`EncoderOutput`] (rounded to f32), for the `--device
+/// cpu` path: refused first when it would pass the host memory budget
+/// ([`budget`]), and checked finite in float32 after.
+pub fn encoder_output(model: &Model, batch: &Batch) -> Result<EncoderOutput> {
+    let what = format!("{} × {} tokens of this encoder", batch.batch, batch.len);
+    budget::check(&what, budget::encoder_bytes(&model.config, batch.batch, batch.len, batch.proj_len))?;
     let o = encoder_forward(model, batch);
-    EncoderOutput {
+    let out = EncoderOutput {
         batch: batch.batch,
         len: batch.len,
         proj_len: batch.proj_len,
         dim: model.config.embed_dim,
         x: o.x.iter().map(|&v| v as f32).collect(),
         p: o.p.iter().map(|&v| v as f32).collect(),
+    };
+    check_finite("x", &out.x)?;
+    check_finite("p", &out.p)?;
+    Ok(out)
+}
+
+/// [`causal_lm_forward`] for the `--device cpu` paths: refused first when it
+/// would pass the host memory budget ([`budget`]); the logits are checked
+/// finite as float32, the precision they are written in.
+pub fn causal_lm_checked(model: &Model, batch: &Batch) -> Result<Vec<f64>> {
+    let what = format!("{} × {} tokens of this causal LM", batch.batch, batch.len);
+    budget::check(&what, budget::causal_bytes(&model.config, batch.batch, batch.len))?;
+    let logits = causal_lm_forward(model, batch);
+    if let Some(first) = logits.iter().position(|&v| !(v as f32).is_finite()) {
+        let count = logits[first..].iter().filter(|&&v| !(v as f32).is_finite()).count();
+        return Err(crate::LunaError::NotFinite { tensor: "logits".into(), count, first });
     }
+    Ok(logits)
 }
 
 /// Causal LM logits `[B, n, vocab]` for a batch (positions past a sequence's length are not meaningful).

@@ -30,7 +30,7 @@ pub fn run(choice: &AdapterChoice, args: ForwardArgs) -> Result<()> {
     let (named, note): (Vec<OwnedTensor>, String) = if causal {
         let cpu = || -> Result<(Vec<f32>, String)> {
             let t = Instant::now();
-            let logits: Vec<f32> = luna_wgpu::reference::causal_lm_forward(&model, &batch).iter().map(|&v| v as f32).collect();
+            let logits: Vec<f32> = luna_wgpu::reference::causal_lm_checked(&model, &batch)?.iter().map(|&v| v as f32).collect();
             Ok((logits, cpu_note(t.elapsed().as_secs_f64())))
         };
         let gpu = |engine: &mut Engine| {
@@ -43,7 +43,7 @@ pub fn run(choice: &AdapterChoice, args: ForwardArgs) -> Result<()> {
     } else {
         let cpu = || -> Result<_> {
             let t = Instant::now();
-            let out = luna_wgpu::reference::encoder_output(&model, &batch);
+            let out = luna_wgpu::reference::encoder_output(&model, &batch)?;
             Ok((out, cpu_note(t.elapsed().as_secs_f64())))
         };
         let gpu = |engine: &mut Engine| {

@@ -7,6 +7,7 @@ use crate::device::{open_engine, or_cpu, Device};
 use crate::lm::load_causal;
 use luna_wgpu::generate::{Generation, Settings, Stop, TokenModel};
 use luna_wgpu::gpu::context::describe;
+use luna_wgpu::reference::budget;
 use luna_wgpu::reference::causal::{causal_lm_logits, CausalState};
 use luna_wgpu::tokenizer::Tokenizer;
 use luna_wgpu::{AdapterChoice, Decoder, Engine, GpuModel, LunaError, Model, Result};
@@ -97,10 +98,12 @@ impl Lm<'_> {
         let c = &self.model.config;
         let pad = c.padding_idx as u32;
         let positions: Vec<u32> = (1..=tokens.len() as u32).map(|i| pad + i).collect();
+        let what = format!("a prompt of {} tokens", tokens.len());
+        budget::check(&what, budget::causal_bytes(c, 1, tokens.len()))?;
         let mut states = Vec::new();
         let logits = causal_lm_logits(self.model, tokens, &positions, &mut states);
         self.backend = Backend::Cpu { states, consumed: tokens.len() };
-        Ok(logits[(tokens.len() - 1) * c.vocab_size..].to_vec())
+        finite(logits[(tokens.len() - 1) * c.vocab_size..].to_vec())
     }
 
     fn device(&self) -> String {
@@ -123,6 +126,14 @@ impl Lm<'_> {
             }
         }
     }
+}
+
+/// The reference's float64 logits, refused when float32 (the GPU's and the
+/// sampler's precision) cannot hold them.
+fn finite(logits: Vec<f64>) -> Result<Vec<f64>> {
+    let as_f32: Vec<f32> = logits.iter().map(|&v| v as f32).collect();
+    luna_wgpu::error::check_finite("logits", &as_f32)?;
+    Ok(logits)
 }
 
 fn cpu_state_floats(states: &[CausalState]) -> usize {
@@ -156,7 +167,7 @@ impl TokenModel for Lm<'_> {
             Backend::Cpu { states, consumed } => {
                 *consumed += 1;
                 let pos = (self.model.config.padding_idx + *consumed) as u32;
-                Ok(causal_lm_logits(self.model, &[token], &[pos], states))
+                finite(causal_lm_logits(self.model, &[token], &[pos], states))
             }
         }
     }

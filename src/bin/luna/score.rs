@@ -67,7 +67,7 @@ pub fn run(choice: &AdapterChoice, a: ScoreArgs) -> Result<()> {
     let tokens = batch.lengths.iter().sum::<usize>() as f64;
     let cpu = || -> Result<(Vec<f64>, String)> {
         let t = Instant::now();
-        let logits = luna_wgpu::reference::causal_lm_forward(&model, &batch);
+        let logits = luna_wgpu::reference::causal_lm_checked(&model, &batch)?;
         let bits = sample::next_token_bits(&logits, c.vocab_size, &batch)?;
         let s = t.elapsed().as_secs_f64();
         Ok((bits, format!("cpu reference: {shape}: {:.1} ms, {:.0} tokens/s", s * 1e3, tokens / s)))
