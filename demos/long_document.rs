@@ -75,7 +75,7 @@ fn parse(args: &[String]) -> luna_wgpu::Result<Options> {
 
 pub fn run(o: &Options) -> luna_wgpu::Result<Scored> {
     let path = o.file.clone().map_or_else(shipped::sample_path, Ok)?;
-    let bytes = std::fs::read(&path).map_err(|source| LunaError::Io { path: path.display().to_string(), source })?;
+    let bytes = luna_wgpu::tensors::read_file(&path)?;
     let model = Model::load(&o.model.clone().map_or_else(shipped::model_path, Ok)?)?;
     let tok = Tokenizer::from_model(&model)?.ok_or_else(|| LunaError::Input("this model has no tokenizer".into()))?;
     if bytes.is_empty() || (bytes.len() < 2 && tok.bos.is_none()) {

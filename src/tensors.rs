@@ -20,8 +20,49 @@ impl Tensor {
     }
 }
 
+/// The most bytes [`read_file`] reads: 64 GiB (a model file holds weights
+/// in float16 at least; no model this engine can run is larger).
+pub const MAX_FILE_BYTES: u64 = 64 << 30;
+
+/// A file's bytes (model, tokens, text): see [`read_limited`], up to [`MAX_FILE_BYTES`].
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| LunaError::Io { path: path.display().to_string(), source })
+    read_limited(path, MAX_FILE_BYTES)
+}
+
+/// A regular file's bytes, at most `limit` of them: anything else (a
+/// device such as /dev/zero, a pipe, a folder) is refused before reading,
+/// as is a file whose size is over `limit` or over the memory the machine
+/// has available; the read stops at the size the metadata gave, so a
+/// file that grows meanwhile cannot make it read without end.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| LunaError::Io { path: path.display().to_string(), source };
+    let refuse = |why: String| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file (a device, pipe or folder cannot be read as one); give a file".into()));
+    }
+    let len = meta.len();
+    if len > limit {
+        return Err(refuse(format!("{len} bytes, over the {limit} bytes this file may hold")));
+    }
+    if let Some(free) = available_memory() {
+        if len > free {
+            return Err(refuse(format!("{len} bytes, more than the {free} bytes of memory available")));
+        }
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
+
+/// `MemAvailable` of /proc/meminfo, where there is one.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -80,7 +80,7 @@ impl Tuning {
     #[cfg(not(target_arch = "wasm32"))]
     fn read_file() -> BTreeMap<String, BTreeMap<String, String>> {
         Tuning::path()
-            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|p| crate::tensors::read_limited(&p, 16 << 20).ok())
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     }

@@ -7,7 +7,8 @@ use luna_wgpu::{tensors, Config, LunaError, Model, Result};
 
 pub fn init_random(a: InitRandomArgs) -> Result<()> {
     let InitRandomArgs { config, out, seed, tokenizer } = a;
-    let text = std::fs::read_to_string(&config).map_err(|source| LunaError::Io { path: config.display().to_string(), source })?;
+    let text = String::from_utf8(tensors::read_limited(&config, 1 << 20)?)
+        .map_err(|_| LunaError::Config(format!("{}: not UTF-8 text", config.display())))?;
     let config = Config::from_json(&text)?;
     let mut model = Model::random(&config, seed)?;
     if let Some(TokenizerKind::Bytes) = tokenizer {
