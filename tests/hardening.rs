@@ -8,7 +8,7 @@ mod common;
 use common::cli::{assert_fails, assert_fails_first, assert_ok, forward, luna, luna_command, read, s, write_tokens, TempDir};
 use common::configs;
 use luna_wgpu::model::KvProj;
-use luna_wgpu::{Config, Model};
+use luna_wgpu::{Config, LunaError, Model};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -182,4 +182,46 @@ fn only_regular_files_are_read() {
         assert_fails_first(&luna(&args), &["not a regular file"]);
         assert!(start.elapsed() < Duration::from_secs(30));
     }
+}
+
+/// A model's weights, and a causal pass (one pass, or segment by segment),
+/// are checked against the device's memory before any GPU work, and the
+/// engine holds nothing more for a refused call.
+#[test]
+fn causal_passes_and_weights_over_the_memory_limit_are_refused_before_gpu_work() {
+    let Some(mut engine) = common::engine() else { return };
+    let c = configs::byte_lm(json!({}));
+    let model = Model::random(&c, 3).unwrap();
+    let before = engine.memory_limit();
+    engine.release_workspace();
+    let (held, _) = engine.memory();
+    engine.set_memory_limit(Some(held + 1024));
+    let weights = engine.load(&model);
+    engine.set_memory_limit(before);
+    match weights {
+        Err(e @ LunaError::OutOfMemory(_)) => assert!(e.to_string().contains("weights need"), "{e}"),
+        other => panic!("weights over the limit were not refused: {:?}", other.map(|_| ())),
+    }
+
+    let gm = engine.load(&model).unwrap();
+    engine.release_workspace();
+    let (held, _) = engine.memory();
+    let batch = common::random_batch(&c, &[2000], 1);
+    engine.set_memory_limit(Some(held + (64 << 10)));
+    engine.reset_peak_memory();
+    let one_pass = engine.causal_forward_blocking(&gm, &batch).map(|_| ());
+    let segments = common::with_segment_rows(&mut engine, 512, |e| e.score_blocking(&gm, &batch).map(|_| ()));
+    let (_, peak) = engine.memory();
+    engine.set_memory_limit(before);
+    for result in [one_pass, segments] {
+        match result {
+            Err(e @ LunaError::OutOfMemory(_)) => assert!(e.to_string().contains("tokens of this causal LM needs"), "{e}"),
+            other => panic!("a causal pass over the limit was not refused: {other:?}"),
+        }
+    }
+    assert!(peak <= held, "a refused call allocated GPU memory ({peak} > {held} bytes)");
+    let want = luna_wgpu::reference::causal_lm_forward(&model, &batch);
+    let got = engine.causal_forward_blocking(&gm, &batch).unwrap();
+    let err = got.logits.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    assert!(err < 1e-3, "after the refusals the engine gives logits {err} off the reference");
 }

@@ -40,22 +40,22 @@ impl Engine {
     }
 
     /// Checks a pass over `rows` token rows (`shape`, `logit_rows` rows of
-    /// logits, `carried` layers of decoder state allocated for it) before any
-    /// GPU work: every buffer against one binding, and all of them with the
-    /// weights held against the device's memory (`engine::plan`).
-    pub(crate) fn check_causal_sizes(&self, c: &Config, rows: usize, shape: &Shape, logit_rows: usize, carried: usize) -> Result<()> {
+    /// logits, and the `extra` buffers its caller allocates for it) before
+    /// any GPU work: every buffer against one binding, and all of them with
+    /// the weights held against the device's memory (`engine::plan`).
+    pub(crate) fn check_causal_sizes(&self, c: &Config, rows: usize, shape: &Shape, logit_rows: usize, extra: &[Need]) -> Result<()> {
         let (_, _, _, _, width) = causal_columns(c);
         let f = 4u64;
         let (rows64, d) = (rows as u64, c.embed_dim as u64);
-        let plan = [
+        let mut plan = vec![
             Need::one("the fused q/k/v/pc projections and the feed-forward hidden layer", rows64 * width.max(c.ffn_embed_dim) as u64 * f),
             Need { what: "the layer input, its LayerNorm and the attention output", each: rows64 * d * f, total: 5 * rows64 * d * f },
             Need { what: "the token ids, positions, targets and surprisal", each: rows64 * f, total: 4 * rows64 * f },
             Need::one("the position rows", rows64 * d * f),
             Need::one("the causal chunk states", shape.state_floats() as u64 * f),
             Need { what: "the logits and their readback", each: (logit_rows * c.vocab_size) as u64 * f, total: 2 * (logit_rows * c.vocab_size) as u64 * f },
-            Need { what: "the decoder states carried between segments", each: 2 * (c.projection_length * c.embed_dim) as u64 * f, total: carried as u64 * 2 * (c.projection_length * c.embed_dim) as u64 * f },
         ];
+        plan.extend_from_slice(extra);
         for need in &plan {
             buffers::check_binding(&self.ctx, need.what, need.each)?;
         }
@@ -89,7 +89,7 @@ impl Engine {
         model.causal()?;
         batch.check_for(&model.config)?;
         let shape = self.parallel_shape(&model.config, batch);
-        self.check_causal_sizes(&model.config, batch.batch * batch.len, &shape, logit_rows, 0)?;
+        self.check_causal_sizes(&model.config, batch.batch * batch.len, &shape, logit_rows, &[])?;
         let positions = self.token_positions(model, &batch.positions)?;
         Ok((shape, positions))
     }

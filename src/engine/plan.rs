@@ -52,6 +52,7 @@ impl Cut {
 
 /// Buffers of one kind a pass allocates: the largest of them (`each` bytes,
 /// bound whole) and all of them together (`total` bytes).
+#[derive(Clone, Copy)]
 pub(crate) struct Need {
     pub what: &'static str,
     pub each: u64,

@@ -8,6 +8,7 @@
 use crate::config::Config;
 use crate::engine::causal::{Emit, Hooks, Run};
 use crate::engine::context::Engine;
+use crate::engine::plan::Need;
 use crate::engine::weights::{causal_columns, GpuModel};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
@@ -124,7 +125,12 @@ impl Engine {
         };
         // The first segment is the largest: check it, with the states this call allocates, before any GPU work.
         let first = seg.min(n);
-        self.check_causal_sizes(c, first, &shape_at(0, first), emit.logit_rows(first), if carry.is_none() { c.num_layers } else { 0 })?;
+        let (f, state) = (4u64, block as u64 * 4);
+        let buffers = [
+            Need { what: "the decoder states carried between segments", each: state, total: if carry.is_none() { c.num_layers as u64 * state } else { 0 } },
+            Need::one("the captured rows", (first * extra) as u64 * f),
+        ];
+        self.check_causal_sizes(c, first, &shape_at(0, first), emit.logit_rows(first), &buffers)?;
         let own: Vec<Tracked> = match carry {
             Some(_) => Vec::new(),
             None => (0..c.num_layers).map(|_| buffers::upload(&self.ctx, &self.stats, "carried state", &vec![0f32; block])).collect::<Result<_>>()?,
@@ -136,7 +142,6 @@ impl Engine {
             let end = (start + seg).min(n);
             let rows = end - start;
             let shape = shape_at(start, rows);
-            self.check_causal_sizes(c, rows, &shape, emit.logit_rows(rows), 0)?;
             // Positions: learned ones by index; sinusoids as this segment's own rows.
             let here: Vec<u32> = match positions {
                 Some(p) => p[start..end].to_vec(),
