@@ -67,6 +67,8 @@ impl Model {
                 "this config has about {floats} parameters; init-random makes models of at most 2^31 (8 GiB)"
             )));
         }
+        // The weights, and a copy when they are saved.
+        crate::tensors::check_host_memory("a random model of this config", floats as u64 * 4 * 2)?;
         let mut rng = Rng::new(seed);
         let emb_a = if c.learned_pos { 1.0 } else { 1.0 / c.embed_scale as f32 };
         let mut embed_tokens = rng.fill(c.vocab_size * d, emb_a);

@@ -57,6 +57,19 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Refuses host work that would hold `bytes` (for `what`) when the machine
+/// has less memory available, instead of aborting in the allocator.
+pub fn check_host_memory(what: &str, bytes: u64) -> Result<()> {
+    match available_memory() {
+        Some(free) if bytes > free => Err(LunaError::OutOfMemory(format!(
+            "{what} would take about {:.2} GiB of host memory, more than the {:.2} GiB available",
+            bytes as f64 / (1u64 << 30) as f64,
+            free as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// `MemAvailable` of /proc/meminfo, where there is one.
 pub fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -33,6 +33,9 @@ pub fn random_tokens(a: RandomTokensArgs) -> Result<()> {
     if lengths.contains(&0) {
         return Err(LunaError::Input("every length must be at least 1".into()));
     }
+    let cells = (lengths.len() as u64).saturating_mul(lengths.iter().copied().max().unwrap_or(0) as u64);
+    // The i64 ids, and their copy in the file's bytes.
+    tensors::check_host_memory(&format!("{} sequences padded to {} tokens", lengths.len(), cells / lengths.len().max(1) as u64), cells.saturating_mul(16))?;
     let (tokens, b, n) = luna_wgpu::init::random_tokens(&model.config, &lengths, seed);
     tensors::write_file(&out, &tensors::serialize_tokens(&tokens, [b, n])?)?;
     eprintln!("wrote {} (tokens [{b}, {n}])", out.display());
