@@ -168,6 +168,10 @@ pub struct ServeArgs {
     /// The folder to serve (default: ./web, else the web/ folder of this source tree)
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Seconds a client has to send its whole request head, and the longest a response
+    /// waits for the client to read more of it, before the connection is dropped (1 to 30)
+    #[arg(long, value_name = "SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub timeout: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
