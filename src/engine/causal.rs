@@ -57,7 +57,16 @@ impl Engine {
         ];
         plan.extend_from_slice(extra);
         for need in &plan {
-            buffers::check_binding(&self.ctx, need.what, need.each)?;
+            buffers::check_binding(&self.ctx, need.what, need.each).map_err(|e| match e {
+                // A segment is never cut below one chunk: a shorter input cannot help.
+                LunaError::TooLarge { what, needed, limit, .. } if rows <= self.causal_chunk => LunaError::TooLarge {
+                    what,
+                    needed,
+                    limit,
+                    advice: format!("even {rows} tokens are too many for this adapter with this model; a model with a smaller vocabulary or width would fit"),
+                },
+                e => e,
+            })?;
         }
         if let Some(Over { needed, held, limit }) = self.over_memory(&plan) {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
