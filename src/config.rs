@@ -228,7 +228,8 @@ impl Config {
             "num_heads" => self.num_heads,
             "num_pheads" => self.num_pheads,
             "projection_length" => self.projection_length,
-            _ => self.max_positions,
+            "max_positions" => self.max_positions,
+            _ => 0,
         }
     }
 
