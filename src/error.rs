@@ -32,6 +32,9 @@ pub enum LunaError {
     /// A result holds NaN or infinity: the model's numbers overflowed float32.
     #[error("{tensor} holds {count} values that are not finite (NaN or infinity; the first at flat index {first}): this model's numbers overflow float32 on this input; check its weights and embed_scale")]
     NotFinite { tensor: String, count: usize, first: usize },
+    /// The caller's progress observer stopped the call (`Engine::set_progress`).
+    #[error("cancelled {0}")]
+    Cancelled(String),
     /// A feature that this version does not support.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -31,7 +31,7 @@ pub mod web;
 /// The softmax-attention baselines (their code is in `engine/baseline.rs`).
 pub use engine::baseline;
 pub use config::{Activation, Config, ModelKind};
-pub use engine::{CausalOutput, Decoder, Engine, GpuModel, PackWeights};
+pub use engine::{CausalOutput, Decoder, Engine, GpuModel, OnProgress, PackWeights, Progress};
 pub use error::{LunaError, Result};
 pub use gpu::AdapterChoice;
 pub use input::{Batch, EncoderOutput};

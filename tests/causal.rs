@@ -417,3 +417,57 @@ fn check_half_precision(engine: &mut Engine) {
         assert!(e < 1e-3, "f16 step {t}: logits error {e}");
     }
 }
+
+/// The progress observer hears each segment of a long score and each group
+/// of an encoder batch, in order, ending at the total; when it says stop, the
+/// call ends with `Cancelled` and the engine's next call is right.
+#[test]
+fn progress_is_reported_per_segment_and_can_cancel() {
+    use luna_wgpu::{LunaError, Progress};
+    use std::sync::{Arc, Mutex};
+    let Some(mut engine) = common::engine() else { return };
+    let c = configs::causal(json!({"num_layers": 1}));
+    let model = Model::random(&c, 5).unwrap();
+    let gm = engine.load(&model).unwrap();
+    let batch = common::random_batch(&c, &[1500, 700], 2);
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let log = heard.clone();
+    engine.set_progress(Some(Box::new(move |p: Progress| {
+        log.lock().unwrap().push(p);
+        true
+    })));
+    let bits = common::with_segment_rows(&mut engine, 512, |e| e.score_blocking(&gm, &batch));
+    let reports = std::mem::take(&mut *heard.lock().unwrap());
+    let done: Vec<usize> = reports.iter().map(|p| p.done).collect();
+    assert_eq!(done, vec![512, 1024, 1500, 2012, 2200], "{reports:?}");
+    assert!(reports.iter().all(|p| p.total == 2200));
+
+    let stop = heard.clone();
+    engine.set_progress(Some(Box::new(move |p: Progress| {
+        stop.lock().unwrap().push(p);
+        p.done < 1000
+    })));
+    let cancelled = common::with_segment_rows(&mut engine, 512, |e| e.score_blocking(&gm, &batch));
+    engine.set_progress(None);
+    assert!(matches!(cancelled, Err(LunaError::Cancelled(_))), "{cancelled:?}");
+    assert_eq!(heard.lock().unwrap().len(), 2, "the call went on after it was cancelled");
+    let again = common::with_segment_rows(&mut engine, 512, |e| e.score_blocking(&gm, &batch)).unwrap();
+    assert_eq!(again, bits.unwrap(), "after a cancelled call the same score gives the same bits");
+
+    let enc = configs::encoder(json!({"num_layers": 1}));
+    let model = Model::random(&enc, 6).unwrap();
+    let gm = engine.load(&model).unwrap();
+    let batch = common::random_batch(&enc, &[300, 200, 100], 3);
+    let log = heard.clone();
+    heard.lock().unwrap().clear();
+    engine.set_progress(Some(Box::new(move |p: Progress| {
+        log.lock().unwrap().push(p);
+        true
+    })));
+    let out = common::with_segment_rows(&mut engine, 320, |e| e.encode_blocking(&gm, &batch));
+    engine.set_progress(None);
+    out.unwrap();
+    let done: Vec<usize> = heard.lock().unwrap().iter().map(|p| p.done).collect();
+    assert_eq!(done.last(), Some(&900), "{done:?}");
+    assert!(done.windows(2).all(|w| w[0] < w[1]) && done.len() > 1, "{done:?}");
+}

@@ -126,7 +126,10 @@ impl Engine {
             buffers::read_output(ctx, tensor, &out, floats).await
         }
         .await;
-        self.close(scope, result).await
+        let values = self.close(scope, result).await?;
+        let rows = batch.batch * batch.len;
+        self.report(rows, rows)?;
+        Ok(values)
     }
 
     /// Logits of every position of a batch of causal sequences, in one parallel pass.

@@ -2,6 +2,7 @@
 //! scratch workspace and its memory accounting; the uploads, readbacks and
 //! the closing of a call that every pass of the engine shares.
 
+use crate::engine::progress::OnProgress;
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, MemoryStats, Tracked, Workspace};
 use crate::gpu::context::{AdapterChoice, GpuContext};
@@ -32,6 +33,8 @@ pub struct Engine {
     pub(crate) precision: Precision,
     /// Bytes of GPU memory a pass may count on (see [`Engine::set_memory_limit`]).
     memory_limit: Option<u64>,
+    /// Hears the progress of long calls (see [`Engine::set_progress`]).
+    pub(crate) progress: Option<OnProgress>,
 }
 
 impl Engine {
@@ -51,7 +54,7 @@ impl Engine {
         let dummy = buffers::upload(&ctx, &stats, "dummy", &[0u32; 4]).expect("16 bytes fit any device");
         let cache = PipelineCache::new(Tuning::new(&ctx.info, crate::kernels::tuned_shaders_version()));
         let memory_limit = ctx.memory;
-        Engine { workspace: Workspace::new(stats.clone()), cache, stats, dummy, ctx, causal_chunk: 64, segment: SEGMENT, precision: Precision::F32, memory_limit }
+        Engine { workspace: Workspace::new(stats.clone()), cache, stats, dummy, ctx, causal_chunk: 64, segment: SEGMENT, precision: Precision::F32, memory_limit, progress: None }
     }
 
     /// How models uploaded from now on store their GEMM weights: float32 (the

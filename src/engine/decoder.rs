@@ -5,6 +5,7 @@
 
 use crate::engine::causal::{Emit, Hooks, Run};
 use crate::engine::context::Engine;
+use crate::engine::segments::Span;
 use crate::engine::weights::{sinusoid_rows, GpuModel};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
@@ -52,7 +53,7 @@ impl Engine {
             .collect::<Result<Vec<_>>>()?;
         // The prompt, segment by segment when long, continues from the zero
         // states in `states`, which it leaves holding the state after its last token.
-        let logits = self.sequence_pass(model, tokens, Some(&batch.positions), Some(&states), &[], Emit::LastLogits).await?;
+        let logits = self.sequence_pass(model, tokens, Some(&batch.positions), Some(&states), &[], Emit::LastLogits, Span::whole(tokens.len())).await?;
         // The prompt's scratch is sized for n rows, a step's for one: giving it
         // back frees that memory for the generation, and steps run measurably
         // faster on lavapipe with small scratch buffers bound (3.5 -> 2.9 ms a

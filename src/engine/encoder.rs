@@ -63,6 +63,7 @@ impl Engine {
                 for (block, rows) in &out.x {
                     x.extend(buffers::read_output(&self.ctx, "x", block, rows * d).await?);
                 }
+                self.report((seq0 + seqs) * batch.len, batch.batch * batch.len)?;
             }
             Ok(EncoderOutput { batch: batch.batch, len: batch.len, proj_len: batch.proj_len, dim: d, x, p })
         }

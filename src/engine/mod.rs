@@ -10,6 +10,7 @@
 //! - `decoder`: streaming generation ([`Decoder`]);
 //! - `segments`: scoring, and one long sequence segment by segment;
 //! - `pack_weights`: what the packed slots read ([`PackWeights`]);
+//! - `progress`: the progress of long calls, and cancelling them;
 //! - `plan`: how a pass is cut into groups and row blocks, and its buffers
 //!   checked against the device before any GPU work;
 //! - `baseline`: the softmax-attention baselines;
@@ -25,6 +26,7 @@ mod decoder;
 mod encoder;
 mod pack_weights;
 mod plan;
+mod progress;
 mod segments;
 mod tail;
 mod tune;
@@ -35,4 +37,5 @@ pub use context::Engine;
 pub use decoder::Decoder;
 pub use pack_weights::PackWeights;
 pub use plan::Cut;
+pub use progress::{OnProgress, Progress};
 pub use weights::GpuModel;

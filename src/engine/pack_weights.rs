@@ -20,7 +20,7 @@
 use crate::config::ModelKind;
 use crate::engine::context::Engine;
 use crate::engine::causal::Emit;
-use crate::engine::segments::Capture;
+use crate::engine::segments::{Capture, Span};
 use crate::engine::weights::GpuModel;
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, Tracked};
@@ -147,7 +147,7 @@ impl Engine {
             .map(|(layer, w, b, out)| Capture { layer: *layer, w: &w.buffer, b: &b.buffer, width: heads * proj_len, out: &out.buffer })
             .collect();
         let emit = if score { Emit::Surprisal } else { Emit::Nothing };
-        let bits = self.sequence_pass(gpu, tokens, None, None, &captures, emit).await?;
+        let bits = self.sequence_pass(gpu, tokens, None, None, &captures, emit, Span::whole(tokens.len())).await?;
         let reads: Vec<(&wgpu::Buffer, usize)> = folded.iter().map(|f| (&f.3.buffer, floats)).collect();
         let raw = if reads.is_empty() { Vec::new() } else { buffers::read_f32(&self.ctx, &reads).await? };
         for z in &raw {

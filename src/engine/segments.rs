@@ -28,6 +28,21 @@ pub(crate) struct Capture<'c> {
     pub out: &'c wgpu::Buffer,
 }
 
+/// Where one sequence's tokens lie among a call's (for progress): `before`
+/// of `total` come before it.
+#[derive(Clone, Copy)]
+pub(crate) struct Span {
+    pub before: usize,
+    pub total: usize,
+}
+
+impl Span {
+    /// A call of one sequence of `n` tokens.
+    pub(crate) fn whole(n: usize) -> Span {
+        Span { before: 0, total: n }
+    }
+}
+
 impl Engine {
     /// Surprisal in bits of each next token, `[B, n]`: entry `t` is
     /// `-log2 p(tokens[t+1] | tokens[..=t])` for `t + 1 < length`, else 0.
@@ -75,9 +90,11 @@ impl Engine {
             _ => 1,
         };
         let mut out = vec![0f32; batch.batch * n * width];
+        let total = batch.lengths.iter().sum();
         for b in 0..batch.batch {
             let rows = b * n..b * n + batch.lengths[b];
-            let values = self.sequence_pass(model, &batch.tokens[rows.clone()], Some(&batch.positions[rows.clone()]), None, &[], emit).await?;
+            let span = Span { before: batch.lengths[..b].iter().sum(), total };
+            let values = self.sequence_pass(model, &batch.tokens[rows.clone()], Some(&batch.positions[rows.clone()]), None, &[], emit, span).await?;
             out[rows.start * width..rows.end * width].copy_from_slice(&values);
         }
         Ok(out)
@@ -93,6 +110,7 @@ impl Engine {
     /// returns what `emit` names, read back segment by segment: the surprisal
     /// of each next token (`[n]`, entry `t` for token `t + 1`, the last entry
     /// 0), the logits `[n, vocab]`, or the last token's logits `[vocab]`.
+    /// After each segment it reports progress within `span`.
     pub(crate) async fn sequence_pass(
         &mut self,
         model: &GpuModel,
@@ -101,6 +119,7 @@ impl Engine {
         carry: Option<&[Tracked]>,
         captures: &[Capture<'_>],
         emit: Emit,
+        span: Span,
     ) -> Result<Vec<f32>> {
         self.ctx.check_alive()?;
         model.causal()?;
@@ -185,6 +204,7 @@ impl Engine {
             .await;
             self.close(scope, result).await?;
             drop(positions);
+            self.report(span.before + end, span.total)?;
         }
         Ok(values)
     }

@@ -18,6 +18,7 @@ pub fn kind(e: &LunaError) -> &'static str {
         LunaError::Input(_) => "input",
         LunaError::TooLarge { .. } => "too-large",
         LunaError::NotFinite { .. } => "not-finite",
+        LunaError::Cancelled(_) => "aborted",
         LunaError::Unsupported(_) => "unsupported",
         LunaError::Io { .. } => "io",
     }
