@@ -17,6 +17,8 @@ pub mod input;
 pub mod kernels;
 pub mod math;
 pub mod model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod progress_bar;
 pub mod reference;
 pub mod sample;
 #[cfg(not(target_arch = "wasm32"))]

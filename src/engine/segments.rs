@@ -79,6 +79,11 @@ impl Engine {
         Ok(())
     }
 
+    /// The rows per segment set by [`Engine::set_segment_rows`].
+    pub fn segment_rows_setting(&self) -> usize {
+        self.segment
+    }
+
     /// Runs every sequence of a batch alone, segment by segment (a batch too
     /// large for one pass splits like a long sequence): `[B, n]` surprisal
     /// or `[B, n, vocab]` logits, zero past each sequence's length.

@@ -22,6 +22,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The GPU flags (`--adapter`, `--precision`, `--no-autotune`) are global, so
+/// that they may come before or after the subcommand; the subcommands that
+/// never open a GPU do not list them in their help.
+const NO_GPU: &[&str] = &["init-random", "random-tokens", "serve", "compare"];
+
+/// The parsed command line.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    // The same flags, hidden, in those subcommands: clap then does not add the visible global ones there.
+    let hidden: Vec<clap::Arg> = command.get_arguments().filter(|a| a.is_global_set()).map(|a| a.clone().hide(true)).collect();
+    for name in NO_GPU {
+        command = command.mut_subcommand(name, |sub| sub.args(hidden.iter().cloned()));
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum PrecisionArg {
     F32,
@@ -65,13 +83,16 @@ pub struct CompareArgs {
 
 #[derive(Args)]
 pub struct ForwardArgs {
+    /// The model file (safetensors with `luna.config` metadata: an encoder or a causal LM)
     #[arg(long)]
     pub model: PathBuf,
     /// safetensors file holding `tokens`, int32 or int64 [B, n], right-padded with padding_idx
     #[arg(long)]
     pub input: PathBuf,
+    /// Where to write the outputs (safetensors: `x` and `p`, or `logits`, with `luna.lengths` metadata)
     #[arg(long)]
     pub output: PathBuf,
+    /// Where to run: the GPU, the float64 CPU reference, or the GPU falling back to the reference
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
     /// Run the forward pass this many times and report the median time (the first run builds pipelines)
@@ -103,6 +124,7 @@ pub struct GenerateArgs {
     /// Seed of the sampler (default: from the clock, printed on stderr)
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Where to run: the GPU, the float64 CPU reference, or the GPU falling back to the reference
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
 }
@@ -123,6 +145,7 @@ pub struct ScoreArgs {
     /// (`surprisal` f32 [B, n], entry i = -log2 p(token i | tokens before i), 0 at i = 0 and past the end; and `tokens`)
     #[arg(long)]
     pub surprisal: Option<PathBuf>,
+    /// Where to run: the GPU, the float64 CPU reference, or the GPU falling back to the reference
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
 }
@@ -138,8 +161,10 @@ pub struct InitRandomArgs {
     /// JSON config (the `luna.config` keys: docs/luna.md, "The model file")
     #[arg(long)]
     pub config: PathBuf,
+    /// Where to write the model file (safetensors)
     #[arg(long)]
     pub out: PathBuf,
+    /// Seed of the random weights (the same seed gives the same model on every platform)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Store a tokenizer in the model file (`luna.tokenizer` metadata)
@@ -149,13 +174,16 @@ pub struct InitRandomArgs {
 
 #[derive(Args)]
 pub struct RandomTokensArgs {
+    /// The model whose vocabulary and padding id the tokens follow
     #[arg(long)]
     pub model: PathBuf,
     /// Lengths of the sequences, comma-separated (e.g. 3000,1200)
     #[arg(long, value_delimiter = ',', required = true)]
     pub lengths: Vec<usize>,
+    /// Where to write the token file (safetensors, `tokens` int64 [B, n], right-padded)
     #[arg(long)]
     pub out: PathBuf,
+    /// Seed of the random tokens
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -198,6 +226,7 @@ pub enum BenchOp {
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// What to benchmark
     #[arg(long, value_enum, default_value = "layer")]
     pub op: BenchOp,
     /// Smallest sequence length (doubling up to --max-n)
@@ -208,13 +237,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub max_n: Option<usize>,
     /// Projection lengths l of Luna, comma-separated (`--op decode` uses the first)
-    #[arg(long, visible_alias = "l", value_delimiter = ',', default_values_t = [16usize, 128, 256])]
+    #[arg(long, visible_alias = "l", value_delimiter = ',', default_value = "16,128,256")]
     pub projection_length: Vec<usize>,
     /// Model width
     #[arg(long, default_value_t = 256)]
     pub d: usize,
+    /// Attention heads (d must be divisible by it)
     #[arg(long, default_value_t = 4)]
     pub heads: usize,
+    /// Sequences per batch
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Layers of the whole-encoder op
@@ -237,9 +268,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub peer_wgsl: Option<PathBuf>,
     /// Workgroups to dispatch for --peer-wgsl, as x,y,z
-    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = [16u32, 32, 1])]
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "16,32,1")]
     pub peer_grid: Vec<u32>,
     /// The m,n,k the peer kernel computes
-    #[arg(long, value_delimiter = ',', num_args = 1.., default_values_t = [1024usize, 1024, 1024])]
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "1024,1024,1024")]
     pub peer_shape: Vec<usize>,
 }

@@ -3,7 +3,7 @@
 
 use crate::args::ForwardArgs;
 use crate::device::{gpu_or_cpu, open_engine};
-use crate::timing::{gpu_note, timed};
+use crate::timing::{gpu_note, timed, with_progress};
 use luna_wgpu::{tensors, AdapterChoice, Batch, Engine, Model, ModelKind, Result};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -35,7 +35,7 @@ pub fn run(choice: &AdapterChoice, args: ForwardArgs) -> Result<()> {
         };
         let gpu = |engine: &mut Engine| {
             let gm = engine.load(&model)?;
-            let (out, median, first) = timed(runs, || engine.causal_forward_blocking(&gm, &batch))?;
+            let (out, median, first) = with_progress(engine, "forward", tokens as usize, |e| timed(runs, || e.causal_forward_blocking(&gm, &batch)))?;
             Ok((out.logits, gpu_note(engine, &shape, median, first, runs, tokens)))
         };
         let (logits, note) = gpu_or_cpu(engine, device, gpu, cpu)?;
@@ -48,7 +48,7 @@ pub fn run(choice: &AdapterChoice, args: ForwardArgs) -> Result<()> {
         };
         let gpu = |engine: &mut Engine| {
             let gm = engine.load(&model)?;
-            let (out, median, first) = timed(runs, || engine.encode_blocking(&gm, &batch))?;
+            let (out, median, first) = with_progress(engine, "forward", tokens as usize, |e| timed(runs, || e.encode_blocking(&gm, &batch)))?;
             Ok((out, gpu_note(engine, &shape, median, first, runs, tokens)))
         };
         let (out, note) = gpu_or_cpu(engine, device, gpu, cpu)?;

@@ -50,8 +50,14 @@ pub fn run(choice: &AdapterChoice, a: GenerateArgs) -> Result<()> {
         Ok(if out.closed { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
     }))?;
     out.write(&outcome.tail)?;
-    if out.last.is_some_and(|ch| ch != '\n') && std::io::stdout().is_terminal() {
+    // The statistics start on a line of their own: on a terminal the text's
+    // line is ended; otherwise stdout keeps exactly the generated text and
+    // stderr starts with the line end (one file may take both: `2>&1`).
+    let open_line = out.last.is_some_and(|ch| ch != '\n');
+    if open_line && std::io::stdout().is_terminal() {
         out.write("\n")?;
+    } else if open_line {
+        eprintln!();
     }
     let stop = match outcome.stop {
         Stop::MaxTokens(n) => format!("--max-tokens {n}"),

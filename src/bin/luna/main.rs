@@ -15,13 +15,12 @@ mod serve;
 mod timing;
 
 use args::{Cli, Command, PrecisionArg};
-use clap::Parser;
 use luna_wgpu::{AdapterChoice, Precision, Result};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    match run(args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -4,7 +4,7 @@
 use crate::args::ScoreArgs;
 use crate::device::{gpu_or_cpu, open_engine};
 use crate::lm::load_causal;
-use crate::timing::{gpu_note, timed};
+use crate::timing::{gpu_note, timed, with_progress};
 use luna_wgpu::sample;
 use luna_wgpu::tokenizer::Tokenizer;
 use luna_wgpu::{tensors, AdapterChoice, Batch, Engine, LunaError, Result};
@@ -74,7 +74,9 @@ pub fn run(choice: &AdapterChoice, a: ScoreArgs) -> Result<()> {
     };
     let gpu = |engine: &mut Engine| {
         let gm = engine.load(&model)?;
-        let (bits, median, first) = timed(1, || engine.score_blocking(&gm, &batch))?;
+        let file = a.text.as_ref().or(a.tokens.as_ref()).and_then(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned());
+        let what = format!("scoring {}", file.unwrap_or_default());
+        let (bits, median, first) = with_progress(engine, &what, tokens as usize, |e| timed(1, || e.score_blocking(&gm, &batch)))?;
         let bits: Vec<f64> = bits.iter().map(|&v| v as f64).collect();
         Ok((bits, gpu_note(engine, &shape, median, first, 1, tokens)))
     };
