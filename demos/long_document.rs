@@ -2,7 +2,11 @@
 //! Luna LM, the native twin of the browser demo (web/index.html).
 //!
 //!     cargo run --release --example long_document                 # the bundled sample, Julius Caesar (114 KB)
-//!     cargo run --release --example long_document -- FILE [--out REPORT.html] [--model MODEL.safetensors]
+//!     cargo run --release --example long_document -- FILE [--out REPORT.html] [--model MODEL.safetensors] [--all]
+//!
+//! On a software adapter (no GPU) it reads as much of the document as about
+//! a minute allows, measured on this machine first, and says so; `--all`
+//! reads all of it. A progress bar shows on a terminal.
 //!
 //! It prints the document's length, the time and tokens/s of the pass, the GPU
 //! memory, the bits per byte and the most and least surprising passages, and
@@ -22,7 +26,15 @@ pub struct Options {
     pub file: Option<PathBuf>,
     pub out: PathBuf,
     pub model: Option<PathBuf>,
+    /// About how long the pass may take on a software adapter: the part of
+    /// the document read is cut to fit; `None` (`--all`) reads all of it.
+    pub budget: Option<f64>,
 }
+
+/// How long the pass may take on a software adapter without `--all`.
+pub const SOFTWARE_BUDGET_SECONDS: f64 = 60.0;
+/// Tokens of the pass that measures a software adapter's speed.
+const CALIBRATION_TOKENS: usize = 2048;
 
 /// A stretch of the document: bytes `start..end`, its mean bits per byte.
 pub struct Passage {
@@ -33,7 +45,10 @@ pub struct Passage {
 }
 
 pub struct Scored {
+    /// Bytes read and scored: all of the document's, or its first part.
     pub bytes: usize,
+    /// Bytes of the whole document.
+    pub document_bytes: usize,
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_second: f64,
@@ -58,13 +73,14 @@ const STRIPS_PER_LAYER: usize = 6;
 const MAX_BINS: usize = 1000;
 
 fn parse(args: &[String]) -> luna_wgpu::Result<Options> {
-    let mut o = Options { file: None, out: PathBuf::from("target/demos/long_document.html"), model: None };
+    let mut o = Options { file: None, out: PathBuf::from("target/demos/long_document.html"), model: None, budget: Some(SOFTWARE_BUDGET_SECONDS) };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().map(PathBuf::from).ok_or_else(|| LunaError::Input(format!("{a} needs a value")));
         match a.as_str() {
             "--out" => o.out = value()?,
             "--model" => o.model = Some(value()?),
+            "--all" => o.budget = None,
             flag if flag.starts_with("--") => return Err(LunaError::Input(format!("unknown option {flag}; see the top of demos/long_document.rs"))),
             _ if o.file.is_none() => o.file = Some(PathBuf::from(a)),
             _ => return Err(LunaError::Input(format!("one document at a time: {a:?} is a second one"))),
@@ -75,7 +91,8 @@ fn parse(args: &[String]) -> luna_wgpu::Result<Options> {
 
 pub fn run(o: &Options) -> luna_wgpu::Result<Scored> {
     let path = o.file.clone().map_or_else(shipped::sample_path, Ok)?;
-    let bytes = luna_wgpu::tensors::read_file(&path)?;
+    let mut bytes = luna_wgpu::tensors::read_file(&path)?;
+    let document_bytes = bytes.len();
     let model = Model::load(&o.model.clone().map_or_else(shipped::model_path, Ok)?)?;
     let tok = Tokenizer::from_model(&model)?.ok_or_else(|| LunaError::Input("this model has no tokenizer".into()))?;
     if bytes.is_empty() || (bytes.len() < 2 && tok.bos.is_none()) {
@@ -85,16 +102,29 @@ pub fn run(o: &Options) -> luna_wgpu::Result<Scored> {
     let adapter = luna_wgpu::gpu::describe(&engine.ctx.info);
     let gpu = engine.load(&model)?;
     let layers: Vec<usize> = (0..model.config.num_layers).collect();
-    let ids = tok.encode_with_bos(&bytes);
+    let mut ids = tok.encode_with_bos(&bytes);
     // The first byte's token: 1 after bos, else 0 (and the first byte is not scored).
     let offset = ids.len() - bytes.len();
 
     // Pipelines are built on first use: a short warm-up keeps that out of the timing.
     engine.score_with_pack_weights_blocking(&gpu, &model, &ids[..ids.len().min(256)], &layers)?;
+    let budget = o.budget.filter(|_| engine.ctx.info.device_type == wgpu::DeviceType::Cpu);
+    if let Some(seconds) = budget.filter(|_| ids.len() > CALIBRATION_TOKENS) {
+        // A software adapter: as much of the document as the budget allows at the speed measured here.
+        let t = Instant::now();
+        engine.score_with_pack_weights_blocking(&gpu, &model, &ids[..CALIBRATION_TOKENS], &layers)?;
+        let per_second = CALIBRATION_TOKENS as f64 / t.elapsed().as_secs_f64();
+        let keep = whole_lines(&bytes, (per_second * seconds) as usize);
+        bytes.truncate(keep);
+        ids.truncate(keep + offset);
+    }
     engine.release_workspace();
     engine.reset_peak_memory();
     let t = Instant::now();
-    let (bits, pack) = engine.score_with_pack_weights_blocking(&gpu, &model, &ids, &layers)?;
+    let what = format!("reading {}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let (bits, pack) = luna_wgpu::progress_bar::with_progress(&mut engine, &what, ids.len(), |e| {
+        e.score_with_pack_weights_blocking(&gpu, &model, &ids, &layers)
+    })?;
     let seconds = t.elapsed().as_secs_f64();
     let (_, peak_bytes) = engine.memory();
     let pack_bytes = pack.iter().map(|p| p.values.len() as u64 * 4).sum();
@@ -108,9 +138,10 @@ pub fn run(o: &Options) -> luna_wgpu::Result<Scored> {
     let bits_per_byte = scored.iter().sum::<f64>() / scored.len() as f64;
     let (most, least) = passages(&bytes, &byte_bits);
     let report = o.out.clone();
-    write_report(&report, &path, &bytes, &byte_bits, &pack, offset, bits_per_byte, &adapter)?;
+    write_report(&report, &path, &bytes, document_bytes, &byte_bits, &pack, offset, bits_per_byte, &adapter)?;
     Ok(Scored {
         bytes: bytes.len(),
+        document_bytes,
         tokens: ids.len(),
         seconds,
         tokens_per_second: ids.len() as f64 / seconds,
@@ -123,6 +154,23 @@ pub fn run(o: &Options) -> luna_wgpu::Result<Scored> {
         adapter,
         report,
     })
+}
+
+/// The first `at_most` bytes of `bytes` (all of them if fewer), cut after
+/// the last line end when there is one in the second half, else at a
+/// character boundary.
+fn whole_lines(bytes: &[u8], at_most: usize) -> usize {
+    if at_most >= bytes.len() {
+        return bytes.len();
+    }
+    let mut end = at_most.max(1);
+    if let Some(nl) = bytes[end / 2..end].iter().rposition(|&b| b == b'\n') {
+        return end / 2 + nl + 1;
+    }
+    while end > 1 && (bytes[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    end
 }
 
 /// The text of bytes `start..end`, widened to whole UTF-8 characters, on one line.
@@ -214,6 +262,7 @@ fn write_report(
     out: &Path,
     source: &Path,
     bytes: &[u8],
+    document_bytes: usize,
     byte_bits: &[f64],
     pack: &[PackWeights],
     offset: usize,
@@ -224,7 +273,12 @@ fn write_report(
     let bins = bytes.len().min(MAX_BINS);
     // Strips: surprisal, then per layer the (head, slot) pairs whose binned
     // weights vary most (largest standard deviation over mean) along the text.
-    let mut strips = vec![(format!("surprisal (bits per byte, {bits_per_byte:.2} on average)"), scaled(&binned(bytes.len(), bins, |i| byte_bits[i])))];
+    // Each strip: a short label that fits its column, the long one as its tooltip, its values.
+    let mut strips = vec![(
+        "surprisal".to_string(),
+        format!("surprisal in bits per byte ({bits_per_byte:.2} on average)"),
+        scaled(&binned(bytes.len(), bins, |i| byte_bits[i])),
+    )];
     for p in pack {
         let mut ranked: Vec<(f64, usize, usize, Vec<f64>)> = Vec::new();
         for h in 0..p.heads {
@@ -237,7 +291,11 @@ fn write_report(
         }
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
         for (cv, h, j, v) in ranked.into_iter().take(STRIPS_PER_LAYER) {
-            strips.push((format!("layer {} · head {h} · slot {j} (pack weight, spread {cv:.2})", p.layer), scaled(&v)));
+            strips.push((
+                format!("layer {} · head {h} · slot {j}", p.layer),
+                format!("the pack weight of layer {}, head {h}, slot {j} (spread along the text {cv:.2})", p.layer),
+                scaled(&v),
+            ));
         }
     }
 
@@ -248,14 +306,14 @@ fn write_report(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Luna surprisal: {name}</title><style>
 body{{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:70em;padding:1em 2em;color:#222}}
 h1{{font-size:1.3em}} .note{{color:#555}} canvas{{flex:1;min-width:0;height:12px;cursor:pointer;image-rendering:pixelated;border:1px solid #eee}}
-.strip{{display:flex;align-items:center;gap:.6em;margin:2px 0}} .strip div{{flex:0 0 26em;min-width:0;overflow:hidden;text-overflow:ellipsis;font-size:11px;color:#444;white-space:nowrap}}
+.strip{{display:flex;align-items:center;gap:.6em;margin:2px 0}} .strip div{{flex:0 0 auto;min-width:13em;font-size:11px;color:#444;white-space:nowrap}}
 #strips{{position:sticky;top:0;background:#fff;padding:.3em 0;border-bottom:1px solid #ccc;max-height:45vh;overflow:auto}}
 #text{{white-space:pre-wrap;font:13px/1.5 ui-monospace,monospace;padding-top:1em}}
 .legend span{{display:inline-block;width:2.2em;text-align:center;font-size:11px}}
 {buckets}
 </style></head><body>
 <h1>Surprisal of <code>{name}</code> under a byte-level Luna LM</h1>
-<p class="note">{len} bytes scored in one pass on {adapter}: {bits_per_byte:.3} bits per byte. Each character is painted by its
+<p class="note">{len} bytes{part} scored in one pass on {adapter}: {bits_per_byte:.3} bits per byte. Each character is painted by its
 surprisal, -log2 p(byte | everything before it), summed over its bytes; hover for the value. The strips run along the whole
 document, left to right: first the surprisal, then, for each layer, the packed slots whose pack weights vary most along the text
 (the weight with which each byte is folded into that slot's running sums). Each strip is scaled between its own minimum and maximum.
@@ -264,6 +322,7 @@ Click a strip to jump to that place in the text.</p>
 <div id="strips"></div>
 <div id="text">"#,
         len = bytes.len(),
+        part = if bytes.len() < document_bytes { format!(" (the first part of {document_bytes}: about a minute on this software adapter; <code>--all</code> reads the whole document)") } else { String::new() },
         adapter = adapter.replace('<', "&lt;"),
         buckets = (0..12).map(|b| format!(".b{b}{{background:{}}}", colour(b))).collect::<String>(),
         legend = (0..12).map(|b| format!("<span class=b{b}>{:.1}</span>", b as f64 * 8.0 / 11.0)).collect::<String>(),
@@ -297,16 +356,17 @@ Click a strip to jump to that place in the text.</p>
         i = j;
     }
     let _ = write!(html, "</div>\n<script>\nconst STRIPS = [");
-    for (label, values) in &strips {
-        let _ = writeln!(html, "[{},[{values}]],", serde_json::to_string(label).unwrap_or_default());
+    for (label, about, values) in &strips {
+        let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let _ = writeln!(html, "[{},{},[{values}]],", json(label), json(about));
     }
     let _ = write!(
         html,
         r#"];
 const box = document.getElementById('strips');
-for (const [label, v] of STRIPS) {{
+for (const [label, about, v] of STRIPS) {{
   const d = document.createElement('div'); d.className = 'strip';
-  const t = document.createElement('div'); t.textContent = label; d.appendChild(t);
+  const t = document.createElement('div'); t.textContent = label; t.title = about; d.appendChild(t);
   const c = document.createElement('canvas'); c.width = v.length; c.height = 1; d.appendChild(c); box.appendChild(d);
   const g = c.getContext('2d'); const img = g.createImageData(v.length, 1);
   v.forEach((x, i) => {{ const s = x / 99; img.data.set([255 - 40 * s, 255 - 170 * s, 255 - 230 * s, 255], 4 * i); }});
@@ -341,7 +401,14 @@ fn main() {
     };
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!("adapter:       {}", s.adapter);
-    println!("document:      {} bytes, {} tokens", s.bytes, s.tokens);
+    if s.bytes < s.document_bytes {
+        println!(
+            "document:      the first {} of {} bytes, {} tokens: about a minute on this software adapter (--all reads the whole document)",
+            s.bytes, s.document_bytes, s.tokens
+        );
+    } else {
+        println!("document:      {} bytes, {} tokens", s.bytes, s.tokens);
+    }
     println!("one pass:      {:.2} s, {:.0} tokens/s (surprisal of every byte and the pack weights of every layer)", s.seconds, s.tokens_per_second);
     println!("GPU memory:    peak {:.1} MiB, of which {:.1} MiB are the captured pack weights", mib(s.peak_bytes), mib(s.pack_bytes));
     println!("bits per byte: {:.4}", s.bits_per_byte);

@@ -3,9 +3,31 @@
 //! stay clean), moved by the engine's progress observer
 //! ([`Engine::set_progress`](crate::Engine::set_progress)).
 
-use crate::engine::{OnProgress, Progress};
+use crate::engine::{Engine, OnProgress, Progress};
+use crate::error::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;
+
+/// Tokens per segment while a bar is drawn, so that it moves every few
+/// seconds on a software adapter (results do not depend on it beyond
+/// rounding); without a terminal the engine's setting holds.
+const SEGMENT_WITH_BAR: usize = 2048;
+
+/// Runs `f` on `engine` with a progress bar for `what` over `total` tokens
+/// on stderr (when it is a terminal), and puts the engine's settings back after.
+pub fn with_progress<T>(engine: &mut Engine, what: &str, total: usize, f: impl FnOnce(&mut Engine) -> Result<T>) -> Result<T> {
+    let bar = TokenBar::new(what, total);
+    let segment = engine.segment_rows_setting();
+    if bar.visible() {
+        engine.set_segment_rows(SEGMENT_WITH_BAR.min(segment))?;
+    }
+    engine.set_progress(Some(bar.observer()));
+    let result = f(engine);
+    engine.set_progress(None);
+    engine.set_segment_rows(segment)?;
+    bar.finish();
+    result
+}
 
 /// A bar counting the tokens of one long call; it shows its elapsed time
 /// from the start, so a call that has not finished its first segment still

@@ -59,7 +59,7 @@ fn long_document_scores_a_file_and_writes_its_report() {
     let file = dir.path("doc.txt");
     std::fs::write(&file, &text).unwrap();
     let out = dir.path("report.html");
-    let s = long_document::run(&long_document::Options { file: Some(file), out: out.clone(), model: None }).unwrap();
+    let s = long_document::run(&long_document::Options { file: Some(file), out: out.clone(), model: None, budget: None }).unwrap();
 
     assert_eq!((s.bytes, s.tokens), (text.len(), text.len() + 1));
     assert!(s.byte_bits.iter().all(|b| b.is_finite() && *b >= 0.0), "every byte is scored after bos");
@@ -75,7 +75,7 @@ fn long_document_scores_a_file_and_writes_its_report() {
     let layers = Model::load(&shipped::model_path().unwrap()).unwrap().config.num_layers;
     let strips = html.matches("\"layer ").count();
     assert_eq!(strips, 6 * layers, "six pack-weight strips per layer");
-    assert!(html.contains("\"surprisal (bits per byte"));
+    assert!(html.contains("[\"surprisal\",\"surprisal in bits per byte"));
     // Several colours: the painting is not uniform.
     let colours = (0..12).filter(|b| html.contains(&format!("<span class=b{b} "))).count();
     assert!(colours >= 4, "{colours} colours");
@@ -113,4 +113,33 @@ fn embed_reads_the_outputs_of_a_text() {
     assert!((out.bits_per_byte - want).abs() <= 1e-4, "{} vs {want}", out.bits_per_byte);
     assert_eq!(out.next.len(), 5);
     assert!(out.next.windows(2).all(|w| w[0].1 >= w[1].1) && out.next[0].1 > 0.05 && out.next.iter().map(|n| n.1).sum::<f64>() <= 1.0 + 1e-9);
+}
+
+/// On a software adapter the demo reads the part of the document its time
+/// budget allows, at the speed it measured, cut after a line, and scores that
+/// part exactly as `score` does; the report says it is a part.
+#[test]
+fn long_document_reads_a_part_within_its_budget_on_a_software_adapter() {
+    let software = match common::engine() {
+        Some(e) => e.ctx.info.device_type == wgpu::DeviceType::Cpu,
+        None => return,
+    };
+    let dir = TempDir::new("demos-budget");
+    let sample = std::fs::read(shipped::sample_path().unwrap()).unwrap();
+    let text = &sample[..20_000];
+    let file = dir.path("doc.txt");
+    std::fs::write(&file, text).unwrap();
+    let out = dir.path("report.html");
+    let s = long_document::run(&long_document::Options { file: Some(file), out: out.clone(), model: None, budget: Some(0.5) }).unwrap();
+    assert_eq!(s.document_bytes, text.len());
+    if !software {
+        assert_eq!(s.bytes, text.len(), "a GPU reads the whole document");
+        return;
+    }
+    assert!(s.bytes < text.len() && s.bytes > 0, "read {} of {} bytes in a budget of 0.5 s", s.bytes, text.len());
+    assert_eq!(text[s.bytes - 1], b'\n', "the part ends with a whole line");
+    let want = engine_bpb(&text[..s.bytes]).unwrap();
+    assert!((s.bits_per_byte - want).abs() <= 1e-4, "demo {} vs score {want}", s.bits_per_byte);
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains(&format!("the first part of {}", text.len())), "the report does not say it read a part");
 }

@@ -2,7 +2,7 @@
 //! scratch workspace and its memory accounting; the uploads, readbacks and
 //! the closing of a call that every pass of the engine shares.
 
-use crate::engine::progress::OnProgress;
+use crate::engine::progress::{OnProgress, Progress};
 use crate::error::{LunaError, Result};
 use crate::gpu::buffers::{self, MemoryStats, Tracked, Workspace};
 use crate::gpu::context::{AdapterChoice, GpuContext};
@@ -169,5 +169,21 @@ impl Engine {
             }
         });
         pollster::block_on(self.close(scope, result))
+    }
+}
+
+impl Engine {
+    /// Sets (or with `None` removes) the observer that hears the progress of
+    /// `score`, `causal_forward`, `encode`, `prefill` and the pack weights, and
+    /// may cancel them. Calls that fit one submission report once, at their end.
+    pub fn set_progress(&mut self, observer: Option<OnProgress>) {
+        self.progress = observer;
+    }
+
+    /// Tells the observer that `done` of `total` rows are done; a
+    /// [`LunaError::Cancelled`] when it asks to stop.
+    pub(crate) fn report(&mut self, done: usize, total: usize) -> Result<()> {
+        let go_on = self.progress.as_mut().is_none_or(|observe| observe(Progress { done, total }));
+        if go_on { Ok(()) } else { Err(LunaError::Cancelled(format!("after {done} of {total} tokens"))) }
     }
 }

@@ -1,30 +1,9 @@
 //! Timing a command's GPU runs and the one-line note it prints about them.
 
 use luna_wgpu::gpu::context::describe;
-use luna_wgpu::progress_bar::TokenBar;
+pub use luna_wgpu::progress_bar::with_progress;
 use luna_wgpu::{Engine, Result};
 use std::time::Instant;
-
-/// Tokens per segment while a progress bar is drawn, so that it moves every
-/// few seconds on a software adapter (results do not depend on it beyond
-/// rounding); without a terminal the engine's default holds.
-const SEGMENT_WITH_BAR: usize = 2048;
-
-/// Runs `f` on `engine` with a progress bar over `total` tokens on stderr
-/// (when it is a terminal), and puts the engine's settings back after.
-pub fn with_progress<T>(engine: &mut Engine, what: &str, total: usize, f: impl FnOnce(&mut Engine) -> Result<T>) -> Result<T> {
-    let bar = TokenBar::new(what, total);
-    let segment = engine.segment_rows_setting();
-    if bar.visible() {
-        engine.set_segment_rows(SEGMENT_WITH_BAR.min(segment))?;
-    }
-    engine.set_progress(Some(bar.observer()));
-    let result = f(engine);
-    engine.set_progress(None);
-    engine.set_segment_rows(segment)?;
-    bar.finish();
-    result
-}
 
 /// Runs `f` `repeat` times; returns its last result, the median and the first time in seconds.
 pub fn timed<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64, f64)> {
