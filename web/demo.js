@@ -511,6 +511,22 @@ async function generate() {
   updateControls();
 }
 
+// ---------------------------------------------------------------- charts
+//
+// Plain SVG, drawn at the element's own width in CSS pixels (one viewBox unit is
+// one pixel), so labels keep their size on a narrow screen and the margins can be
+// sized from the labels' measured widths: nothing is clipped. Each chart is
+// redrawn from `state` when its width changes.
+
+const CHART_FONT = '11px system-ui, sans-serif';   // as `svg text` in demo.css
+const measureCtx = document.createElement('canvas').getContext('2d');
+
+/** Width in pixels of `s` in the charts' font. */
+function textWidth(s) {
+  measureCtx.font = CHART_FONT;
+  return measureCtx.measureText(s).width;
+}
+
 function svgEl(tag, attrs, text) {
   const el = document.createElementNS('http://www.w3.org/2000/svg', tag);
   if (tag === 'text') attrs = { fill: '#445', ...attrs };
@@ -519,25 +535,84 @@ function svgEl(tag, attrs, text) {
   return el;
 }
 
+/** Empties `svg` and makes its viewBox its own width by `height` pixels; returns the width. */
+function chartFrame(svg, height) {
+  const width = Math.round(svg.clientWidth) || 420;   // 0 while its panel is hidden
+  svg.textContent = '';
+  svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  svg.style.height = `${height + (svg.offsetHeight - svg.clientHeight)}px`;   // plus its border
+  return width;
+}
+
+/** Round ticks from 0 to at least `hi`, about `count` of them, 1, 2 or 5 × 10^k apart. */
+function linearTicks(hi, count) {
+  const raw = hi / count;
+  const p = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw * 0.999);
+  const ticks = [];
+  for (let k = 0; ticks.length === 0 || ticks[ticks.length - 1] < hi * 0.999; k++) ticks.push(k * step);
+  return ticks;
+}
+
+/** Ticks for a log axis over [lo, hi]: 1, 2 and 5 × 10^k when a decade is `pxPerDecade` >= 60 pixels
+ * tall (their closest pair, 1 and 2, is then 18 pixels apart), powers of ten otherwise, every other
+ * one when even those would be closer than 18 pixels. */
+function logTicks(lo, hi, pxPerDecade) {
+  const mults = pxPerDecade >= 60 ? [1, 2, 5] : [1];
+  const every = pxPerDecade >= 18 ? 1 : 2;
+  const ticks = [];
+  for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) {
+    if (e % every) continue;
+    for (const m of mults) {
+      const v = m * 10 ** e;
+      if (v >= lo * 0.999 && v <= hi * 1.001) ticks.push(v);
+    }
+  }
+  return ticks;
+}
+
+const trimNum = (v) => `${+v.toPrecision(3)}`;
+/** A tick on a time axis: "20 ms", "500 ms", "2 s". */
+const fmtMsTick = (ms) => ms >= 1000 ? `${trimNum(ms / 1000)} s` : `${trimNum(ms)} ms`;
+/** The binary unit to label an axis that goes up to `max` bytes: [divisor, name]. */
+const byteUnit = (max) => max >= 1 << 30 ? [1 << 30, 'GiB'] : max >= 1 << 20 ? [1 << 20, 'MiB'] : max >= 1 << 10 ? [1 << 10, 'KiB'] : [1, 'B'];
+
 function drawMemChart(series) {
   const svg = $('mem-chart');
-  svg.textContent = '';
+  const H = 190;
+  const W = chartFrame(svg, H);
   if (!series.length) return;
-  const [W, H, L, B, T, R] = [320, 150, 52, 22, 10, 48];
+  // Two panels over one x axis (tokens generated): the engine's GPU memory on top, the decoder
+  // state below, each on its own axis from 0. (One plot with two y axes hid one flat line under
+  // the other.)
+  const panels = [[1, '#2a5bd7', 'GPU memory held by the engine'], [2, '#e07b1a', 'decoder state']];
+  const [T, B, R, GAP] = [12, 34, 12, 22];
+  const ph = (H - T - B - GAP) / 2;
+  const axes = panels.map(([k]) => {
+    const max = Math.max(...series.map((p) => p[k])) || 1;
+    const [div, unit] = byteUnit(max);
+    const ticks = linearTicks(max * 1.4 / div, 2);   // headroom: the line stays below the panel's title
+    return { div, ticks, labels: ticks.map((v) => (v ? `${trimNum(v)} ${unit}` : '0')) };
+  });
+  const L = 8 + Math.max(...axes.flatMap((a) => a.labels.map(textWidth)));
   const xmax = Math.max(2, series[series.length - 1][0]);
-  const x = (v) => L + (v - 1) / (xmax - 1) * (W - L - R);
-  svg.append(svgEl('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: '#889' }));
-  svg.append(svgEl('text', { x: W - R, y: H - 6, 'text-anchor': 'end' }, `${fmtInt(xmax)} tokens`));
-  svg.append(svgEl('text', { x: L, y: H - 6 }, '1'));
-  // Engine memory on the left axis, decoder state on the right one, each from 0.
-  for (const [k, color, ax, anchor, dx] of [[1, '#2a5bd7', L, 'end', -4], [2, '#e07b1a', W - R, 'start', 4]]) {
-    const ymax = Math.max(...series.map((p) => p[k])) * 1.25 || 1;
-    const y = (v) => H - B - v / ymax * (H - B - T);
-    svg.append(svgEl('line', { x1: ax, y1: T, x2: ax, y2: H - B, stroke: color }));
-    for (const f of [0, 0.4, 0.8]) svg.append(svgEl('text', { x: ax + dx, y: y(ymax * f) + 3, 'text-anchor': anchor, fill: color }, fmtBytes(ymax * f)));
+  const xt = linearTicks(xmax, Math.max(2, Math.floor((W - L - R) / 60)));
+  const x = (v) => L + v / xt[xt.length - 1] * (W - L - R);
+  panels.forEach(([k, color, title], i) => {
+    const { div, ticks, labels } = axes[i];
+    const top = T + i * (ph + GAP);
+    const y = (v) => top + ph - v / div / ticks[ticks.length - 1] * ph;
+    ticks.forEach((v, j) => {
+      svg.append(svgEl('line', { x1: L, y1: y(v * div), x2: W - R, y2: y(v * div), stroke: j ? '#e3e6ec' : '#889' }));
+      svg.append(svgEl('text', { x: L - 4, y: y(v * div) + 4, 'text-anchor': 'end' }, labels[j]));
+    });
+    svg.append(svgEl('line', { x1: L, y1: top, x2: L, y2: top + ph, stroke: '#889' }));
+    svg.append(svgEl('text', { x: L + 6, y: top + 12, fill: color }, title));
     const pts = series.map((p) => `${x(p[0]).toFixed(1)},${y(p[k]).toFixed(1)}`).join(' ');
     svg.append(svgEl('polyline', { points: pts, fill: 'none', stroke: color, 'stroke-width': 2 }));
-  }
+  });
+  for (const v of xt) svg.append(svgEl('text', { x: x(v), y: H - B + 14, 'text-anchor': 'middle' }, fmtInt(v)));
+  svg.append(svgEl('text', { x: (L + W - R) / 2, y: H - 5, 'text-anchor': 'middle' }, 'tokens generated'));
 }
 
 // ---------------------------------------------------------------- benchmark
@@ -637,6 +712,19 @@ async function openTextFile(file) {
   updateDocStats();
 }
 
+// Redraw a chart when its width changes (a narrower window, a panel shown).
+const chartWidths = new Map();
+const chartResize = new ResizeObserver((entries) => {
+  for (const e of entries) {
+    const w = Math.round(e.contentRect.width);
+    if (!w || chartWidths.get(e.target) === w) continue;
+    chartWidths.set(e.target, w);
+    if (e.target.id === 'mem-chart' && state.generation) drawMemChart(state.generation.series);
+    if (e.target.id === 'bench-chart' && state.bench.length) drawBench();
+  }
+});
+chartResize.observe($('mem-chart'));
+chartResize.observe($('bench-chart'));
 $('sample-btn').onclick = loadSample;
 $('score-btn').onclick = () => score();
 $('pack-btn').onclick = showPack;
