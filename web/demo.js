@@ -43,10 +43,13 @@ const state = {
   packRaw: null,
   packChars: null,
   generation: null,       // { tokens, text, series: [[index, liveBytes, stateBytes]], result }
-  bench: [],
+  bench: [],              // the comparison's points, in the order timed: BenchPoint + { wallMs }, or { method, n, skipped }
+  benchRunning: false,
+  benchEnd: null,         // why the comparison stopped: { why, n, seconds, next?, method? } (see runBench)
 };
 let spans = [];
 let stopRequested = false;
+let benchStopRequested = false;
 let readyResolve;
 window.lunaDemo = { state, ready: new Promise((r) => { readyResolve = r; }) };
 
@@ -56,6 +59,10 @@ const fmtBytes = (b) => b >= 1 << 30 ? `${(b / (1 << 30)).toFixed(2)} GiB` : b >
   : b >= 1 << 10 ? `${(b / (1 << 10)).toFixed(1)} KiB` : `${b} B`;
 const fmtInt = (n) => Math.round(n).toLocaleString('en-US');
 const fmtMs = (ms) => ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(1)} ms`;
+/** A duration in round words: "0.4 s", "25 s", "1.6 min". */
+const fmtDuration = (ms) => ms < 10e3 ? `${(ms / 1000).toFixed(1)} s` : ms < 100e3 ? `${Math.round(ms / 1000)} s` : `${(ms / 60e3).toFixed(1)} min`;
+/** A number to two significant digits, for estimates: 700, 1,500, 12,000. */
+const fmtAbout = (v) => fmtInt(+v.toPrecision(2));
 const nextFrame = () => new Promise((r) => requestAnimationFrame(() => r()));
 const utf8Len = (cp) => cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
 const byteLength = (s) => new TextEncoder().encode(s).length;
@@ -67,15 +74,17 @@ function errorOf(e) {
 
 function setStatus(text) { $('status-text').textContent = text; }
 
-/** Marks the page busy with a live elapsed-time line; returns a function that ends it. */
+/** Marks the page busy with a live elapsed-time line; returns a function that ends it.
+ * `label` is the text, or a function that gives the current text. */
 function busy(label) {
+  const text = typeof label === 'function' ? label : () => label;
   state.busy = true;
   updateControls();
   $('spinner').hidden = false;
   const t0 = performance.now();
   let raf = 0;
   const tick = () => {
-    setStatus(`${label}… ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    setStatus(`${text()}… ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     raf = requestAnimationFrame(tick);
   };
   tick();
@@ -127,6 +136,7 @@ function updateControls() {
   }
   $('color-by-pack').disabled = !ok || !state.packChars;
   $('stop-btn').disabled = !(state.busy && state.generation && !state.generation.result);
+  $('bench-stop-btn').disabled = !state.benchRunning || benchStopRequested;
 }
 
 function updateDocStats() {
@@ -571,6 +581,13 @@ function logTicks(lo, hi, pxPerDecade) {
   return ticks;
 }
 
+/** The 1, 2 or 5 × 10^k next to `v`: below it with `Math.floor`, above with `Math.ceil`. */
+function round125(v, dir) {
+  const p = 10 ** Math.floor(Math.log10(v));
+  const steps = [1, 2, 5, 10].map((m) => m * p);
+  return dir === Math.floor ? steps.filter((s) => s <= v * 1.0001).pop() : steps.find((s) => s >= v * 0.9999);
+}
+
 const trimNum = (v) => `${+v.toPrecision(3)}`;
 /** A tick on a time axis: "20 ms", "500 ms", "2 s". */
 const fmtMsTick = (ms) => ms >= 1000 ? `${trimNum(ms / 1000)} s` : `${trimNum(ms)} ms`;
@@ -616,52 +633,189 @@ function drawMemChart(series) {
 }
 
 // ---------------------------------------------------------------- benchmark
+//
+// One random-weight encoder layer, timed with Luna and with softmax attention at
+// n = n0, 2 n0, 4 n0, … Luna's cost grows linearly in n and softmax's
+// quadratically, so past some n Luna is faster: the comparison doubles n until
+// Luna has been the faster one at the crossing and AFTER_CROSSING lengths past
+// it, unless the next length, predicted from the measured slope, would take
+// longer than a point or the whole comparison may (a software adapter is slow).
+
+const BENCH_LAYER = { d: 64, heads: 4, l: 16, layers: 1 };
+const METHODS = ['luna', 'softmax-flash', 'softmax-naive'];
+const METHOD_LABELS = { luna: 'Luna-16', 'softmax-flash': 'fused softmax', 'softmax-naive': 'naive softmax' };
+const AFTER_CROSSING = 2;
+const MAX_N = 1 << 20;
+/** The first n, the timed passes per point (after one warm-up), and the budgets in seconds. */
+const benchPlan = (software) => software
+  ? { n0: 128, repeats: 2, pointS: 30, totalS: 120 }
+  : { n0: 512, repeats: 5, pointS: 15, totalS: 90 };
+
+/** The timed points of `method`, in order of n. */
+const measured = (method) => state.bench.filter((p) => p.method === method && p.ms > 0);
+
+/** The next point of `method` (at twice the last n): its time per pass extrapolated along the
+ * log-log slope of the method's last two points, and the wall time the point would take at the
+ * last point's wall time per pass. The slope is at least 1 (no method here gets cheaper per
+ * token; at small n fixed costs flatten it), and 2, softmax's worst case, from a single point. */
+function predictNext(method, repeats) {
+  const mp = measured(method);
+  const last = mp[mp.length - 1];
+  const prev = mp[mp.length - 2];
+  const slope = prev ? Math.max(1, Math.log2(last.ms / prev.ms) / Math.log2(last.n / prev.n)) : 2;
+  const ms = last.ms * 2 ** slope;
+  // A method's first point also compiles its kernels: count only the passes there.
+  const passes = prev ? last.wallMs / last.ms : 1 + repeats;
+  return { method, n: 2 * last.n, ms, wallMs: ms * passes, slope };
+}
+
+/** Luna against the fastest softmax at each n where both were timed, and where Luna overtakes it:
+ * `from` is the first length of the final run of lengths where Luna is faster (`wins` of them),
+ * `n` the crossing interpolated in log-log between the length before it and `from`. */
+function benchCrossing() {
+  const rows = [];
+  for (const n of [...new Set(state.bench.map((p) => p.n))]) {
+    const at = (m) => state.bench.find((p) => p.n === n && p.method === m && p.ms > 0);
+    const luna = at('luna');
+    const soft = [at('softmax-flash'), at('softmax-naive')].filter(Boolean).sort((a, b) => a.ms - b.ms)[0];
+    if (luna && soft) rows.push({ n, luna: luna.ms, soft: soft.ms, softMethod: soft.method, ratio: soft.ms / luna.ms });
+  }
+  let k = rows.length;
+  while (k > 0 && rows[k - 1].ratio > 1) k--;
+  const wins = rows.length - k;
+  let n = null;
+  if (wins && k > 0) {
+    // log(luna/soft) goes from >= 0 at rows[k-1] to < 0 at rows[k]: where is it 0?
+    const [a, b] = [rows[k - 1], rows[k]];
+    const t = Math.log(a.ratio) / (Math.log(a.ratio) - Math.log(b.ratio));
+    n = a.n * (b.n / a.n) ** t;
+  }
+  return { rows, wins, from: wins ? rows[k] : null, before: wins && k > 0 ? rows[k - 1] : null, n, last: rows[rows.length - 1] ?? null };
+}
 
 async function runBench() {
   clearNotice();
-  const ns = state.adapter.software ? [128, 256, 512] : [1024, 2048, 4096, 8192, 16384];
-  const methods = ['luna', 'softmax-flash', 'softmax-naive'];
+  const plan = benchPlan(state.adapter.software);
+  const options = { ...BENCH_LAYER, repeats: plan.repeats };
   state.bench = [];
+  state.benchEnd = null;
+  state.benchRunning = true;
+  benchStopRequested = false;
+  $('bench-summary').hidden = true;
   drawBench();
-  for (const n of ns) {
-    for (const m of methods) {
-      const done = busy(`Timing ${m === 'luna' ? 'Luna (l = 16)' : m} at n = ${fmtInt(n)}`);
+  const t0 = performance.now();
+  const elapsed = () => performance.now() - t0;
+  let current = '';
+  const done = busy(() => `Timing ${current}`);
+  let active = [...METHODS];   // the methods still being timed
+  let end = null;
+  let n = plan.n0;
+  for (; !end; n *= 2) {
+    // Predict this length's points from the lengths before; Luna and fused softmax go together.
+    const next = {};
+    for (const m of active) if (measured(m).length) next[m] = predictNext(m, plan.repeats);
+    const pair = [next.luna, next['softmax-flash']].filter(Boolean);
+    const pairMs = pair.reduce((s, p) => s + p.wallMs, 0);
+    const leftMs = plan.totalS * 1000 - elapsed();
+    const slowest = pair.sort((a, b) => b.wallMs - a.wallMs)[0];
+    if (slowest && (slowest.wallMs > plan.pointS * 1000 || pairMs > leftMs)) {
+      end = { why: 'budget', next: slowest, over: slowest.wallMs > plan.pointS * 1000 ? 'point' : 'total', leftMs };
+      break;
+    }
+    // Naive softmax is left out once it would not fit the budget.
+    const naive = next['softmax-naive'];
+    if (naive && naive.wallMs > Math.min(plan.pointS * 1000, leftMs - pairMs)) {
+      state.bench.push({ method: naive.method, n, skipped: `left out: would take about ${fmtDuration(naive.wallMs)}` });
+      active = active.filter((m) => m !== naive.method);
+      drawBench();
+    }
+    for (const m of active) {
+      if (benchStopRequested) { end = { why: 'stopped' }; break; }
+      current = `${METHOD_LABELS[m]} at n = ${fmtInt(n)}${next[m] ? ` (about ${fmtDuration(next[m].wallMs)})` : ''}`;
+      const t = performance.now();
       try {
-        state.bench.push(await state.engine.benchmark(m, n, { d: 64, heads: 4, l: 16, layers: 1, repeats: state.adapter.software ? 2 : 5 }));
-        done();
+        const p = await state.engine.benchmark(m, n, options);
+        state.bench.push({ ...p, wallMs: performance.now() - t });
       } catch (e) {
         const err = errorOf(e);
-        done();
         if (err.kind !== 'too-large' && err.kind !== 'out-of-memory') {
+          state.benchRunning = false;
+          done('The comparison stopped.');
           showError(err);
-          setStatus('The comparison stopped.');
           return;
         }
-        state.bench.push({ method: m, n, skipped: err.message });
+        state.bench.push({ method: m, n, skipped: 'does not fit on this adapter' });
+        active = active.filter((x) => x !== m);
+        if (m !== 'softmax-naive') { end = { why: 'too-large', method: m }; break; }
       }
       drawBench();
     }
+    if (!end && benchCrossing().wins > AFTER_CROSSING) end = { why: 'done' };
+    if (!end && 2 * n > MAX_N) end = { why: 'max' };
   }
-  const at = (m) => state.bench.filter((p) => p.method === m && p.ms).pop();
-  const l = at('luna');
-  const s = at('softmax-naive');
-  setStatus(l && s ? `At n = ${fmtInt(l.n)}: Luna ${fmtMs(l.ms)}, naive softmax ${fmtMs(s.ms)} (${(s.ms / l.ms).toFixed(1)}×).` : 'Comparison done.');
+  const lastN = Math.max(...measured('luna').map((p) => p.n), 0);
+  state.benchEnd = { ...end, n: lastN, seconds: elapsed() / 1000 };
+  state.benchRunning = false;
+  const summary = benchSummary(state.benchEnd, plan);
+  $('bench-summary').textContent = summary;
+  $('bench-summary').hidden = false;
+  drawBench();
+  done(summary);
+}
+
+/** In words: where the comparison stopped and why, and where Luna overtook softmax. */
+function benchSummary(end, plan) {
+  const c = benchCrossing();
+  const secs = fmtDuration(end.seconds * 1000);
+  const adapter = state.adapter.software ? 'this software adapter' : 'this adapter';
+  let stop;
+  if (end.why === 'done') stop = `Stopped at n = ${fmtInt(end.n)}, ${AFTER_CROSSING} lengths past the crossing, after ${secs}.`;
+  else if (end.why === 'budget') {
+    const p = end.next;
+    stop = `Stopped at n = ${fmtInt(end.n)} after ${secs}: on ${adapter} the next point (${METHOD_LABELS[p.method]} at n = ${fmtInt(p.n)}) `
+      + `would take about ${fmtDuration(p.wallMs)}, ${end.over === 'point' ? `over the ${plan.pointS} s a point may take`
+        : `more than the ${fmtDuration(Math.max(0, end.leftMs))} left of the ${plan.totalS} s budget`}.`;
+  } else if (end.why === 'too-large') stop = `Stopped at n = ${fmtInt(end.n)} after ${secs}: ${METHOD_LABELS[end.method]} does not fit on ${adapter} at twice that.`;
+  else if (end.why === 'stopped') stop = `Stopped at n = ${fmtInt(end.n)} after ${secs}, as asked.`;
+  else stop = `Stopped at n = ${fmtInt(end.n)}, the longest this page tries, after ${secs}.`;
+  if (!c.last) return stop;
+  const soft = (r) => METHOD_LABELS[r.softMethod];
+  let result;
+  if (c.wins && c.before) {
+    result = `Luna-16 overtakes ${soft(c.from)} between n = ${fmtInt(c.before.n)} and ${fmtInt(c.from.n)} (the lines cross near n ≈ ${fmtAbout(c.n)}) `
+      + `and stays ahead: ${c.last.ratio.toFixed(1)}× faster at n = ${fmtInt(c.last.n)}.`;
+  } else if (c.wins) {
+    result = `Luna-16 was faster than softmax at every length timed, ${c.last.ratio.toFixed(1)}× at n = ${fmtInt(c.last.n)}.`;
+  } else {
+    result = `Luna-16 was still ${(1 / c.last.ratio).toFixed(1)}× slower than ${soft(c.last)} at n = ${fmtInt(c.last.n)}.`;
+    // Where the measured slopes say the lines would cross.
+    const [l, s] = [predictNext('luna', plan.repeats), predictNext(c.last.softMethod, plan.repeats)];
+    if (measured('luna').length >= 2 && s.slope > l.slope) {
+      const at = c.last.n * (1 / c.last.ratio) ** (1 / (s.slope - l.slope));
+      result += ` Along the measured slopes (n^${l.slope.toFixed(1)} against n^${s.slope.toFixed(1)}) they would cross near n ≈ ${fmtAbout(at)}.`;
+    }
+  }
+  return `${stop} ${result}`;
 }
 
 const METHOD_COLORS = { luna: '#2a5bd7', 'softmax-flash': '#e07b1a', 'softmax-naive': '#b3261e' };
 
-function drawBench() {
-  const svg = $('bench-chart');
-  svg.textContent = '';
+function drawBenchTable() {
   const table = $('bench-table');
   table.innerHTML = '<tr><th>method</th><th>n</th><th>time</th><th>tokens/s</th><th>GPU peak</th></tr>';
   for (const p of state.bench) {
     const tr = document.createElement('tr');
     tr.innerHTML = p.skipped
-      ? `<td>${p.method}</td><td>${fmtInt(p.n)}</td><td colspan="3">does not fit</td>`
-      : `<td>${p.method === 'luna' ? 'luna-16' : p.method}</td><td>${fmtInt(p.n)}</td><td>${fmtMs(p.ms)}</td><td>${fmtInt(p.tokensPerSecond)}</td><td>${fmtBytes(p.peakBytes)}</td>`;
+      ? `<td>${METHOD_LABELS[p.method]}</td><td>${fmtInt(p.n)}</td><td colspan="3" class="why">${p.skipped}</td>`
+      : `<td>${METHOD_LABELS[p.method]}</td><td>${fmtInt(p.n)}</td><td>${fmtMs(p.ms)}</td><td>${fmtInt(p.tokensPerSecond)}</td><td>${fmtBytes(p.peakBytes)}</td>`;
     table.append(tr);
   }
+}
+
+function drawBench() {
+  drawBenchTable();
+  const svg = $('bench-chart');
+  svg.textContent = '';
   const pts = state.bench.filter((p) => p.ms > 0);
   const [W, H, L, B, T, R] = [420, 240, 52, 30, 12, 90];
   svg.append(svgEl('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: '#889' }));
@@ -686,7 +840,7 @@ function drawBench() {
     if (!mp.length) continue;
     svg.append(svgEl('polyline', { points: mp.map((p) => `${x(p.n).toFixed(1)},${y(p.ms).toFixed(1)}`).join(' '), fill: 'none', stroke: color, 'stroke-width': 2 }));
     for (const p of mp) svg.append(svgEl('circle', { cx: x(p.n), cy: y(p.ms), r: 2.5, fill: color }));
-    svg.append(svgEl('text', { x: W - R + 8, y: T + 10 + 14 * row++, fill: color }, m === 'luna' ? 'luna (l=16)' : m));
+    svg.append(svgEl('text', { x: W - R + 8, y: T + 10 + 14 * row++, fill: color }, METHOD_LABELS[m]));
   }
 }
 
@@ -736,6 +890,7 @@ $('color-by-pack').onchange = async () => {
 $('gen-btn').onclick = generate;
 $('stop-btn').onclick = () => { stopRequested = true; };
 $('bench-btn').onclick = runBench;
+$('bench-stop-btn').onclick = () => { benchStopRequested = true; updateControls(); };
 $('random-btn').onclick = async () => {
   clearNotice();
   const done = busy('Making a model with random weights');
