@@ -812,35 +812,87 @@ function drawBenchTable() {
   }
 }
 
+/** Time per forward pass against n, both on log scales: n in powers of two, time in 1-2-5 ticks,
+ * the crossing (from where Luna is faster) shaded, and the point that was predicted and not run. */
 function drawBench() {
   drawBenchTable();
   const svg = $('bench-chart');
-  svg.textContent = '';
+  const H = 280;
+  const W = chartFrame(svg, H);
+  // The legend, in rows across the top.
+  let lx = 8;
+  let ly = 16;
+  for (const m of METHODS) {
+    const w = 20 + textWidth(METHOD_LABELS[m]);
+    if (lx > 8 && lx + w > W - 8) { lx = 8; ly += 16; }
+    svg.append(svgEl('line', { x1: lx, y1: ly - 4, x2: lx + 15, y2: ly - 4, stroke: METHOD_COLORS[m], 'stroke-width': 2 }));
+    svg.append(svgEl('text', { x: lx + 20, y: ly }, METHOD_LABELS[m]));
+    lx += w + 16;
+  }
+  svg.append(svgEl('text', { x: 8, y: ly + 20, fill: '#667' }, 'time per forward pass (log scale)'));
+  const [T, B, R] = [ly + 30, 36, 12];
   const pts = state.bench.filter((p) => p.ms > 0);
-  const [W, H, L, B, T, R] = [420, 240, 52, 30, 12, 90];
+  const next = state.benchEnd?.next;   // the point predicted and not run
+  if (!pts.length) {
+    svg.append(svgEl('line', { x1: 50, y1: H - B, x2: W - R, y2: H - B, stroke: '#889' }));
+    svg.append(svgEl('line', { x1: 50, y1: T, x2: 50, y2: H - B, stroke: '#889' }));
+    return;
+  }
+  const all = next ? [...pts, next] : pts;
+  const ns = all.map((p) => p.n);
+  const ms = all.map((p) => p.ms);
+  // Time: log10, from the 1-2-5 value below the fastest point to the one above the slowest (so there are ticks at both ends).
+  const [ylo, yhi] = [round125(Math.min(...ms) / 1.15, Math.floor), round125(Math.max(...ms) * 1.15, Math.ceil)];
+  const yt = logTicks(ylo, yhi, (H - T - B) / Math.log10(yhi / ylo));
+  const L = 10 + Math.max(...yt.map((v) => textWidth(fmtMsTick(v))));
+  const y = (t) => H - B - Math.log10(t / ylo) / Math.log10(yhi / ylo) * (H - T - B);
+  // n: log2, half an octave of room at each end for the end labels.
+  const [x0, x1] = [Math.log2(Math.min(...ns)) - 0.5, Math.log2(Math.max(...ns)) + 0.5];
+  const pxPerOctave = (W - L - R) / (x1 - x0);
+  const x = (n) => L + (Math.log2(n) - x0) * pxPerOctave;
+
+  // Where Luna is faster: shaded from the crossing on.
+  const c = benchCrossing();
+  if (c.n) {
+    const xc = x(c.n);
+    svg.append(svgEl('rect', { x: xc, y: T, width: W - R - xc, height: H - B - T, fill: '#eaf0fc' }));
+    svg.append(svgEl('line', { x1: xc, y1: T, x2: xc, y2: H - B, stroke: METHOD_COLORS.luna, 'stroke-dasharray': '4 3' }));
+    // Labelled in its bottom-right corner, where the lines (time grows with n) are not; on two lines when narrow.
+    const one = `Luna-16 faster from n ≈ ${fmtAbout(c.n)}`;
+    const lines = textWidth(one) + 12 <= W - R - xc ? [one] : ['Luna-16 faster', `from n ≈ ${fmtAbout(c.n)}`];
+    lines.forEach((t, i) => svg.append(svgEl('text', { x: W - R - 5, y: H - B - 6 - 14 * (lines.length - 1 - i), 'text-anchor': 'end', fill: METHOD_COLORS.luna }, t)));
+  }
+  // Grid and ticks: every power of two on n (labelled every other one when they would crowd).
+  for (const v of yt) {
+    svg.append(svgEl('line', { x1: L, y1: y(v), x2: W - R, y2: y(v), stroke: '#e3e6ec' }));
+    svg.append(svgEl('text', { x: L - 5, y: y(v) + 4, 'text-anchor': 'end' }, fmtMsTick(v)));
+  }
+  const [e0, e1] = [Math.ceil(x0), Math.floor(x1)];
+  const every = Math.ceil((textWidth(fmtInt(2 ** e1)) + 8) / pxPerOctave);
+  for (let e = e0; e <= e1; e++) {
+    svg.append(svgEl('line', { x1: x(2 ** e), y1: H - B, x2: x(2 ** e), y2: H - B + 4, stroke: '#889' }));
+    if ((e1 - e) % every === 0) svg.append(svgEl('text', { x: x(2 ** e), y: H - B + 15, 'text-anchor': 'middle' }, fmtInt(2 ** e)));
+  }
   svg.append(svgEl('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: '#889' }));
   svg.append(svgEl('line', { x1: L, y1: T, x2: L, y2: H - B, stroke: '#889' }));
-  if (!pts.length) return;
-  const lx = (v) => Math.log2(v);
-  const ns = pts.map((p) => p.n);
-  const ms = pts.map((p) => p.ms);
-  const [x0, x1] = [lx(Math.min(...ns)), lx(Math.max(...ns)) + 1e-9];
-  const [y0, y1] = [Math.log10(Math.min(...ms)) - 0.1, Math.log10(Math.max(...ms)) + 0.1];
-  const x = (n) => L + (lx(n) - x0) / Math.max(1e-9, x1 - x0) * (W - L - R);
-  const y = (t) => H - B - (Math.log10(t) - y0) / (y1 - y0) * (H - B - T);
-  for (const n of [...new Set(ns)]) svg.append(svgEl('text', { x: x(n), y: H - B + 13, 'text-anchor': 'middle' }, fmtInt(n)));
-  svg.append(svgEl('text', { x: (L + W - R) / 2, y: H - 4, 'text-anchor': 'middle' }, 'sequence length n (log scale)'));
-  for (let e = Math.ceil(y0); e <= Math.floor(y1); e++) {
-    svg.append(svgEl('text', { x: L - 4, y: y(10 ** e) + 3, 'text-anchor': 'end' }, fmtMs(10 ** e)));
-    svg.append(svgEl('line', { x1: L, y1: y(10 ** e), x2: W - R, y2: y(10 ** e), stroke: '#e3e6ec' }));
-  }
-  let row = 0;
-  for (const [m, color] of Object.entries(METHOD_COLORS)) {
+  svg.append(svgEl('text', { x: (L + W - R) / 2, y: H - 4, 'text-anchor': 'middle', fill: '#667' }, 'sequence length n (log scale)'));
+
+  // The lines: one polyline per method (the end-to-end test counts them).
+  for (const m of METHODS) {
     const mp = pts.filter((p) => p.method === m);
     if (!mp.length) continue;
+    const color = METHOD_COLORS[m];
     svg.append(svgEl('polyline', { points: mp.map((p) => `${x(p.n).toFixed(1)},${y(p.ms).toFixed(1)}`).join(' '), fill: 'none', stroke: color, 'stroke-width': 2 }));
-    for (const p of mp) svg.append(svgEl('circle', { cx: x(p.n), cy: y(p.ms), r: 2.5, fill: color }));
-    svg.append(svgEl('text', { x: W - R + 8, y: T + 10 + 14 * row++, fill: color }, METHOD_LABELS[m]));
+    for (const p of mp) svg.append(svgEl('circle', { cx: x(p.n), cy: y(p.ms), r: 3, fill: color }));
+  }
+  // The point that would have taken too long: dashed, hollow, said so.
+  if (next) {
+    const last = measured(next.method).pop();
+    const color = METHOD_COLORS[next.method];
+    const [cx, cy] = [x(next.n), y(next.ms)];
+    svg.append(svgEl('line', { x1: x(last.n), y1: y(last.ms), x2: cx, y2: cy, stroke: color, 'stroke-width': 1.5, 'stroke-dasharray': '4 3' }));
+    svg.append(svgEl('circle', { cx, cy, r: 3.5, fill: '#fff', stroke: color, 'stroke-width': 1.5 }));
+    svg.append(svgEl('text', { x: cx - 7, y: cy, 'text-anchor': 'end', fill: color }, 'predicted, not run'));
   }
 }
 
