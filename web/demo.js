@@ -671,7 +671,8 @@ function predictNext(method, repeats) {
 
 /** Luna against the fastest softmax at each n where both were timed, and where Luna overtakes it:
  * `from` is the first length of the final run of lengths where Luna is faster (`wins` of them),
- * `n` the crossing interpolated in log-log between the length before it and `from`. */
+ * `n` the crossing interpolated in log-log between the length before it and `from`, and `about`
+ * that to two digits (unless rounding would take it out of that interval) for the page. */
 function benchCrossing() {
   const rows = [];
   for (const n of [...new Set(state.bench.map((p) => p.n))]) {
@@ -684,13 +685,16 @@ function benchCrossing() {
   while (k > 0 && rows[k - 1].ratio > 1) k--;
   const wins = rows.length - k;
   let n = null;
+  let about = null;
   if (wins && k > 0) {
     // log(luna/soft) goes from >= 0 at rows[k-1] to < 0 at rows[k]: where is it 0?
     const [a, b] = [rows[k - 1], rows[k]];
     const t = Math.log(a.ratio) / (Math.log(a.ratio) - Math.log(b.ratio));
     n = a.n * (b.n / a.n) ** t;
+    about = +n.toPrecision(2);
+    if (about < a.n || about > b.n) about = Math.round(n);
   }
-  return { rows, wins, from: wins ? rows[k] : null, before: wins && k > 0 ? rows[k - 1] : null, n, last: rows[rows.length - 1] ?? null };
+  return { rows, wins, from: wins ? rows[k] : null, before: wins && k > 0 ? rows[k - 1] : null, n, about, last: rows[rows.length - 1] ?? null };
 }
 
 async function runBench() {
@@ -705,12 +709,12 @@ async function runBench() {
   drawBench();
   const t0 = performance.now();
   const elapsed = () => performance.now() - t0;
-  let current = '';
+  let n = plan.n0;
+  let current = `${METHOD_LABELS.luna} at n = ${fmtInt(n)}`;
   const done = busy(() => `Timing ${current}`);
   let active = [...METHODS];   // the methods still being timed
   let end = null;
-  let n = plan.n0;
-  for (; !end; n *= 2) {
+  while (!end) {
     // Predict this length's points from the lengths before; Luna and fused softmax go together.
     const next = {};
     for (const m of active) if (measured(m).length) next[m] = predictNext(m, plan.repeats);
@@ -746,12 +750,13 @@ async function runBench() {
         }
         state.bench.push({ method: m, n, skipped: 'does not fit on this adapter' });
         active = active.filter((x) => x !== m);
-        if (m !== 'softmax-naive') { end = { why: 'too-large', method: m }; break; }
+        if (m !== 'softmax-naive') { end = { why: 'too-large', method: m, at: n }; break; }
       }
       drawBench();
     }
     if (!end && benchCrossing().wins > AFTER_CROSSING) end = { why: 'done' };
     if (!end && 2 * n > MAX_N) end = { why: 'max' };
+    n *= 2;
   }
   const lastN = Math.max(...measured('luna').map((p) => p.n), 0);
   state.benchEnd = { ...end, n: lastN, seconds: elapsed() / 1000 };
@@ -775,14 +780,14 @@ function benchSummary(end, plan) {
     stop = `Stopped at n = ${fmtInt(end.n)} after ${secs}: on ${adapter} the next point (${METHOD_LABELS[p.method]} at n = ${fmtInt(p.n)}) `
       + `would take about ${fmtDuration(p.wallMs)}, ${end.over === 'point' ? `over the ${plan.pointS} s a point may take`
         : `more than the ${fmtDuration(Math.max(0, end.leftMs))} left of the ${plan.totalS} s budget`}.`;
-  } else if (end.why === 'too-large') stop = `Stopped at n = ${fmtInt(end.n)} after ${secs}: ${METHOD_LABELS[end.method]} does not fit on ${adapter} at twice that.`;
+  } else if (end.why === 'too-large') stop = `Stopped at n = ${fmtInt(end.n)} after ${secs}: ${METHOD_LABELS[end.method]} does not fit on ${adapter} at n = ${fmtInt(end.at)}.`;
   else if (end.why === 'stopped') stop = `Stopped at n = ${fmtInt(end.n)} after ${secs}, as asked.`;
   else stop = `Stopped at n = ${fmtInt(end.n)}, the longest this page tries, after ${secs}.`;
   if (!c.last) return stop;
   const soft = (r) => METHOD_LABELS[r.softMethod];
   let result;
   if (c.wins && c.before) {
-    result = `Luna-16 overtakes ${soft(c.from)} between n = ${fmtInt(c.before.n)} and ${fmtInt(c.from.n)} (the lines cross near n ≈ ${fmtAbout(c.n)}) `
+    result = `Luna-16 overtakes ${soft(c.from)} between n = ${fmtInt(c.before.n)} and ${fmtInt(c.from.n)} (the lines cross near n ≈ ${fmtInt(c.about)}) `
       + `and stays ahead: ${c.last.ratio.toFixed(1)}× faster at n = ${fmtInt(c.last.n)}.`;
   } else if (c.wins) {
     result = `Luna-16 was faster than softmax at every length timed, ${c.last.ratio.toFixed(1)}× at n = ${fmtInt(c.last.n)}.`;
@@ -858,8 +863,8 @@ function drawBench() {
     svg.append(svgEl('rect', { x: xc, y: T, width: W - R - xc, height: H - B - T, fill: '#eaf0fc' }));
     svg.append(svgEl('line', { x1: xc, y1: T, x2: xc, y2: H - B, stroke: METHOD_COLORS.luna, 'stroke-dasharray': '4 3' }));
     // Labelled in its bottom-right corner, where the lines (time grows with n) are not; on two lines when narrow.
-    const one = `Luna-16 faster from n ≈ ${fmtAbout(c.n)}`;
-    const lines = textWidth(one) + 12 <= W - R - xc ? [one] : ['Luna-16 faster', `from n ≈ ${fmtAbout(c.n)}`];
+    const one = `Luna-16 faster from n ≈ ${fmtInt(c.about)}`;
+    const lines = textWidth(one) + 12 <= W - R - xc ? [one] : ['Luna-16 faster', `from n ≈ ${fmtInt(c.about)}`];
     lines.forEach((t, i) => svg.append(svgEl('text', { x: W - R - 5, y: H - B - 6 - 14 * (lines.length - 1 - i), 'text-anchor': 'end', fill: METHOD_COLORS.luna }, t)));
   }
   // Grid and ticks: every power of two on n (labelled every other one when they would crowd).
