@@ -161,6 +161,19 @@ fn make_fixtures(dir: &Path) {
         luna(&["forward", "--model", &s(model), "--input", &s(input), "--output", &s(out)]);
     }
 
+    // A document of three segments of 2048 tokens (the browser's segment), for native `luna score`
+    // in one pass to check the browser's segment-by-segment scoring against.
+    let sample = std::fs::read_to_string(root().join("web/samples/julius-caesar.txt")).unwrap();
+    let long: String = sample.chars().scan(0, |bytes, c| {
+        *bytes += c.len_utf8();
+        (*bytes <= 5000).then_some(c)
+    }).collect();
+    std::fs::write(p("long.txt"), &long).unwrap();
+    let ids: Vec<i64> = tok.encode_with_bos(long.as_bytes()).iter().map(|&t| t as i64).collect();
+    assert!(ids.len() > 2 * 2048, "the long document must span three segments");
+    tensors::write_file(&p("long.tokens.safetensors"), &tensors::serialize_tokens(&ids, [1, ids.len()]).unwrap()).unwrap();
+    luna(&["score", "--model", &s(p("causal.safetensors")), "--tokens", &s(p("long.tokens.safetensors")), "--surprisal", &s(p("long.score.safetensors"))]);
+
     // The demo page's model: tiny, so that the 114 KB sample scores in a minute or two on a
     // software adapter (every layer walks the whole sequence; the real model wants a GPU).
     let demo = causal_config(json!({"embed_dim": 16, "ffn_embed_dim": 32, "num_heads": 1, "num_layers": 1, "embed_scale": 4.0}));
@@ -220,8 +233,53 @@ fn browser_end_to_end() {
         .env("LUNA_E2E_OUT", &out)
         .env("LUNA_CHROMIUM", chromium());
     run_with_limit(node, "web/tests/e2e.mjs", Duration::from_secs(1500));
-    for shot in ["demo-scored.png", "demo-pack.png", "demo-continuation.png", "error-no-webgpu.png", "error-bad-model.png", "error-too-long.png"] {
+    for shot in ["demo-scored.png", "demo-pack.png", "demo-continuation.png", "error-no-webgpu.png", "error-bad-model.png"] {
         let path = out.join("screenshots").join(shot);
         assert!(std::fs::metadata(&path).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot {}", path.display());
+    }
+}
+
+/// The string literals that follow each `open` (such as `error(`, not part of
+/// a longer name) in `code`, skipping whitespace: the kinds a call site gives.
+fn literals_after(code: &str, open: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in code.match_indices(open) {
+        if code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = code[i + open.len()..].trim_start();
+        if let Some(q @ ('"' | '\'')) = rest.chars().next() {
+            out.extend(rest[1..].split(q).next().map(str::to_string));
+        }
+    }
+    out
+}
+
+/// Every `kind` a `LunaError` of the browser API can have (src/web/*.rs and
+/// load.js) is a member of the `LunaErrorKind` union of the typings, and the
+/// other way round, and web/README.md names each.
+#[test]
+fn error_kinds_are_typed_and_documented() {
+    let read = |rel: &str| std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let mut thrown = std::collections::BTreeSet::new();
+    for file in ["src/web/errors.rs", "src/web/engine.rs", "src/web/model.rs", "src/web/watch.rs"] {
+        let code = read(file);
+        thrown.extend(literals_after(&code, "error("));
+        if file.ends_with("errors.rs") {
+            let kind_fn = &code[code.find("pub fn kind").unwrap()..code.find("/// An `Error` named").unwrap()];
+            thrown.extend(literals_after(kind_fn, "=>"));
+        }
+    }
+    thrown.extend(literals_after(&read("src/web/load.js"), "lunaError("));
+    let typings = read("src/web/luna.d.ts");
+    let union = &typings[typings.find("export type LunaErrorKind =").unwrap()..];
+    let union = &union[..union.find("\";").unwrap() + 1];
+    let typed: std::collections::BTreeSet<String> = literals_after(union, "|").into_iter().collect();
+    assert!(thrown.len() >= 12, "the kinds found in the code: {thrown:?}");
+    assert_eq!(thrown, typed, "the kinds the code gives (left) and LunaErrorKind in src/web/luna.d.ts (right)");
+    for doc in ["web/README.md"] {
+        let text = read(doc);
+        let missing: Vec<_> = typed.iter().filter(|k| !text.contains(&format!("`{k}`"))).collect();
+        assert!(missing.is_empty(), "{doc} does not name the error kinds {missing:?}");
     }
 }

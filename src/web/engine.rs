@@ -11,11 +11,24 @@ use crate::gpu::buffers::MemoryStats;
 use crate::gpu::GpuContext;
 use crate::tokenizer::Tokenizer;
 use crate::{Batch, Config, Engine, Model};
-use js_sys::{Array, Function, Reflect};
+use js_sys::{Array, Function, Reflect, Uint8Array};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use wasm_bindgen::prelude::*;
+
+/// Tokens per segment when the browser runs a long document segment by
+/// segment (`Engine::set_segment_rows`): small enough that progress comes
+/// often and an abort is heard soon, large enough that each segment keeps
+/// the GPU busy.
+const SEGMENT_TOKENS: usize = 2048;
+
+#[wasm_bindgen(module = "/src/web/load.js")]
+extern "C" {
+    /// The bytes of a model file: the bytes given, or downloaded (load.js).
+    #[wasm_bindgen(js_name = modelBytes, catch)]
+    async fn model_bytes(source: &JsValue, options: &JsValue) -> Result<JsValue, JsValue>;
+}
 
 /// A WebGPU device with Luna's pipelines, workspace and memory accounting.
 #[wasm_bindgen]
@@ -83,7 +96,8 @@ impl LunaEngine {
         let ctx = GpuContext::from_adapter(adapter).await.map_err(js)?;
         let adapter = describe_adapter(&ctx, &info);
         let max_binding = ctx.max_binding();
-        let engine = Engine::with_context(ctx);
+        let mut engine = Engine::with_context(ctx);
+        engine.set_segment_rows(SEGMENT_TOKENS).map_err(js)?;
         let stats = engine.stats.clone();
         Ok(LunaEngine { engine: Rc::new(RefCell::new(engine)), stats, adapter, max_binding })
     }
@@ -113,11 +127,26 @@ impl LunaEngine {
         Ok(())
     }
 
-    /// Parses a model file (safetensors bytes with `luna.config` metadata) and uploads it.
-    /// Rejects with kind `"model"` or `"config"` for a bad file.
+    /// Loads a model file (safetensors with `luna.config` metadata) and
+    /// uploads it. `source` is its bytes (`Uint8Array`, `ArrayBuffer`, `Blob`)
+    /// or where to fetch it (a URL, a string or a `Request`; a `Response`
+    /// is read as it is). Options: `onProgress({ loaded, total, fromCache })`
+    /// as the download arrives, `signal` (an `AbortSignal`) to stop it, and
+    /// `cache` (`true`, or the name of a Cache API store) to keep the file
+    /// for the next visit (load.js does the downloading). Rejects with kind
+    /// `"model"` or `"config"` for a bad file, `"io"` for a failed download,
+    /// `"aborted"` when the signal stops it.
     #[wasm_bindgen(js_name = loadModel)]
-    pub async fn load_model(&self, bytes: Vec<u8>) -> Result<LunaModel, JsValue> {
+    pub async fn load_model(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ModelSource")] source: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "LoadOptions")] options: Option<JsValue>,
+    ) -> Result<LunaModel, JsValue> {
+        let options = options.unwrap_or(JsValue::UNDEFINED);
+        let file: Uint8Array = model_bytes(&source, &options).await?.unchecked_into(); // load.js gives a Uint8Array
+        let bytes = file.to_vec();
         let model = Model::from_bytes(&bytes).map_err(js)?;
+        drop(bytes); // parsed: the file's bytes are not needed while the weights upload
         self.upload(model).await
     }
 

@@ -6,6 +6,7 @@
 
 use super::errors::{borrow, input, js};
 use super::js::{f32s, now_ms, num, obj, opt_count, opt_num, shape};
+use super::watch::Watch;
 use crate::generate::{Generation, Settings, Stop, TokenModel};
 use crate::gpu::buffers::MemoryStats;
 use crate::tokenizer::Tokenizer;
@@ -69,21 +70,6 @@ impl LunaModel {
             ModelKind::CausalLm => (if c.tie_kv { 4 * d } else { 5 * d }).max(c.ffn_embed_dim).max(c.vocab_size),
             ModelKind::Encoder => (if c.tie_kv { 2 * d } else { 3 * d }).max(c.ffn_embed_dim),
         }
-    }
-
-    /// The page promises one pass over a document within [`LunaModel::max_tokens`].
-    /// (The native engine scores a longer document segment by segment; the
-    /// browser keeps the one-pass limit, which its demo explains.)
-    fn check_one_pass(&self, tokens: usize) -> Result<(), JsValue> {
-        if tokens as f64 > self.max_tokens() {
-            return Err(js(LunaError::TooLarge {
-                what: format!("a document of {tokens} tokens in one pass"),
-                needed: tokens as u64 * self.widest_row() as u64 * 4,
-                limit: self.max_binding,
-                advice: "use a shorter text (the browser scores one pass)".into(),
-            }));
-        }
-        Ok(())
     }
 
     fn check_positions(&self, tokens: usize) -> Result<(), JsValue> {
@@ -172,9 +158,11 @@ impl LunaModel {
         self.model.named_tensors().iter().map(|(_, _, d)| d.len() as f64 * 4.0).sum()
     }
 
-    /// The longest sequence one pass of `forward` / `score` can take on this
-    /// adapter: the widest per-token buffer (projections, feed-forward, logits)
-    /// must fit one storage binding. (The device's total memory may bind first.)
+    /// The most tokens one pass could take on this adapter: the widest
+    /// per-token buffer (projections, feed-forward, logits) must fit one
+    /// storage binding. (The device's total memory may bind first.) No limit
+    /// on the input: the calls run longer inputs segment by segment (`score`,
+    /// a causal `forward`) or in groups (an encoder's `forward`).
     #[wasm_bindgen(js_name = maxTokens)]
     pub fn max_tokens(&self) -> f64 {
         (self.max_binding / (self.widest_row() as u64 * 4)) as f64
@@ -219,10 +207,16 @@ impl LunaModel {
     }
 
     /// The surprisal of every byte of `text` under a causal LM with a
-    /// tokenizer, in one parallel pass over the whole text. A text too long
-    /// for this adapter rejects with kind `"too-large"` (see `maxTokens`).
+    /// tokenizer. A text longer than a segment (2048 tokens) runs segment by
+    /// segment, each pass continuing from the states the previous one left,
+    /// in memory that does not grow with the text. Options:
+    /// `onProgress({ done, total })` in tokens after each segment (once, at
+    /// the end, for a short text), and `signal`, an `AbortSignal` that stops
+    /// the call at the end of the segment under way: it then rejects with
+    /// kind `"aborted"` and the engine is free (watch.rs).
     #[wasm_bindgen(unchecked_return_type = "ScoreResult")]
-    pub async fn score(&self, text: String) -> Result<JsValue, JsValue> {
+    pub async fn score(&self, text: String, #[wasm_bindgen(unchecked_optional_param_type = "ScoreOptions")] options: Option<JsValue>) -> Result<JsValue, JsValue> {
+        let watch = Watch::from_options(&options.unwrap_or(JsValue::UNDEFINED))?;
         self.require_causal("scoring")?;
         let tok = self.tok()?.clone();
         let ids = self.text_ids(&text)?;
@@ -230,14 +224,13 @@ impl LunaModel {
             return Err(input("the text is one byte and the tokenizer has no bos: that byte has no context, so nothing can be scored"));
         }
         self.check_positions(ids.len())?;
-        self.check_one_pass(ids.len())?;
         let ids64: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
         let batch = Batch::new(&self.model.config, &ids64, 1, ids.len()).map_err(js)?;
         let (bits, ms, peak) = {
             let mut e = borrow(&self.engine)?;
             e.reset_peak_memory();
             let t = now_ms();
-            let bits = e.score(&self.gpu, &batch).await.map_err(js)?;
+            let bits = watch.run(&mut e, async |e: &mut Engine| e.score(&self.gpu, &batch).await).await?;
             (bits, now_ms() - t, e.memory().1)
         };
         let nbytes = text.len();

@@ -3,19 +3,22 @@
 //
 //   LUNA_E2E_FIXTURES=DIR LUNA_E2E_OUT=DIR node web/tests/e2e.mjs
 //
+// (LUNA_E2E_ONLY=api,demo,errors runs only those parts.)
 // It serves web/ (and the fixtures under /fixtures/) on 127.0.0.1, drives
 // Chromium headless with WebGPU (SwiftShader) through playwright-core, and
 // checks:
 //   - the JavaScript API against native `luna forward` / `luna score` (also on
 //     the authors' fixtures, tests/fixtures/public_*) and the
 //     native pack weights, to 1e-3; a streamed greedy continuation against
-//     the parallel form; its errors (bad model, bad token, busy, too long,
-//     wrong model kind) and that the engine still works after them;
-//   - the demo page: scores the bundled sample in one pass and paints a
+//     the parallel form; its errors (bad model, bad token, busy, bad
+//     options, wrong model kind) and that the engine still works after them;
+//   - a document of three segments scored in the browser (with progress)
+//     against native `luna score`;
+//   - the demo page: scores the bundled sample and paints a
 //     non-blank heat map while staying responsive, shows a slot's pack
 //     weights, streams a continuation with flat memory, draws the Luna against
 //     softmax chart, and shows its messages when WebGPU is missing, there is
-//     no adapter, the model file is bad, or the document is too long.
+//     no adapter, or the model file is bad.
 // Screenshots go to $LUNA_E2E_OUT/screenshots/. The last line is
 // "N passed, M failed"; the exit code is 1 when a check failed.
 
@@ -27,6 +30,7 @@ import { fileURLToPath } from 'node:url';
 
 const WEB = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const FIXTURES = process.env.LUNA_E2E_FIXTURES;
+const ONLY = process.env.LUNA_E2E_ONLY ? process.env.LUNA_E2E_ONLY.split(',') : null;
 const OUT = process.env.LUNA_E2E_OUT || path.join(WEB, '..', 'target', 'browser-e2e');
 const CHROMIUM = process.env.LUNA_CHROMIUM || '/usr/bin/chromium';
 const SHOTS = path.join(OUT, 'screenshots');
@@ -93,7 +97,8 @@ const server = http.createServer((req, res) => {
     res.end('not found');
     return;
   }
-  res.writeHead(200, { 'Content-Type': TYPES[path.extname(file)] || 'application/octet-stream', 'Cache-Control': 'no-store' });
+  res.writeHead(200, { 'Content-Type': TYPES[path.extname(file)] || 'application/octet-stream', 'Cache-Control': 'no-store',
+    'Content-Length': fs.statSync(file).size });
   fs.createReadStream(file).pipe(res);
 });
 await new Promise((r) => server.listen(0, '127.0.0.1', r));
@@ -124,10 +129,14 @@ async function shot(page, name) {
   console.log(`       screenshot ${path.join(SHOTS, name)}`);
 }
 
+const parts = { api: apiChecks, demo: demoChecks, errors: errorPageChecks };
 try {
-  await apiChecks();
-  await demoChecks();
-  await errorPageChecks();
+  for (const [name, run] of Object.entries(parts)) {
+    if (ONLY && !ONLY.includes(name)) continue;
+    const t0 = Date.now();
+    await run();
+    console.log(`       (${name}: ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  }
 } catch (e) {
   check('the test ran to its end', false, e.stack || String(e));
 } finally {
@@ -264,6 +273,25 @@ async function apiChecks() {
   check('generate: greedy streaming tokens are the argmax of the parallel form', gen.margins.every((m) => m <= 1e-3),
     `largest margin ${Math.max(...gen.margins).toExponential(2)}`);
 
+  // A document longer than a segment: scored segment by segment (each pass continuing from the
+  // states the last one left), with progress after each, against native `luna score` in one pass.
+  const longText = fs.readFileSync(path.join(FIXTURES, 'long.txt'), 'utf8');
+  const longNative = readSafetensors(path.join(FIXTURES, 'long.score.safetensors')).surprisal;
+  const long = await page.evaluate(async (text) => {
+    const events = [];
+    const r = await window.lm.score(text, { onProgress: (p) => events.push(p) });
+    return { bytes: Array.from(r.bytes), tokens: r.tokens, ms: r.ms, events };
+  }, longText);
+  const nLong = longNative.shape[1];
+  // Byte i is token i + 1 (bos first): its surprisal is native entry i + 1.
+  const eLong = maxDiff(long.bytes, longNative.data.slice(1), 1);
+  const steps = long.events.map((e) => `${e.done}/${e.total}`).join(' ');
+  const segments = Math.ceil(nLong / 2048);
+  check(`score of a ${nLong}-token document runs in ${segments} segments of 2048 tokens and matches native luna score to ${TOL}`,
+    eLong <= TOL && long.tokens === nLong, `max |diff| ${eLong.toExponential(2)} bits over ${long.bytes.length} bytes, ${long.ms.toFixed(0)} ms`);
+  check('score reports its progress after each segment', long.events.length === segments
+    && long.events.every((e, i) => e.total === nLong && e.done === Math.min((i + 1) * 2048, nLong)), steps);
+
   // Errors come back as LunaError exceptions with the engine's message, and leave the engine usable.
   const errs = await page.evaluate(async () => {
     const catchErr = async (f) => {
@@ -274,9 +302,10 @@ async function apiChecks() {
     out.badToken = await catchErr(() => window.lm.forward([0, 5000], 1, 2));
     out.badShape = await catchErr(() => window.lm.forward([0, 5, 6], 2, 2));
     out.encoderScore = await catchErr(() => window.encoder.score('hello'));
-    const max = window.lm.maxTokens();
-    out.tooLong = await catchErr(() => window.lm.score('a'.repeat(max + 10)));
-    out.maxTokens = max;
+    out.badProgress = await catchErr(() => window.lm.score('hello', { onProgress: 5 }));
+    out.badSignal = await catchErr(() => window.lm.score('hello', { signal: {} }));
+    out.badSource = await catchErr(() => window.engine.loadModel(42));
+    out.throwing = await catchErr(() => window.lm.score('hello', { onProgress: () => { throw new RangeError('thrown by onProgress'); } }));
     const a = window.lm.score('The first call.');
     out.busy = await catchErr(() => window.lm.score('A second call made before the first settled.'));
     await a;
@@ -292,7 +321,11 @@ async function apiChecks() {
   check('a token outside the vocabulary is refused (kind "input")', isErr(errs.badToken, 'input', 'outside the vocabulary'), errs.badToken?.message);
   check('tokens that do not fill the shape are refused', isErr(errs.badShape, 'input', 'do not fill'), errs.badShape?.message);
   check('scoring with an encoder is refused (kind "unsupported")', isErr(errs.encoderScore, 'unsupported', 'causal_lm'), errs.encoderScore?.message);
-  check('a document too long for the adapter is refused (kind "too-large")', isErr(errs.tooLong, 'too-large', 'limit'), errs.tooLong?.message);
+  check('score options that are not a function and an AbortSignal are refused (kind "input")',
+    isErr(errs.badProgress, 'input', 'onProgress') && isErr(errs.badSignal, 'input', 'AbortSignal'), `${errs.badProgress?.message}; ${errs.badSignal?.message}`);
+  check('what onProgress throws stops the call and is what it rejects with', errs.throwing?.name === 'RangeError' && errs.throwing.message === 'thrown by onProgress',
+    JSON.stringify(errs.throwing));
+  check('loadModel of something that is neither bytes nor a URL is refused (kind "input")', isErr(errs.badSource, 'input', 'loadModel takes'), errs.badSource?.message);
   check('a second call while one runs is refused (kind "busy")', isErr(errs.busy, 'busy', 'busy'), errs.busy?.message);
   check('a layer that does not exist is refused', isErr(errs.badLayer, 'input', 'layer 7'), errs.badLayer?.message);
   check('a bad config is refused (kind "config")', isErr(errs.badConfig, 'config', ''), errs.badConfig?.message);
@@ -341,7 +374,7 @@ async function demoChecks() {
       beat: { gaps: window.beat.gaps, statuses: window.beat.statuses.size }, summary: document.getElementById('summary').textContent };
   });
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
-  check('the demo scores the whole sample in one pass', scored.score && scored.score.tokens === sampleBytes + 1 && !scored.error,
+  check('the demo scores the whole sample', scored.score && scored.score.tokens === sampleBytes + 1 && !scored.error,
     `${scored.summary} (${secs} s in all)`);
   check('the heat map is painted, one span per character, in many colours', scored.spans === scored.chars && scored.colours >= 8 && scored.painted > 100,
     `${scored.spans} spans, ${scored.colours} colours in a sample of them, ${scored.painted} minimap pixels painted`);
@@ -414,23 +447,6 @@ async function demoChecks() {
     timed.map((p) => `${p.method}@${p.n}: ${p.ms.toFixed(1)} ms`).join(', '));
   await shot(page, 'demo-bench.png');
 
-  // A document too long for this adapter: a clear message and an offer to score a prefix.
-  const max = await page.evaluate(() => window.lunaDemo.state.model.maxTokens());
-  await page.evaluate((n) => {
-    const t = document.getElementById('text');
-    t.value = 'All the world is a stage. '.repeat(Math.ceil(n / 26) + 10);
-    t.dispatchEvent(new Event('input'));
-  }, max);
-  await page.click('#score-btn');
-  await page.waitForFunction(() => !window.lunaDemo.state.busy, null, { timeout: 120_000 });
-  const tooLong = await page.evaluate(() => ({ notice: document.getElementById('notice').textContent, hidden: document.getElementById('notice').hidden,
-    kind: window.lunaDemo.state.error?.kind }));
-  check('a document too long for the adapter gets a clear message and an offer to score a prefix',
-    !tooLong.hidden && tooLong.kind === 'too-large' && tooLong.notice.includes('too long for this adapter') && tooLong.notice.includes('Score the first'),
-    tooLong.notice.slice(0, 300));
-  await page.locator('#notice').scrollIntoViewIfNeeded();
-  await page.screenshot({ path: path.join(SHOTS, 'error-too-long.png') });
-  console.log(`       screenshot ${path.join(SHOTS, 'error-too-long.png')}`);
   await page.context().close();
 }
 
