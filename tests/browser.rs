@@ -7,6 +7,12 @@
 //! and streams a continuation, and that the error paths show their messages.
 //! Screenshots go to target/browser-e2e/screenshots/.
 //!
+//! It also uses the npm package as its users do: `npm pack` of web/pkg,
+//! installed from the tarball into the small app of web/tests/app/ (copied to
+//! target/browser-e2e/app/), type-checked with `tsc --strict`, bundled by Vite
+//! and by esbuild, and run by e2e.mjs (download progress, the Cache API,
+//! progress and abort of a score, the esbuild bundle given the wasm's URL).
+//!
 //! Needs chromium, node with the repository's npm packages (`npm ci`), the
 //! wasm32-unknown-unknown target and the wasm-bindgen CLI of Cargo.lock's
 //! version (.ci/run installs all of them). Without them the test is skipped;
@@ -69,7 +75,7 @@ fn missing_prerequisites() -> Vec<String> {
             }
         }
     }
-    if !root().join("node_modules/playwright-core/package.json").is_file() {
+    if ["playwright-core", "vite", "typescript", "esbuild"].iter().any(|p| !root().join("node_modules").join(p).join("package.json").is_file()) {
         missing.push("the npm packages (npm ci at the repository root)".into());
     }
     let sysroot = cmd_stdout("rustc", &["--print", "sysroot"]).unwrap_or_default();
@@ -204,6 +210,55 @@ fn run_with_limit(mut cmd: Command, what: &str, limit: Duration) {
     }
 }
 
+/// A command that must succeed, its output going to this test's output.
+fn run_ok(program: &str, args: &[&str], dir: &Path, what: &str) {
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(dir).env("npm_config_update_notifier", "false");
+    run_with_limit(cmd, what, Duration::from_secs(300));
+}
+
+/// The npm package as its users get it: packs web/pkg, installs the tarball
+/// (offline: it has no dependencies) into a copy of web/tests/app/, checks
+/// the app against the typings with `tsc --strict` (the default DOM library,
+/// and esnext, whose `Symbol.dispose` must not clash with the typings'), and
+/// bundles it with Vite and with esbuild. Returns the folder to serve.
+fn build_app(root: &Path, out: &Path) -> PathBuf {
+    let app = out.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    for entry in std::fs::read_dir(root.join("web/tests/app")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, app.join(path.file_name().unwrap())).unwrap();
+    }
+    let pack = Command::new("npm").args(["pack", "--pack-destination"]).arg(&app).arg(root.join("web/pkg")).output().expect("npm pack");
+    assert!(pack.status.success(), "npm pack web/pkg failed: {}", String::from_utf8_lossy(&pack.stderr));
+    let tarball = String::from_utf8_lossy(&pack.stdout).lines().last().unwrap_or_default().trim().to_string();
+    std::fs::rename(app.join(&tarball), app.join("luna-wgpu.tgz")).unwrap_or_else(|e| panic!("npm pack made no {tarball}: {e}"));
+    eprintln!("npm pack: {tarball}, {} bytes", std::fs::metadata(app.join("luna-wgpu.tgz")).unwrap().len());
+    run_ok("npm", &["install", "--offline", "--no-audit", "--no-fund", "--no-package-lock"], &app, "npm install of the packed tarball");
+
+    // What npm installed says what the package is.
+    let installed = app.join("node_modules/luna-wgpu");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(installed.join("package.json")).unwrap()).unwrap();
+    assert_eq!(manifest["version"], env!("CARGO_PKG_VERSION"), "the package's version is Cargo.toml's");
+    assert_eq!(manifest["license"], env!("CARGO_PKG_LICENSE"));
+    for file in ["luna_wgpu.js", "luna_wgpu_bg.wasm", "luna_wgpu.d.ts", "README.md"] {
+        assert!(installed.join(file).is_file(), "the installed package has no {file}");
+    }
+
+    let modules = root.join("node_modules");
+    let tsc = modules.join("typescript/bin/tsc");
+    let tsc = tsc.to_str().unwrap();
+    run_ok("node", &[tsc, "-p", "tsconfig.json"], &app, "tsc --strict (lib es2022, dom) on the app");
+    run_ok("node", &[tsc, "-p", "tsconfig.json", "--lib", "esnext,dom"], &app, "tsc --strict (lib esnext, dom) on the app");
+    let vite = modules.join("vite/bin/vite.js");
+    run_ok("node", &[vite.to_str().unwrap(), "build", "--base", "./", "--outDir", "dist", "--logLevel", "warn"], &app, "vite build of the app");
+    let esbuild = modules.join(".bin/esbuild");
+    let args = ["esbuild.ts", "--bundle", "--format=esm", "--loader:.wasm=file", "--outdir=dist", "--log-level=warning"];
+    run_ok(esbuild.to_str().unwrap(), &args, &app, "esbuild of the app");
+    std::fs::copy(app.join("esbuild.html"), app.join("dist/esbuild.html")).unwrap();
+    app.join("dist")
+}
+
 #[test]
 fn browser_end_to_end() {
     let required = std::env::var("LUNA_REQUIRE_BROWSER").as_deref() == Ok("1");
@@ -225,11 +280,13 @@ fn browser_end_to_end() {
     let fixtures = out.join("fixtures");
     std::fs::create_dir_all(&fixtures).unwrap();
     make_fixtures(&fixtures);
+    let app = build_app(&root, &out);
 
     let mut node = Command::new("node");
     node.arg(root.join("web/tests/e2e.mjs"))
         .current_dir(&root)
         .env("LUNA_E2E_FIXTURES", &fixtures)
+        .env("LUNA_E2E_APP", &app)
         .env("LUNA_E2E_OUT", &out)
         .env("LUNA_CHROMIUM", chromium());
     run_with_limit(node, "web/tests/e2e.mjs", Duration::from_secs(1500));
@@ -257,7 +314,7 @@ fn literals_after(code: &str, open: &str) -> Vec<String> {
 
 /// Every `kind` a `LunaError` of the browser API can have (src/web/*.rs and
 /// load.js) is a member of the `LunaErrorKind` union of the typings, and the
-/// other way round, and web/README.md names each.
+/// other way round, and web/README.md and the npm package's README name each.
 #[test]
 fn error_kinds_are_typed_and_documented() {
     let read = |rel: &str| std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
@@ -277,7 +334,7 @@ fn error_kinds_are_typed_and_documented() {
     let typed: std::collections::BTreeSet<String> = literals_after(union, "|").into_iter().collect();
     assert!(thrown.len() >= 12, "the kinds found in the code: {thrown:?}");
     assert_eq!(thrown, typed, "the kinds the code gives (left) and LunaErrorKind in src/web/luna.d.ts (right)");
-    for doc in ["web/README.md"] {
+    for doc in ["web/README.md", "web/package/README.md"] {
         let text = read(doc);
         let missing: Vec<_> = typed.iter().filter(|k| !text.contains(&format!("`{k}`"))).collect();
         assert!(missing.is_empty(), "{doc} does not name the error kinds {missing:?}");

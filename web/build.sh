@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Builds the browser package into web/pkg/ (ignored by git):
-#   luna_wgpu.js (an ES module), luna_wgpu_bg.wasm, luna_wgpu.d.ts (TypeScript typings).
+# Builds the browser package into web/pkg/ (ignored by git), an npm package:
+#   luna_wgpu.js (an ES module), luna_wgpu_bg.wasm, luna_wgpu.d.ts (TypeScript
+#   typings), snippets/ (src/web/load.js, which downloads models), and from
+#   web/package/ its package.json (the version is Cargo.toml's) and README.md,
+#   with the repository's LICENSE-MIT and LICENSE-APACHE.
+# `npm pack web/pkg` makes the tarball; `npm publish web/pkg` publishes it.
 #
 # On a fresh machine it first adds the wasm32-unknown-unknown target and
 # installs the wasm-bindgen CLI whose version equals the wasm-bindgen of
@@ -61,4 +65,20 @@ target_dir=${CARGO_TARGET_DIR:-target}
 cargo rustc --lib --release --target wasm32-unknown-unknown --crate-type cdylib
 rm -rf web/pkg
 wasm-bindgen --target web --typescript --out-dir web/pkg "$target_dir/wasm32-unknown-unknown/release/luna_wgpu.wasm"
-echo "wrote web/pkg/ ($(du -sh web/pkg | cut -f1)): serve it with \`luna serve\` (or cargo run --release -- serve)" >&2
+
+# The npm package around it.
+version=$(awk -F'"' '/^\[/ { section = $0 } section == "[package]" && /^version = / { print $2; exit }' Cargo.toml)
+if [ -z "$version" ]; then
+    echo "error: Cargo.toml's [package] names no version" >&2
+    exit 1
+fi
+sed "s/@VERSION@/$version/" web/package/package.json > web/pkg/package.json
+cp web/package/README.md web/pkg/README.md
+for licence in LICENSE-MIT LICENSE-APACHE; do
+    if [ -f "$licence" ]; then
+        cp "$licence" web/pkg/
+    else
+        echo "warning: $licence is missing at the repository root: the package is built without it" >&2
+    fi
+done
+echo "wrote web/pkg/ ($(du -sh web/pkg | cut -f1)), the npm package luna-wgpu $version: serve it with \`luna serve\` (or cargo run --release -- serve), or npm pack web/pkg" >&2

@@ -1,10 +1,11 @@
 // The browser end-to-end test, run by tests/browser.rs (which builds web/pkg/
 // and writes the fixtures and the native outputs first):
 //
-//   LUNA_E2E_FIXTURES=DIR LUNA_E2E_OUT=DIR node web/tests/e2e.mjs
+//   LUNA_E2E_FIXTURES=DIR LUNA_E2E_APP=DIR LUNA_E2E_OUT=DIR node web/tests/e2e.mjs
 //
-// (LUNA_E2E_ONLY=api,demo,errors runs only those parts.)
-// It serves web/ (and the fixtures under /fixtures/) on 127.0.0.1, drives
+// (LUNA_E2E_ONLY=api,package,demo,errors runs only those parts.)
+// It serves web/ (the fixtures under /fixtures/, the bundled app LUNA_E2E_APP
+// under /app/) on 127.0.0.1, drives
 // Chromium headless with WebGPU (SwiftShader) through playwright-core, and
 // checks:
 //   - the JavaScript API against native `luna forward` / `luna score` (also on
@@ -14,6 +15,12 @@
 //     options, wrong model kind) and that the engine still works after them;
 //   - a document of three segments scored in the browser (with progress)
 //     against native `luna score`;
+//   - the npm package as its users get it (tests/browser.rs packs it,
+//     installs the tarball into web/tests/app/ and bundles that with Vite and
+//     esbuild): it loads a model from a URL with progress and from the Cache
+//     API, scores with progress, stops a score with an AbortSignal (a
+//     LunaError of kind "aborted") and works after, and runs from the esbuild
+//     bundle given the wasm's URL;
 //   - the demo page: scores the bundled sample and paints a
 //     non-blank heat map while staying responsive, shows a slot's pack
 //     weights, streams a continuation with flat memory, draws the Luna against
@@ -30,6 +37,7 @@ import { fileURLToPath } from 'node:url';
 
 const WEB = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const FIXTURES = process.env.LUNA_E2E_FIXTURES;
+const APP = process.env.LUNA_E2E_APP;
 const ONLY = process.env.LUNA_E2E_ONLY ? process.env.LUNA_E2E_ONLY.split(',') : null;
 const OUT = process.env.LUNA_E2E_OUT || path.join(WEB, '..', 'target', 'browser-e2e');
 const CHROMIUM = process.env.LUNA_CHROMIUM || '/usr/bin/chromium';
@@ -90,7 +98,8 @@ const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '
   '.css': 'text/css', '.txt': 'text/plain; charset=utf-8', '.json': 'application/json', '.ts': 'text/plain' };
 const server = http.createServer((req, res) => {
   const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-  const [base, rel] = url.startsWith('/fixtures/') ? [FIXTURES, url.slice('/fixtures/'.length)] : [WEB, url.slice(1) || 'index.html'];
+  const [base, rel] = url.startsWith('/fixtures/') ? [FIXTURES, url.slice('/fixtures/'.length)]
+    : url.startsWith('/app/') && APP ? [APP, url.slice('/app/'.length)] : [WEB, url.slice(1) || 'index.html'];
   const file = path.resolve(base, rel);
   if (!file.startsWith(path.resolve(base) + path.sep) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
     res.writeHead(404, { 'Content-Type': 'text/plain' });
@@ -129,7 +138,7 @@ async function shot(page, name) {
   console.log(`       screenshot ${path.join(SHOTS, name)}`);
 }
 
-const parts = { api: apiChecks, demo: demoChecks, errors: errorPageChecks };
+const parts = { api: apiChecks, package: packageChecks, demo: demoChecks, errors: errorPageChecks };
 try {
   for (const [name, run] of Object.entries(parts)) {
     if (ONLY && !ONLY.includes(name)) continue;
@@ -331,6 +340,66 @@ async function apiChecks() {
   check('a bad config is refused (kind "config")', isErr(errs.badConfig, 'config', ''), errs.badConfig?.message);
   check('the engine still works after the errors', Number.isFinite(errs.after) && errs.after > 0, `${errs.after} bits/byte; memory ${JSON.stringify(errs.memory)}`);
   await page.context().close();
+}
+
+// ------------------------------------------------------------------ the npm package, bundled
+
+async function packageChecks() {
+  if (!APP) {
+    check('the bundled app is there (LUNA_E2E_APP; tests/browser.rs builds it)', false);
+    return;
+  }
+  const page = await newPage();
+  await page.goto(`${BASE}/app/index.html`);
+  await page.waitForFunction(() => window.lunaApp, null, { timeout: 60_000 });
+  const backend = await page.evaluate(() => window.lunaApp.ready());
+  check('the npm package, installed from its tarball and bundled by Vite, loads its wasm and opens WebGPU', backend === 'BrowserWebGpu', backend);
+
+  // loadModel(url): a streamed download with progress, then the same file from the Cache API.
+  const size = fs.statSync(path.join(FIXTURES, 'causal.safetensors')).size;
+  const url = '/fixtures/causal.safetensors';
+  const first = await page.evaluate((url) => window.lunaApp.load(url, 'luna-e2e'), url);
+  const second = await page.evaluate((url) => window.lunaApp.load(url, 'luna-e2e'), url);
+  const rising = (events) => events.every((e, i) => i === 0 || e.loaded >= events[i - 1].loaded);
+  const summary = (events) => events.map((e) => `${e.loaded}/${e.total}${e.fromCache ? ' (cache)' : ''}`).join(' ');
+  const last = (events) => events[events.length - 1] || {};
+  check('loadModel(url) downloads the model with progress events up to its size', first.kind === 'causal_lm' && first.events.length >= 1
+    && rising(first.events) && last(first.events).loaded === size && first.events.every((e) => e.total === size && !e.fromCache), summary(first.events));
+  check('loadModel(url, { cache }) reads it from the Cache API the second time', second.kind === 'causal_lm' && second.events.length >= 1
+    && last(second.events).loaded === size && second.events.every((e) => e.fromCache), summary(second.events));
+
+  const missing = await page.evaluate(() => window.lunaApp.loadFailure('/fixtures/no-such-model.safetensors'));
+  check('loadModel of a URL that is not there rejects with kind "io" and the HTTP status', missing?.name === 'LunaError' && missing.kind === 'io'
+    && missing.message.includes('404'), missing?.message);
+  const stopped = await page.evaluate((url) => window.lunaApp.loadFailure(url, true), url);
+  check('loadModel stopped by its AbortSignal rejects with kind "aborted"', stopped?.name === 'LunaError' && stopped.kind === 'aborted', stopped?.message);
+  const bad = await page.evaluate(() => window.lunaApp.loadFailure('/fixtures/bad.safetensors'));
+  check('loadModel of a URL that is no model rejects with kind "model"', bad?.kind === 'model', bad?.message);
+
+  // score: progress, and an AbortSignal that stops it mid-document.
+  const short = await page.evaluate(() => window.lunaApp.score('Friends, Romans, countrymen, lend me your ears.'));
+  check('score(text, { onProgress }) reports once for a text of one segment', short.events.length === 1
+    && short.events[0].done === short.tokens && short.events[0].total === short.tokens && Number.isFinite(short.bitsPerByte),
+    `${JSON.stringify(short.events)}, ${short.bitsPerByte.toFixed(3)} bits/byte`);
+  const longText = fs.readFileSync(path.join(FIXTURES, 'long.txt'), 'utf8');
+  const mid = await page.evaluate((t) => window.lunaApp.abortScore(t, false), longText);
+  check('score stopped by its AbortSignal mid-document rejects with a LunaError of kind "aborted" after that segment, the reason as its cause',
+    mid.error?.name === 'LunaError' && mid.error.kind === 'aborted' && mid.causeIsReason && mid.events.length === 1 && mid.events[0].done === 2048,
+    `${mid.error?.message} (progress ${JSON.stringify(mid.events)})`);
+  check('the engine scores again right after the abort', Number.isFinite(mid.after) && mid.after > 0, `${mid.after} bits/byte`);
+  const early = await page.evaluate((t) => window.lunaApp.abortScore(t, true), longText);
+  check('score given an aborted signal rejects with kind "aborted" before any work', early.error?.kind === 'aborted' && early.events.length === 0
+    && Number.isFinite(early.after), early.error?.message);
+  await page.context().close();
+
+  // The same package bundled by esbuild, which leaves import.meta.url assets alone: init gets the wasm's URL.
+  const eb = await newPage();
+  await eb.goto(`${BASE}/app/esbuild.html`);
+  await eb.waitForFunction(() => window.esbuildResult, null, { timeout: 60_000 });
+  const r = await eb.evaluate(() => window.esbuildResult);
+  check('the package bundled by esbuild runs with init({ module_or_path: wasmUrl })', !r.error && Number.isFinite(r.bitsPerByte) && /\.wasm$/.test(r.wasmUrl),
+    r.error || `${r.wasmUrl}: ${r.bitsPerByte.toFixed(3)} bits/byte`);
+  await eb.context().close();
 }
 
 // ------------------------------------------------------------------ the demo page
