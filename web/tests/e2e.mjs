@@ -3,7 +3,7 @@
 //
 //   LUNA_E2E_FIXTURES=DIR LUNA_E2E_APP=DIR LUNA_E2E_OUT=DIR node web/tests/e2e.mjs
 //
-// (LUNA_E2E_ONLY=api,package,demo,errors runs only those parts.)
+// (LUNA_E2E_ONLY=api,package,worker,demo,errors runs only those parts.)
 // It serves web/ (the fixtures under /fixtures/, the bundled app LUNA_E2E_APP
 // under /app/) on 127.0.0.1, drives
 // Chromium headless with WebGPU (SwiftShader) through playwright-core, and
@@ -21,6 +21,8 @@
 //     API, scores with progress, stops a score with an AbortSignal (a
 //     LunaError of kind "aborted") and works after, and runs from the esbuild
 //     bundle given the wasm's URL;
+//   - the Web Worker example (web/examples/worker/): scores with progress and
+//     stops;
 //   - the demo page: scores the bundled sample and paints a
 //     non-blank heat map while staying responsive, shows a slot's pack
 //     weights, streams a continuation with flat memory, draws the Luna against
@@ -138,7 +140,7 @@ async function shot(page, name) {
   console.log(`       screenshot ${path.join(SHOTS, name)}`);
 }
 
-const parts = { api: apiChecks, package: packageChecks, demo: demoChecks, errors: errorPageChecks };
+const parts = { api: apiChecks, package: packageChecks, worker: workerChecks, demo: demoChecks, errors: errorPageChecks };
 try {
   for (const [name, run] of Object.entries(parts)) {
     if (ONLY && !ONLY.includes(name)) continue;
@@ -400,6 +402,48 @@ async function packageChecks() {
   check('the package bundled by esbuild runs with init({ module_or_path: wasmUrl })', !r.error && Number.isFinite(r.bitsPerByte) && /\.wasm$/.test(r.wasmUrl),
     r.error || `${r.wasmUrl}: ${r.bitsPerByte.toFixed(3)} bits/byte`);
   await eb.context().close();
+}
+
+// ------------------------------------------------------------------ the Web Worker example
+
+async function workerChecks() {
+  const page = await newPage();
+  await page.goto(`${BASE}/examples/worker/index.html?model=/fixtures/causal.safetensors`);
+  await page.waitForFunction(() => !document.getElementById('score').disabled || /Could not/.test(document.getElementById('status').textContent),
+    null, { timeout: 120_000 });
+  const loaded = await page.locator('#status').textContent();
+  check('the worker example loads a model in its Web Worker', loaded.startsWith('Ready: a causal_lm'), loaded);
+
+  const longText = fs.readFileSync(path.join(FIXTURES, 'long.txt'), 'utf8');
+  await page.fill('#text', longText);
+  // A 50 ms timer on the page: the worker does the work, so its gaps stay small.
+  await page.evaluate(() => {
+    window.beat = { last: performance.now(), max: 0 };
+    window.beatTimer = setInterval(() => {
+      const t = performance.now();
+      window.beat.max = Math.max(window.beat.max, t - window.beat.last);
+      window.beat.last = t;
+    }, 50);
+  });
+  await page.click('#score');
+  await page.waitForFunction(() => /bits per byte|failed/.test(document.getElementById('status').textContent), null, { timeout: 300_000 });
+  const done = await page.evaluate(() => {
+    clearInterval(window.beatTimer);
+    const bar = document.getElementById('progress');
+    return { status: document.getElementById('status').textContent, value: bar.value, max: bar.max, beat: window.beat.max };
+  });
+  const tokens = Number((done.status.match(/over (\d+) tokens/) || [])[1]);
+  check('the worker example scores a document of three segments, its progress bar full at the end', tokens === new TextEncoder().encode(longText).length + 1
+    && done.max === tokens && done.value === tokens, `${done.status} (progress ${done.value}/${done.max}; largest main-thread timer gap ${done.beat.toFixed(0)} ms)`);
+
+  await page.fill('#text', longText.repeat(4));
+  await page.click('#score');
+  await page.waitForFunction(() => /^Scoring: /.test(document.getElementById('status').textContent), null, { timeout: 120_000 });
+  await page.click('#stop');
+  await page.waitForFunction(() => !/^Scoring/.test(document.getElementById('status').textContent), null, { timeout: 120_000 });
+  const stopped = await page.locator('#status').textContent();
+  check('the worker example stops a score with Stop (an AbortSignal in the worker)', stopped === 'Stopped.', stopped);
+  await page.context().close();
 }
 
 // ------------------------------------------------------------------ the demo page
