@@ -1,5 +1,5 @@
-// The long-document demo: score a whole document in one pass of a causal Luna
-// LM on WebGPU, paint every character by its surprisal, show what a packed
+// The long-document demo: score a whole document with a causal Luna LM on
+// WebGPU (segment by segment, with progress and a Stop button), paint every character by its surprisal, show what a packed
 // slot reads, stream a continuation with a decoder whose memory stays flat,
 // and time Luna against softmax attention on this browser's adapter.
 //
@@ -38,6 +38,7 @@ const state = {
   chars: [],
   byteStarts: null,
   score: null,            // { bitsPerByte, tokens, ms, tokensPerSecond, peakBytes, hi }
+  scoring: null,          // the AbortController of the score running now
   charBits: null,
   pack: null,             // { layer, head, slot, min, max, mean, ms }
   packRaw: null,
@@ -111,7 +112,7 @@ function showError(e, action) {
     'no-adapter': 'No GPU adapter. ',
     'model': 'This model file is bad: ',
     'config': 'This model file is bad: ',
-    'too-large': 'This document is too long for this adapter in one pass: ',
+    'too-large': 'Too large for this adapter: ',
     'out-of-memory': 'The GPU ran out of memory. ',
     'device': 'The GPU failed: ',
     'fetch': '',
@@ -136,6 +137,7 @@ function updateControls() {
   }
   $('color-by-pack').disabled = !ok || !state.packChars;
   $('stop-btn').disabled = !(state.busy && state.generation && !state.generation.result);
+  $('score-stop-btn').disabled = !state.scoring;
   $('bench-stop-btn').disabled = !state.benchRunning || benchStopRequested;
 }
 
@@ -144,10 +146,7 @@ function updateDocStats() {
   if (!text) { $('doc-stats').textContent = ''; return; }
   const bytes = byteLength(text);
   let s = `${fmtInt(Array.from(text).length)} characters, ${fmtInt(bytes)} bytes`;
-  if (state.model) {
-    try { s += `; this adapter takes up to ${fmtInt(state.model.maxTokens())} tokens in one pass with this model`; } catch (_) { /* busy */ }
-  }
-  if (state.adapter && state.adapter.software) s += ' (a software adapter: 100 KB take minutes here, a fraction of a second on a GPU)';
+  if (state.adapter && state.adapter.software) s += ' (a software adapter: about 15 s per 100 KB here, a fraction of a second on a GPU)';
   $('doc-stats').textContent = s;
 }
 
@@ -177,11 +176,13 @@ $('legend-ramp').style.background = `linear-gradient(to right, ${HEAT[0]}, ${HEA
 
 // ---------------------------------------------------------------- model
 
-async function fetchBytes(url) {
-  let r;
-  try { r = await fetch(url); } catch (e) { throw { kind: 'fetch', message: `could not fetch ${url}: ${e.message}` }; }
-  if (!r.ok) throw { kind: 'fetch', message: `could not fetch ${url}: HTTP ${r.status}` };
-  return new Uint8Array(await r.arrayBuffer());
+/** Loads a model from a URL, streamed, saying on the status line how much has come. */
+function loadFrom(url, what) {
+  const onProgress = ({ loaded, total, fromCache }) => {
+    const of = total ? ` of ${fmtBytes(total)} (${Math.round(100 * loaded / total)} %)` : '';
+    setStatus(`${fromCache ? 'Reading' : 'Fetching'} ${what}: ${fmtBytes(loaded)}${of}…`);
+  };
+  return state.engine.loadModel(url, { onProgress });
 }
 
 function useModel(m, name, random) {
@@ -247,23 +248,28 @@ async function score(textOverride) {
   }
   clearNotice();
   const bytes = byteLength(text);
-  let done = busy(`Scoring ${fmtInt(bytes)} bytes in one pass on the GPU`);
+  // Segment by segment: the engine reports each one, and Stop aborts at the next.
+  let progress = '';
+  const controller = new AbortController();
+  state.scoring = controller;
+  let done = busy(() => `Scoring ${fmtInt(bytes)} bytes on the GPU${progress}`);
+  const onProgress = ({ done: d, total }) => { progress = `: ${fmtInt(d)} of ${fmtInt(total)} tokens (${Math.round(100 * d / total)} %)`; };
   let r;
   try {
     state.engine.resetPeakMemory();
-    r = await state.model.score(text);
+    r = await state.model.score(text, { onProgress, signal: controller.signal });
   } catch (e) {
-    done('Scoring failed.');
+    state.scoring = null;
     const err = errorOf(e);
-    if (err.kind === 'too-large') {
-      const max = state.model.maxTokens();
-      err.message += `\nWith this model, one pass on this adapter takes at most about ${fmtInt(max)} tokens (one per byte).`;
-      showError(err, [`Score the first ${fmtInt(max - 1)} bytes`, () => score(prefixBytes(text, max - 1))]);
-    } else {
-      showError(err);
+    if (err.kind === 'aborted') {
+      done(`Scoring stopped${progress}. The previous result, if any, is still shown.`);
+      return;
     }
+    done('Scoring failed.');
+    showError(err);
     return;
   }
+  state.scoring = null;
   done();
   state.text = text;
   state.packRaw = null;
@@ -277,7 +283,7 @@ async function score(textOverride) {
   state.charBits = r.chars;
   $('legend-max').textContent = `${hi.toFixed(1)}+ bits`;
   $('summary').innerHTML = `<b>${r.bitsPerByte.toFixed(3)} bits per byte</b> over ${fmtInt(bytes)} bytes · `
-    + `${fmtInt(r.tokens)} tokens in one pass: <b>${fmtMs(r.ms)}</b>, ${fmtInt(r.tokensPerSecond)} tokens/s · `
+    + `${fmtInt(r.tokens)} tokens: <b>${fmtMs(r.ms)}</b>, ${fmtInt(r.tokensPerSecond)} tokens/s · `
     + `GPU memory peak ${fmtBytes(r.peakBytes)} · ${state.adapter.software ? 'software adapter' : 'GPU'}`;
   $('result').hidden = false;
   $('continue').hidden = false;
@@ -285,18 +291,6 @@ async function score(textOverride) {
   done = busy('Painting the document');
   await paint(text, r.chars, hi);
   done(`Scored ${fmtInt(bytes)} bytes in ${fmtMs(r.ms)} (${fmtInt(r.tokensPerSecond)} tokens/s). Hover a character for its surprisal.`);
-}
-
-function prefixBytes(text, maxBytes) {
-  let n = 0;
-  let out = '';
-  for (const ch of text) {
-    const b = utf8Len(ch.codePointAt(0));
-    if (n + b > maxBytes) break;
-    n += b;
-    out += ch;
-  }
-  return out;
 }
 
 /** Builds one span per character, in blocks of whole lines, a slice per frame. */
@@ -946,6 +940,7 @@ $('color-by-pack').onchange = async () => {
 };
 $('gen-btn').onclick = generate;
 $('stop-btn').onclick = () => { stopRequested = true; };
+$('score-stop-btn').onclick = () => { if (state.scoring) state.scoring.abort(); };
 $('bench-btn').onclick = runBench;
 $('bench-stop-btn').onclick = () => { benchStopRequested = true; updateControls(); };
 $('random-btn').onclick = async () => {
@@ -999,13 +994,14 @@ async function start() {
   try {
     if (url) {
       setStatus(`Fetching the model ${url}…`);
-      useModel(await state.engine.loadModel(await fetchBytes(url)), url.split('/').pop(), false);
+      useModel(await loadFrom(url, `the model ${url}`), url.split('/').pop(), false);
     } else if (!params.has('random')) {
-      const r = await fetch(TRAINED_MODEL).catch(() => null);
-      if (r && r.ok) {
-        setStatus('Loading the trained model…');
-        useModel(await state.engine.loadModel(new Uint8Array(await r.arrayBuffer())), TRAINED_MODEL.split('/').pop(), false);
-      }
+      // The trained model when the server has it (luna serve serves models/); random weights otherwise.
+      const m = await loadFrom(TRAINED_MODEL, 'the trained model').catch((e) => {
+        if (errorOf(e).kind !== 'io') throw e;
+        return null;
+      });
+      if (m) useModel(m, TRAINED_MODEL.split('/').pop(), false);
     }
   } catch (e) {
     showError(e);
