@@ -401,9 +401,11 @@ async function showPack() {
   const slot = Number($('pack-slot').value);
   clearNotice();
   if (!state.packRaw || state.packRaw.layer !== layer) {
-    const done = busy(`Reading the pack weights of layer ${layer} over ${fmtInt(state.score.tokens)} tokens on the GPU`);
+    let progress = '';
+    const done = busy(() => `Reading the pack weights of layer ${layer} over ${fmtInt(state.score.tokens)} tokens on the GPU${progress}`);
+    const onProgress = ({ done: d, total }) => { progress = `: ${Math.round(100 * d / total)} %`; };
     try {
-      state.packRaw = await state.model.packWeights(state.text, layer);
+      state.packRaw = await state.model.packWeights(state.text, layer, { onProgress });
       done();
     } catch (e) {
       done('Could not compute the pack weights.');

@@ -72,12 +72,13 @@ export interface LoadOptions {
    *  (https:// or localhost); elsewhere it does nothing. Default false. */
   cache?: boolean | string;
 }
-/** Passed to `onProgress` of `score` after each segment: tokens done of the total. */
+/** Passed to `onProgress` of `score` and `packWeights` after each segment: tokens done of the total. */
 export interface ScoreProgress { done: number; total: number; }
+/** The options of `score`, `packWeights` and `packWeightsTokens`. */
 export interface ScoreOptions {
   /** Called after each segment (2048 tokens) with the tokens done; once, at the end, for a short text. */
   onProgress?: (progress: ScoreProgress) => void;
-  /** Stops the call at the end of the segment under way: `score` rejects with kind `"aborted"`. */
+  /** Stops the call at the end of the segment under way: it rejects with kind `"aborted"`. */
   signal?: AbortSignal;
 }
 

@@ -356,28 +356,32 @@ impl LunaModel {
     /// The pack weights of `layer` (0-based) over the tokens of `text` (bos
     /// first when the tokenizer has one): `weights[(t * heads + h) * projLen + j]`
     /// is the weight with which token `t` is folded into packed slot `j` of
-    /// head `h`. Byte `i` of the text is token `i + offset`.
+    /// head `h`. Byte `i` of the text is token `i + offset`. `options` as
+    /// for `score`: `onProgress` after each segment, `signal` to stop it.
     #[wasm_bindgen(js_name = packWeights, unchecked_return_type = "PackWeights")]
-    pub async fn pack_weights(&self, text: String, layer: usize) -> Result<JsValue, JsValue> {
+    pub async fn pack_weights(&self, text: String, layer: usize, #[wasm_bindgen(unchecked_optional_param_type = "ScoreOptions")] options: Option<JsValue>) -> Result<JsValue, JsValue> {
+        let watch = Watch::from_options(&options.unwrap_or(JsValue::UNDEFINED))?;
         let ids = self.text_ids(&text)?;
         let offset = self.tok()?.bos.is_some() as usize;
-        self.pack_weights_ids(ids, layer, offset).await
+        self.pack_weights_ids(ids, layer, offset, watch).await
     }
 
     /// `packWeights` on token ids (one sequence, no padding).
     #[wasm_bindgen(js_name = packWeightsTokens, unchecked_return_type = "PackWeights")]
-    pub async fn pack_weights_tokens(&self, tokens: Vec<u32>, layer: usize) -> Result<JsValue, JsValue> {
-        self.pack_weights_ids(tokens, layer, 0).await
+    pub async fn pack_weights_tokens(&self, tokens: Vec<u32>, layer: usize, #[wasm_bindgen(unchecked_optional_param_type = "ScoreOptions")] options: Option<JsValue>) -> Result<JsValue, JsValue> {
+        let watch = Watch::from_options(&options.unwrap_or(JsValue::UNDEFINED))?;
+        self.pack_weights_ids(tokens, layer, 0, watch).await
     }
 }
 
 impl LunaModel {
-    async fn pack_weights_ids(&self, ids: Vec<u32>, layer: usize, offset: usize) -> Result<JsValue, JsValue> {
+    async fn pack_weights_ids(&self, ids: Vec<u32>, layer: usize, offset: usize, watch: Watch) -> Result<JsValue, JsValue> {
         self.require_causal("pack weights")?;
         self.check_positions(ids.len())?;
         let mut e = borrow(&self.engine)?;
         let t = now_ms();
-        let w = e.pack_weights(&self.gpu, &self.model, &ids, &[layer]).await.map_err(js)?.remove(0);
+        let (gpu, model) = (&self.gpu, &self.model);
+        let w = watch.run(&mut e, async |e: &mut Engine| e.pack_weights(gpu, model, &ids, &[layer]).await).await?.remove(0);
         let ms = now_ms() - t;
         Ok(obj(&[
             ("weights", f32s(&w.values)),

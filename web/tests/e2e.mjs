@@ -201,9 +201,10 @@ async function apiChecks() {
     window.lm = await window.engine.loadModel(bytes);
     const f = await window.lm.forward(Int32Array.from(tokens), shape[0], shape[1]);
     const s = await window.lm.scoreTokens(Int32Array.from(tokens), shape[0], shape[1]);
-    const p = packTokens.length ? await window.lm.packWeightsTokens(Uint32Array.from(packTokens), 1) : null;
+    const heard = [];
+    const p = packTokens.length ? await window.lm.packWeightsTokens(Uint32Array.from(packTokens), 1, { onProgress: (q) => heard.push(q) }) : null;
     return { kind: f.kind, logits: Array.from(f.logits), shape: f.logitsShape, surprisal: Array.from(s),
-      pack: p && { weights: Array.from(p.weights), len: p.len, heads: p.heads, projLen: p.projLen } };
+      pack: p && { weights: Array.from(p.weights), len: p.len, heads: p.heads, projLen: p.projLen, heard } };
   }, [lmIn.data, lmIn.shape, packTokens]);
   const vocab = lm.shape[2];
   const el = maxDiff(lm.logits, lmOut.data, vocab, (row) => lmIn.data[row] !== 1);
@@ -214,6 +215,8 @@ async function apiChecks() {
     const ew = maxDiff(lm.pack.weights, pack.data, 1);
     check(`packWeights matches the native engine to ${TOL}`, ew <= TOL && lm.pack.len === pack.shape[0] && lm.pack.heads === pack.shape[1] && lm.pack.projLen === pack.shape[2],
       `max |diff| ${ew.toExponential(2)} over [${lm.pack.len}, ${lm.pack.heads}, ${lm.pack.projLen}]`);
+    const last = lm.pack.heard.at(-1);
+    check('packWeightsTokens reports its progress to onProgress', last && last.done === lm.pack.len && last.total === lm.pack.len, JSON.stringify(lm.pack.heard));
   } else {
     console.log('       (no native pack weights: no GPU engine natively)');
   }
