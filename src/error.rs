@@ -62,11 +62,21 @@ impl LunaError {
 /// Refuses a result that holds NaN or infinity, naming the tensor: the
 /// check every output passes before it reaches the caller.
 pub fn check_finite(tensor: &str, values: &[f32]) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
+    not_finite(tensor, values, |v| v.is_finite())
+}
+
+/// [`check_finite`] for float64 results (the reference's), as float32 holds
+/// them: a value beyond float32's range counts as infinite.
+pub fn check_finite_f32(tensor: &str, values: &[f64]) -> Result<()> {
+    not_finite(tensor, values, |v| (*v as f32).is_finite())
+}
+
+fn not_finite<T>(tensor: &str, values: &[T], finite: impl Fn(&T) -> bool) -> Result<()> {
+    match values.iter().position(|v| !finite(v)) {
         None => Ok(()),
         Some(first) => Err(LunaError::NotFinite {
             tensor: tensor.to_string(),
-            count: values[first..].iter().filter(|v| !v.is_finite()).count(),
+            count: values[first..].iter().filter(|v| !finite(v)).count(),
             first,
         }),
     }

@@ -7,7 +7,7 @@
 
 use crate::config::Config;
 use crate::engine::context::Engine;
-use crate::engine::plan::{Need, Over};
+use crate::engine::plan::{mib, Need, Over};
 use crate::engine::tail::{Dims, Scratch};
 use crate::engine::weights::{causal_columns, GpuCausal, GpuModel, TokenPositions};
 use crate::error::{LunaError, Result};
@@ -69,7 +69,6 @@ impl Engine {
             })?;
         }
         if let Some(Over { needed, held, limit }) = self.over_memory(&plan) {
-            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             return Err(LunaError::OutOfMemory(format!(
                 "a pass of {rows} tokens of this causal LM needs {:.1} MiB of GPU memory ({:.1} MiB the engine holds for weights), over the {:.1} MiB this adapter has (LUNA_MEMORY_LIMIT or Engine::set_memory_limit changes it); Engine::set_segment_rows with fewer rows lowers it",
                 mib(needed),

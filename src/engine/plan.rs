@@ -72,6 +72,11 @@ pub(crate) struct Over {
     pub limit: u64,
 }
 
+/// Bytes as MiB, for messages.
+pub(crate) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
 /// Bytes of all of a plan's buffers.
 pub(crate) fn total(plan: &[Need]) -> u64 {
     plan.iter().map(|p| p.total).sum()
@@ -140,7 +145,6 @@ impl Engine {
         }
         let total: u64 = tensors.iter().map(|(_, _, data)| data.len() as u64 * 4).sum();
         if let Some(Over { needed, held, limit }) = self.over_memory(&[Need::one("the weights", total)]) {
-            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             return Err(LunaError::OutOfMemory(format!(
                 "this model's weights need {:.1} MiB of GPU memory beside the {:.1} MiB the engine holds, over the {:.1} MiB this adapter has (LUNA_MEMORY_LIMIT or Engine::set_memory_limit changes it)",
                 mib(needed - held),
@@ -179,7 +183,6 @@ impl Engine {
                 hi = mid - 1
             }
         }
-        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         Err(LunaError::OutOfMemory(format!(
             "this batch ({batch} × {n} tokens) needs {:.1} MiB of GPU memory ({:.1} MiB the engine holds for weights, the rest for activations and scratch, and for reading the outputs back when a call does), over the {:.1} MiB this adapter has (LUNA_MEMORY_LIMIT or Engine::set_memory_limit changes it); the longest single sequence that fits is {lo} tokens",
             mib(needed),

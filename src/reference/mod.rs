@@ -8,7 +8,7 @@ pub mod ops;
 pub mod softmax;
 
 use crate::config::Config;
-use crate::error::{check_finite, Result};
+use crate::error::{check_finite, check_finite_f32, Result};
 use crate::input::{Batch, EncoderOutput};
 use crate::model::{KvProj, Layer, Model};
 use ops::*;
@@ -176,10 +176,7 @@ pub fn causal_lm_checked(model: &Model, batch: &Batch) -> Result<Vec<f64>> {
     let what = format!("{} × {} tokens of this causal LM", batch.batch, batch.len);
     budget::check(&what, budget::causal_bytes(&model.config, batch.batch, batch.len))?;
     let logits = causal_lm_forward(model, batch);
-    if let Some(first) = logits.iter().position(|&v| !(v as f32).is_finite()) {
-        let count = logits[first..].iter().filter(|&&v| !(v as f32).is_finite()).count();
-        return Err(crate::LunaError::NotFinite { tensor: "logits".into(), count, first });
-    }
+    check_finite_f32("logits", &logits)?;
     Ok(logits)
 }
 

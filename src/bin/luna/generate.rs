@@ -137,8 +137,7 @@ impl Lm<'_> {
 /// The reference's float64 logits, refused when float32 (the GPU's and the
 /// sampler's precision) cannot hold them.
 fn finite(logits: Vec<f64>) -> Result<Vec<f64>> {
-    let as_f32: Vec<f32> = logits.iter().map(|&v| v as f32).collect();
-    luna_wgpu::error::check_finite("logits", &as_f32)?;
+    luna_wgpu::error::check_finite_f32("logits", &logits)?;
     Ok(logits)
 }
 
