@@ -9,6 +9,9 @@
 // tiles do not fit (large l or dh): first without EMIT from a zero state to get
 // each chunk's sums, then (after causal_scan.wgsl turned the sums into
 // exclusive prefixes) with EMIT from the prefix state.
+// With DECAY (docs/luna.md, "Local context") the state shrinks by the head's
+// rate before each token is added, and t becomes the decayed count Z_t; a
+// chunk's sums are then decayed to its last token, as causal_scan.wgsl expects.
 // Tokens at or past a sequence's length leave the state alone, so the block of
 // the chunk holding a sequence's last token ends as its final state.
 // Recorded by kernels::causal::parallel (with causal_scan.wgsl) and kernels::causal::step.
@@ -33,6 +36,7 @@ struct Params {
 }
 
 override EMIT: bool = true;
+override DECAY: bool = false;
 
 const WG: u32 = 64u;
 const MAX_L: u32 = 1024u;
@@ -43,6 +47,7 @@ const MAX_L: u32 = 1024u;
 @group(0) @binding(3) var<storage, read> lengths: array<u32>;
 @group(0) @binding(4) var<storage, read_write> state: array<f32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
+@group(0) @binding(6) var<storage, read> decay: array<f32>;
 
 var<workgroup> w: array<f32, MAX_L>;   // pack weights, then attention weights
 var<workgroup> red: array<f32, WG>;
@@ -99,6 +104,12 @@ fn main(
         seq_len = lengths[b];
     }
     let len = workgroupUniformLoad(&seq_len);
+    var g = 1.0;
+    var lg = 0.0;
+    if (DECAY) {
+        g = decay[h];
+        lg = decay[p.heads + h];
+    }
     if (!EMIT) {
         // The first pass sums each chunk from zero.
         for (var e = tid; e < 2u * l * hd; e += WG) {
@@ -126,13 +137,22 @@ fn main(
         for (var e = tid; e < l * hd; e += WG) {
             let j = e / hd;
             let r = e % hd;
-            state[sk + e] = fma(w[j], x[xb + p.k_off + col + r], state[sk + e]);
-            state[sv + e] = fma(w[j], x[xb + p.v_off + col + r], state[sv + e]);
+            var s_k = state[sk + e];
+            var s_v = state[sv + e];
+            if (DECAY) {
+                s_k *= g;
+                s_v *= g;
+            }
+            state[sk + e] = fma(w[j], x[xb + p.k_off + col + r], s_k);
+            state[sv + e] = fma(w[j], x[xb + p.v_off + col + r], s_v);
         }
         if (EMIT) {
             storageBarrier();
             workgroupBarrier();
-            let inv_t = 1.0 / f32(p.t_base + t + 1u);
+            var inv_t = 1.0 / f32(p.t_base + t + 1u);
+            if (DECAY) {
+                inv_t = 1.0 / decayed_count(lg, f32(p.t_base + t + 1u));
+            }
             var m = -3.0e38;
             for (var j = tid; j < l; j += WG) {
                 var dot = 0.0;

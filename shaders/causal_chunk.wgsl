@@ -13,6 +13,11 @@
 // tile, whose own terms are never added (nothing reads them: a sequence's final
 // state is causal_scan.wgsl's carry). causal.wgsl serves the shapes this one
 // does not take (kernels::causal::tile).
+// With DECAY (docs/luna.md, "Local context"), head h's sums shrink by gamma
+// per token: row t (of the tile, from 0) sees gamma^(t+1) Sk0 and gamma^(t-s)
+// of row s's terms, 1/t becomes 1/Z_t, and the state grows as
+// Sk0 = gamma^T Sk0 + sum_s gamma^(T-1-s) A_s K_s (a chunk's sums end decayed
+// to its last token, as causal_scan.wgsl expects).
 // Tokens at or past a sequence's length, or past `rows`, get a = 0 and no output.
 // Recorded by kernels::causal::parallel.
 //
@@ -47,6 +52,7 @@ struct Params {
 }
 
 override EMIT: bool = true;
+override DECAY: bool = false;
 // Tokens per tile: the host picks the largest power of two up to 64 (and up to
 // the chunk) whose arrays fit POOL4 (kernels::causal::tile).
 override TILE: u32 = 64u;
@@ -68,6 +74,7 @@ const POOL4: u32 = 1024u;
 @group(0) @binding(3) var<storage, read> lengths: array<u32>;
 @group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> decay: array<f32>;
 
 // A [TILE, lq] | W [TILE, lq] (each row its thread's: Q Sk0^T, then e), in vec4s
 // of columns; padding columns zero.
@@ -107,6 +114,10 @@ fn main(
     let stop = min(min(start + p.chunk, p.rows), len);
     // This thread's share of the tile's A^T K (tid < lq) or A^T V: rows 4 jb .. 4 jb + 3.
     var acc: array<array<vec4<f32>, MAX_DQ>, 4>;
+    var lg = 0.0;
+    if (DECAY) {
+        lg = decay[p.heads + h];
+    }
 
     for (var t0 = start; t0 < stop; t0 += TILE) {
         let n_s = min(TILE, stop - t0);
@@ -156,7 +167,7 @@ fn main(
         }
         workgroupBarrier();
         if (EMIT) {
-            emit_rows(tid, b, t0, n_s, col4, xs4, sv4, nb);
+            emit_rows(tid, b, t0, n_s, col4, xs4, sv4, nb, lg);
         }
         // State sums: thread jb (< lq) sums rows 4 jb .. 4 jb + 3 of A^T K, thread lq + jb of A^T V.
         let more = t0 + TILE < stop;
@@ -170,9 +181,20 @@ fn main(
                             acc[a][r4] = vec4<f32>(0.0);
                         }
                     }
+                } else if (DECAY) {
+                    // The sums so far, decayed past this tile's tokens.
+                    let f = decay_pow(lg, f32(n_s));
+                    for (var a = 0u; a < 4u; a++) {
+                        for (var r4 = 0u; r4 < dq; r4++) {
+                            acc[a][r4] *= f;
+                        }
+                    }
                 }
                 for (var s = 0u; s < n_s; s++) {
-                    let av = pool[s * lq + jb];
+                    var av = pool[s * lq + jb];
+                    if (DECAY) {
+                        av *= decay_pow(lg, f32(n_s - 1u - s));
+                    }
                     let xi = (b * p.rows + t0 + s) * xs4 + col4 + off;
                     for (var r4 = 0u; r4 < dq; r4++) {
                         let kv = x[xi + r4];
@@ -187,13 +209,16 @@ fn main(
             // Everyone has read Sk0 and Sv0 before they grow.
             storageBarrier();
             workgroupBarrier();
+            // (a tile that has one after it is whole: TILE tokens)
+            let f = select(1.0, decay_pow(lg, f32(TILE)), DECAY);
             for (var th = tid; th < ns; th += WG) {
                 let jb = th % lq;
                 let base = select(sk4, sv4, th >= lq);
                 for (var a = 0u; a < 4u; a++) {
                     if (4u * jb + a < L) {
                         for (var r4 = 0u; r4 < dq; r4++) {
-                            state[base + (4u * jb + a) * dq + r4] += acc[a][r4];
+                            let si = base + (4u * jb + a) * dq + r4;
+                            state[si] = fma(vec4<f32>(f), state[si], acc[a][r4]);
                         }
                     }
                 }
@@ -220,7 +245,7 @@ fn main(
 
 // Scores, softmax and outputs of rows RB blk .. RB blk + RB - 1 of a tile, by
 // thread blk; W holds Q Sk0^T for them on entry.
-fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32, nb: u32) {
+fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32, nb: u32, lg: f32) {
     let dq = DH / 4u;
     let lq = (L + 3u) / 4u;
     let o_w = TILE * lq;
@@ -235,8 +260,10 @@ fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32,
                 q[i][r4] = x[xi + r4];
             }
             let wi = o_w + min(r0 + i, TILE - 1u) * lq;
+            // (the prefix state, decayed to row r0 + i)
+            let f = select(1.0, decay_pow(lg, f32(r0 + i + 1u)), DECAY);
             for (var j4 = 0u; j4 < lq; j4++) {
-                sc[i][j4] = pool[wi + j4];
+                sc[i][j4] = pool[wi + j4] * f;
             }
         }
         // + mask(Q K^T) A, over the tokens s <= the block's last row.
@@ -252,6 +279,9 @@ fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32,
             }
             for (var i = 0u; i < RB; i++) {
                 m[i] = select(0.0, m[i], s <= r0 + i);
+                if (DECAY) {
+                    m[i] *= decay_pow(lg, max(f32(r0 + i) - f32(s), 0.0));
+                }
             }
             for (var j4 = 0u; j4 < lq; j4++) {
                 let av = pool[s * lq + j4];
@@ -263,7 +293,10 @@ fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32,
         // Softmax over the l real columns, left unnormalised: e (into W too), and the row scale.
         var scale: array<f32, RB>;
         for (var i = 0u; i < RB; i++) {
-            let inv_t = 1.0 / f32(p.t_base + t0 + r0 + i + 1u);
+            var inv_t = 1.0 / f32(p.t_base + t0 + r0 + i + 1u);
+            if (DECAY) {
+                inv_t = 1.0 / decayed_count(lg, f32(p.t_base + t0 + r0 + i + 1u));
+            }
             var mx = -3.0e38;
             for (var j4 = 0u; j4 < lq; j4++) {
                 sc[i][j4] *= inv_t;
@@ -306,6 +339,14 @@ fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32,
                 }
             }
         }
+        if (DECAY) {
+            for (var i = 0u; i < RB; i++) {
+                let f = decay_pow(lg, f32(r0 + i + 1u));
+                for (var r4 = 0u; r4 < dq; r4++) {
+                    out[i][r4] *= f;
+                }
+            }
+        }
         for (var s = 0u; s < s_end; s++) {
             var m: array<f32, RB>;
             for (var j4 = 0u; j4 < lq; j4++) {
@@ -316,6 +357,9 @@ fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32,
             }
             for (var i = 0u; i < RB; i++) {
                 m[i] = select(0.0, m[i], s <= r0 + i);
+                if (DECAY) {
+                    m[i] *= decay_pow(lg, max(f32(r0 + i) - f32(s), 0.0));
+                }
             }
             let vi = (b * p.rows + t0 + s) * xs4 + col4 + p.v_off / 4u;
             for (var r4 = 0u; r4 < dq; r4++) {

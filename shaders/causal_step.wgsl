@@ -5,6 +5,8 @@
 //   2. thread j < l:   Sk_j += a_j k ; Sv_j += a_j v ; s_j = q · Sk_j / t   (its own state rows)
 //   3. every thread:   the softmax's max and sum over the l scores (l reads each, no tree);
 //      thread r < dh:  o_r = sum_j e_j Sv_j[r] / t / sum_j e_j
+// With DECAY (docs/luna.md, "Local context") the state shrinks by the head's
+// rate before the token is added and t becomes the decayed count Z_t.
 // Each thread owns whole rows of the state, so the update and the score need no
 // communication; rows are read and written contiguously. Loops stride by WG where
 // l or dh is larger than the workgroup. A sequence whose length is 0 (padding in a
@@ -26,6 +28,8 @@ struct Params {
     total: u32,       // batch * heads
 }
 
+override DECAY: bool = false;
+
 const WG: u32 = 64u;
 const MAX_L: u32 = 1024u;
 
@@ -35,6 +39,7 @@ const MAX_L: u32 = 1024u;
 @group(0) @binding(3) var<storage, read> lengths: array<u32>;
 @group(0) @binding(4) var<storage, read_write> state: array<f32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
+@group(0) @binding(6) var<storage, read> decay: array<f32>;
 
 var<workgroup> w: array<f32, MAX_L>;   // pack weights, then scores
 
@@ -55,7 +60,12 @@ fn main(
     let sk = id * 2u * l * hd;
     let sv = sk + l * hd;
     let xb = b * p.x_stride;
-    let inv_t = 1.0 / f32(p.t_base + 1u);
+    var inv_t = 1.0 / f32(p.t_base + 1u);
+    var g = 1.0;
+    if (DECAY) {
+        g = decay[h];
+        inv_t = 1.0 / decayed_count(decay[p.heads + h], f32(p.t_base + 1u));
+    }
 
     for (var j = tid; j < l; j += WG) {
         var dot = 0.0;
@@ -73,6 +83,10 @@ fn main(
             var k = state[sk + e];
             var v = state[sv + e];
             if (live) {
+                if (DECAY) {
+                    k *= g;
+                    v *= g;
+                }
                 k = fma(a, x[xb + p.k_off + col + r], k);
                 v = fma(a, x[xb + p.v_off + col + r], v);
                 state[sk + e] = k;

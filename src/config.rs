@@ -21,8 +21,14 @@ const KNOWN_KEYS: &[&str] = &[
     "model", "vocab_size", "embed_dim", "ffn_embed_dim", "num_layers", "num_heads", "num_pheads",
     "projection_length", "max_positions", "padding_idx", "normalize_before", "tie_kv",
     "tie_layer_weights", "layernorm_embedding", "dynamic_projection", "learned_pos",
-    "tie_output_embedding", "activation", "embed_scale", "layer_norm_eps",
+    "tie_output_embedding", "activation", "embed_scale", "layer_norm_eps", "decay", "conv_width",
 ];
+
+/// The widest causal convolution (`conv_width`) the engine runs.
+pub const MAX_CONV_WIDTH: usize = 16;
+/// The smallest decay rate, 2^-16: smaller rates forget within a token anyway,
+/// and a bound keeps `ln(decay)` (what the kernels take) moderate.
+pub const MIN_DECAY: f64 = 1.0 / 65536.0;
 
 /// The largest value of each size in a config (README, "The model file").
 /// Sizes that a weight's shape carries (the vocabulary, widths, l) are also
@@ -67,6 +73,9 @@ struct RawConfig {
     activation: Option<String>,
     embed_scale: Option<f64>,
     layer_norm_eps: Option<f64>,
+    decay: Option<Vec<f64>>,
+    conv_width: Option<usize>,
+    local_window: Option<usize>,
 }
 
 /// A validated model configuration (docs/luna.md, "The model file").
@@ -92,6 +101,19 @@ pub struct Config {
     pub activation: Activation,
     pub embed_scale: f64,
     pub layer_norm_eps: f64,
+    /// This project's local-context extension (docs/luna.md, "Local context"),
+    /// causal LM only: per-head decay rates of the running sums, in (0, 1].
+    /// `None` (or all 1) is the authors' form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay: Option<Vec<f64>>,
+    /// Width of the causal depthwise convolution before each attention's
+    /// projections (`layers.{i}.self_attn.conv.weight [d, conv_width]`); 0: none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conv_width: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl Config {
@@ -141,7 +163,14 @@ impl Config {
                 .embed_scale
                 .unwrap_or(if learned_pos { 1.0 } else { (d as f64).sqrt() }),
             layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-5),
+            decay: raw.decay,
+            conv_width: raw.conv_width.unwrap_or(0),
         };
+        if raw.local_window.unwrap_or(0) != 0 {
+            return Err(LunaError::Config(
+                "local_window (a sliding-window softmax branch) was a training-time candidate of the local-context ablation (models/README.md); this engine does not run it".into(),
+            ));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -211,11 +240,39 @@ impl Config {
                 ));
             }
         }
+        self.validate_local_context()?;
         // The GPU computes in float32: a scale near its limit overflows the embedding.
         if self.embed_scale.abs() > MAX_SCALE {
             return err(format!("embed_scale {:e} is beyond float32's safe range (|embed_scale| <= {MAX_SCALE:e})", self.embed_scale));
         }
         Ok(())
+    }
+
+    /// The local-context extension's keys: causal LM only, one decay rate per
+    /// head in (0, 1] (each at least 2^-16, so that a decayed sum stays a float32), a convolution up to [`MAX_CONV_WIDTH`].
+    fn validate_local_context(&self) -> Result<()> {
+        let err = |m: String| Err(LunaError::Config(m));
+        let used = self.decay.is_some() || self.conv_width > 0;
+        if used && self.model != ModelKind::CausalLm {
+            return err("decay and conv_width (the local-context extension) are causal_lm options".into());
+        }
+        if let Some(decay) = &self.decay {
+            if decay.len() != self.num_heads {
+                return err(format!("decay holds {} rates; it needs one per head (num_heads = {})", decay.len(), self.num_heads));
+            }
+            if let Some((h, g)) = decay.iter().enumerate().find(|(_, g)| !(**g >= MIN_DECAY && **g <= 1.0)) {
+                return err(format!("decay[{h}] = {g} must lie in [{MIN_DECAY}, 1] (1 is the authors' form)"));
+            }
+        }
+        if self.conv_width > MAX_CONV_WIDTH {
+            return err(format!("conv_width = {} is over this engine's limit of {MAX_CONV_WIDTH}", self.conv_width));
+        }
+        Ok(())
+    }
+
+    /// The per-head decay rates, `None` for the authors' form (no key, or every rate 1).
+    pub fn decays(&self) -> Option<&[f64]> {
+        self.decay.as_deref().filter(|d| d.iter().any(|&g| g != 1.0))
     }
 
     /// The size field `name` of [`LIMITS`].

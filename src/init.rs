@@ -96,6 +96,8 @@ impl Model {
                 fc1: linear(&mut rng, c.ffn_embed_dim, d),
                 fc2: linear(&mut rng, d, c.ffn_embed_dim),
                 final_layer_norm: norm(&mut rng, d),
+                // (drawn last, so that a config without it draws the same weights as before)
+                conv: (c.conv_width > 0).then(|| rng.fill(d * c.conv_width, 1.0 / (c.conv_width as f32).sqrt())),
             })
             .collect();
         let output_projection = (causal && !c.tie_output_embedding).then(|| rng.fill(c.vocab_size * d, emb_a));

@@ -82,6 +82,10 @@ pub struct CausalLayer {
     pub fc1: Linear,
     pub fc2: Linear,
     pub final_layer_norm: Norm,
+    /// `self_attn.conv.weight [d, conv_width]` when the config has a
+    /// `conv_width` (docs/luna.md, "Local context"): column `j` multiplies the
+    /// attention input `conv_width - 1 - j` tokens back.
+    pub conv: Option<Vec<f32>>,
 }
 
 /// A loaded Luna model: an encoder (`layers`) or a causal LM (`causal_layers`).
@@ -256,6 +260,9 @@ impl Model {
                 }
             }
             lin(&mut out, format!("{a}out_proj"), &l.out_proj);
+            if let Some(w) = &l.conv {
+                out.push((format!("{a}conv.weight"), vec![d, self.config.conv_width], w));
+            }
             let p = format!("layers.{i}.");
             lin(&mut out, format!("{p}fc1"), &l.fc1);
             lin(&mut out, format!("{p}fc2"), &l.fc2);
@@ -351,6 +358,10 @@ impl Reader<'_, '_> {
             fc1: self.linear(&format!("{p}fc1"), f, d)?,
             fc2: self.linear(&format!("{p}fc2"), d, f)?,
             final_layer_norm: self.norm(&format!("{p}final_layer_norm"), d)?,
+            conv: match c.conv_width {
+                0 => None,
+                k => Some(self.get(&format!("{a}conv.weight"), &[d, k])?),
+            },
         })
     }
 

@@ -244,11 +244,6 @@ fn decoder_state_is_flat_and_bad_steps_are_refused() {
 }
 
 /// The shape the parallel form runs `c` at with `chunk` (as the engine picks it).
-fn shape_of(c: &luna_wgpu::Config, rows: usize, chunk: usize) -> kernel::Shape {
-    kernel::Shape { batch: 1, rows, heads: c.num_heads, head_dim: c.head_dim(), proj_len: c.projection_length,
-                    chunk: chunk.min(rows.next_power_of_two()), t_base: 0 }
-}
-
 #[test]
 fn chunkwise_kernel_single_head_of_the_demo_width() {
     // One head of the demo model's width (dh 48, l 32): tiles of 64 tokens.
@@ -257,8 +252,8 @@ fn chunkwise_kernel_single_head_of_the_demo_width() {
     let Some(mut engine) = common::engine() else { return };
     let c = configs::causal(json!({"embed_dim": 48, "num_heads": 1, "projection_length": 32, "ffn_embed_dim": 32,
                                    "normalize_before": true}));
-    assert_eq!(kernel::tile(&shape_of(&c, 50, 64)), Some(64));
-    assert_eq!(kernel::tile(&shape_of(&c, 150, 4096)), Some(64));
+    assert_eq!(kernel::tile(&common::shape_of(&c, 50, 64)), Some(64));
+    assert_eq!(kernel::tile(&common::shape_of(&c, 150, 4096)), Some(64));
     let model = Model::random(&c, 21).unwrap();
     let batch = common::random_batch(&c, &[150, 17, 2, 1], 22);
     for chunk in [1, 2, 8, 16, 32, 128, 4096] {
@@ -287,10 +282,10 @@ fn large_projection_falls_back_to_the_token_walk() {
     // multiple of 4 (tied_layers_and_odd_shapes runs one).
     let Some(mut engine) = common::engine() else { return };
     let odd = configs::causal(json!({"embed_dim": 66, "num_heads": 2, "projection_length": 8}));
-    assert_eq!(kernel::tile(&shape_of(&odd, 40, 64)), None);
+    assert_eq!(kernel::tile(&common::shape_of(&odd, 40, 64)), None);
     for (l, want) in [(300, None), (100, Some(16))] {
         let c = configs::causal(json!({"embed_dim": 96, "num_heads": 2, "projection_length": l, "num_layers": 1}));
-        assert_eq!(kernel::tile(&shape_of(&c, 40, 64)), want, "l = {l}");
+        assert_eq!(kernel::tile(&common::shape_of(&c, 40, 64)), want, "l = {l}");
         let model = Model::random(&c, 27).unwrap();
         let batch = common::random_batch(&c, &[40, 23], 28);
         for chunk in [4, 64] {

@@ -16,6 +16,7 @@ use crate::gpu::recorder::Recorder;
 use crate::gpu::scope::ErrorScopes;
 use crate::input::Batch;
 use crate::kernels::causal::{self as kernel, Causal, Inputs, Shape};
+use crate::kernels::conv::{self, Conv};
 use crate::kernels::embed;
 use crate::kernels::gemm::{self, Gemm};
 
@@ -148,6 +149,41 @@ impl Engine {
 
 }
 
+/// One layer's state, carried between segments of a sequence or between
+/// decoder steps: the running sums `(Sk, Sv)` of every head (`[H, 2, l, dh]`)
+/// and, with the local-context convolution, its last `conv_width - 1` inputs
+/// (`[conv_width - 1, d]`). Its size never depends on the position.
+pub(crate) struct LayerState {
+    pub(crate) sums: Tracked,
+    pub(crate) history: Option<Tracked>,
+}
+
+impl LayerState {
+    /// Floats of one layer's state for config `c`: the sums and the history.
+    pub(crate) fn floats(c: &Config) -> (usize, usize) {
+        (c.num_heads * 2 * c.projection_length * c.head_dim(), c.conv_width.saturating_sub(1) * c.embed_dim)
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.sums.buffer.size() + self.history.as_ref().map_or(0, |h| h.buffer.size())
+    }
+}
+
+impl Engine {
+    /// Zero states for every layer of `c` (a sequence's start).
+    pub(crate) fn zero_states(&self, c: &Config, what: &'static str) -> Result<Vec<LayerState>> {
+        let (sums, history) = LayerState::floats(c);
+        (0..c.num_layers)
+            .map(|_| {
+                Ok(LayerState {
+                    sums: buffers::upload(&self.ctx, &self.stats, what, &vec![0f32; sums])?,
+                    history: (history > 0).then(|| buffers::upload(&self.ctx, &self.stats, what, &vec![0f32; history])).transpose()?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// What a [`Engine::sequence_pass`] gives back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Emit {
@@ -191,7 +227,8 @@ pub(crate) type Hook<'h> = &'h mut dyn FnMut(&mut Recorder, usize, &wgpu::Buffer
 #[derive(Default)]
 pub(crate) struct Hooks<'h> {
     /// Called with layer `i`'s attention input `[rows, d]` (after its
-    /// LayerNorm when pre-norm), before the attention reads it.
+    /// LayerNorm when pre-norm, and after the local-context convolution when
+    /// the model has one): what the projections read.
     pub attention_input: Option<Hook<'h>>,
 }
 
@@ -202,21 +239,21 @@ pub(crate) struct Run<'a> {
     pos_table: &'a wgpu::Buffer,
     shape: Shape,
     /// Persistent decoder states (the streaming form), or `None` for the parallel form.
-    states: Option<&'a [Tracked]>,
+    states: Option<&'a [LayerState]>,
     /// Per-layer states a parallel run continues from and leaves updated (a segment of a long sequence).
-    carry: Option<&'a [Tracked]>,
+    carry: Option<&'a [LayerState]>,
     /// Layers to run (all by default; fewer when only an early layer's hooks matter).
     layers: usize,
 }
 
 impl<'a> Run<'a> {
-    pub(crate) fn new(model: &'a GpuModel, pos_table: &'a wgpu::Buffer, shape: Shape, states: Option<&'a [Tracked]>) -> Result<Run<'a>> {
+    pub(crate) fn new(model: &'a GpuModel, pos_table: &'a wgpu::Buffer, shape: Shape, states: Option<&'a [LayerState]>) -> Result<Run<'a>> {
         Ok(Run { model, gc: model.causal()?, pos_table, shape, states, carry: None, layers: model.config.num_layers })
     }
 
     /// A parallel run that continues a sequence from the per-layer states in
     /// `carry` (after `shape.t_base` tokens) and leaves them updated.
-    pub(crate) fn continuing(mut self, carry: &'a [Tracked]) -> Run<'a> {
+    pub(crate) fn continuing(mut self, carry: &'a [LayerState]) -> Run<'a> {
         self.carry = Some(carry);
         self
     }
@@ -260,19 +297,37 @@ impl<'a> Run<'a> {
         );
         for i in 0..self.layers {
             let l = &gc.layers[if c.tie_layer_weights { 0 } else { i }];
-            let ax = s.attention_input(rec, &l.block);
+            let layer_state = self.states.or(self.carry).map(|st| &st[i]);
+            let mut ax = s.attention_input(rec, &l.block);
+            if let Some(weight) = &l.conv {
+                // The convolution's output goes to `o`, free until the attention writes it.
+                conv::record(rec, &Conv {
+                    x: ax,
+                    weight: &weight.buffer,
+                    width: c.conv_width,
+                    lengths: &lens,
+                    history: layer_state.and_then(|st| st.history.as_ref()).map(|h| &h.buffer),
+                    out: &s.o,
+                    batch: self.shape.batch,
+                    rows: self.shape.rows,
+                    dim: d,
+                });
+                ax = &s.o;
+            }
             if let Some(hook) = attention_input.as_mut() {
                 hook(rec, i, ax);
             }
             gemm::record(rec, &l.x_proj.gemm(ax, &s.proj, rows));
             let inputs = Inputs { x: &s.proj, stride: width, q, k, v, pc };
+            let decay = gc.decay.as_ref().map(|t| &t.buffer);
             match self.states {
                 None => {
-                    let carry = self.carry.map(|c| &c[i].buffer);
+                    let carry = self.carry.map(|c| &c[i].sums.buffer);
                     kernel::parallel(rec, &Causal {
                         inputs,
                         qp: &l.qp.buffer,
                         lengths: &lens,
+                        decay,
                         state: &state,
                         carry,
                         out: &s.o,
@@ -283,7 +338,8 @@ impl<'a> Run<'a> {
                     inputs,
                     qp: &l.qp.buffer,
                     lengths: &lens,
-                    state: &st[i].buffer,
+                    decay,
+                    state: &st[i].sums.buffer,
                     carry: None,
                     out: &s.o,
                     shape: self.shape,

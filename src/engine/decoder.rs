@@ -3,30 +3,31 @@
 //! [`Decoder`]; each further token is one step of the recurrence that folds
 //! it into those states. The state never grows with the position.
 
-use crate::engine::causal::{Emit, Hooks, Run};
+use crate::engine::causal::{Emit, Hooks, LayerState, Run};
 use crate::engine::context::Engine;
 use crate::engine::segments::Span;
 use crate::engine::weights::{sinusoid_rows, GpuModel};
 use crate::error::{LunaError, Result};
-use crate::gpu::buffers::{self, Tracked};
+use crate::gpu::buffers;
 use crate::gpu::recorder::Recorder;
 use crate::gpu::scope::ErrorScopes;
 use crate::input::Batch;
 use crate::kernels::causal::Shape;
 
-/// A streaming decoder: one state `(Sk, Sv)` per layer and head on the GPU,
-/// and the number of tokens consumed. Its size never depends on that number.
+/// A streaming decoder: one state `(Sk, Sv)` per layer and head on the GPU
+/// (and the local-context convolution's last inputs, when the model has
+/// one), and the number of tokens consumed. Its size never depends on that number.
 pub struct Decoder {
     /// Tokens consumed so far (prompt and generated).
     pub position: usize,
     model_id: u64,
-    states: Vec<Tracked>,
+    states: Vec<LayerState>,
 }
 
 impl Decoder {
     /// Bytes of GPU state this decoder holds (constant for a model).
     pub fn state_bytes(&self) -> u64 {
-        self.states.iter().map(|s| s.buffer.size()).sum()
+        self.states.iter().map(LayerState::bytes).sum()
     }
 }
 
@@ -47,10 +48,7 @@ impl Engine {
         }
         let c = &model.config;
         let n = tokens.len();
-        let block = c.num_heads * 2 * c.projection_length * c.head_dim();
-        let states = (0..c.num_layers)
-            .map(|_| buffers::upload(&self.ctx, &self.stats, "decoder state", &vec![0f32; block]))
-            .collect::<Result<Vec<_>>>()?;
+        let states = self.zero_states(c, "decoder state")?;
         // The prompt, segment by segment when long, continues from the zero
         // states in `states`, which it leaves holding the state after its last token.
         let logits = self.sequence_pass(model, tokens, Some(&batch.positions), Some(&states), &[], Emit::LastLogits, Span::whole(tokens.len())).await?;

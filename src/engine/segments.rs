@@ -6,12 +6,12 @@
 //! length. The same chain carries the captures of `engine::pack_weights`.
 
 use crate::config::Config;
-use crate::engine::causal::{Emit, Hooks, Run};
+use crate::engine::causal::{Emit, Hooks, LayerState, Run};
 use crate::engine::context::Engine;
 use crate::engine::plan::Need;
 use crate::engine::weights::{causal_columns, GpuModel};
 use crate::error::{LunaError, Result};
-use crate::gpu::buffers::{self, Tracked};
+use crate::gpu::buffers;
 use crate::gpu::recorder::Recorder;
 use crate::gpu::scope::ErrorScopes;
 use crate::input::Batch;
@@ -121,7 +121,7 @@ impl Engine {
         model: &GpuModel,
         tokens: &[u32],
         positions: Option<&[u32]>,
-        carry: Option<&[Tracked]>,
+        carry: Option<&[LayerState]>,
         captures: &[Capture<'_>],
         emit: Emit,
         span: Span,
@@ -136,7 +136,7 @@ impl Engine {
         let extra = captures.iter().map(|k| k.width).max().unwrap_or(0);
         let seg = self.segment_rows(c, extra);
         let (d, heads, pad, vocab) = (c.embed_dim, c.num_heads, c.padding_idx, c.vocab_size);
-        let block = heads * 2 * c.projection_length * c.head_dim();
+        let (sums, history) = LayerState::floats(c);
         let chunk = self.causal_chunk;
         let shape_at = |start: usize, rows: usize| Shape {
             batch: 1,
@@ -149,15 +149,15 @@ impl Engine {
         };
         // The first segment is the largest: check it, with the states this call allocates, before any GPU work.
         let first = seg.min(n);
-        let (f, state) = (4u64, block as u64 * 4);
+        let (f, state) = (4u64, (sums + history) as u64 * 4);
         let buffers = [
             Need { what: "the decoder states carried between segments", each: state, total: if carry.is_none() { c.num_layers as u64 * state } else { 0 } },
             Need::one("the captured rows", (first * extra) as u64 * f),
         ];
         self.check_causal_sizes(c, first, &shape_at(0, first), emit.logit_rows(first), &buffers)?;
-        let own: Vec<Tracked> = match carry {
+        let own = match carry {
             Some(_) => Vec::new(),
-            None => (0..c.num_layers).map(|_| buffers::upload(&self.ctx, &self.stats, "carried state", &vec![0f32; block])).collect::<Result<_>>()?,
+            None => self.zero_states(c, "carried state")?,
         };
         let carry = carry.unwrap_or(&own);
         let mut values = Vec::new();

@@ -75,6 +75,8 @@ pub(crate) struct GpuCausalLayer {
     /// `Q_P · dh^-0.5`, `[l, d]`: P is fixed, so this is computed once at load.
     pub(crate) qp: Tracked,
     pub(crate) block: GpuBlock,
+    /// `self_attn.conv.weight [d, conv_width]` (the local-context convolution), if any.
+    pub(crate) conv: Option<Tracked>,
 }
 
 /// What a causal LM has beyond the shared parts of [`GpuModel`].
@@ -84,6 +86,8 @@ pub(crate) struct GpuCausal {
     /// `output_projection.weight` when not tied to the token embedding.
     pub(crate) output: Option<Tracked>,
     pub(crate) zero_bias: Tracked,
+    /// The per-head decay rates as the kernels read them (`kernels::causal::decay_table`), if any.
+    pub(crate) decay: Option<Tracked>,
 }
 
 /// A model's weights on the GPU.
@@ -291,6 +295,7 @@ impl Engine {
                 x_proj,
                 qp: self.up("qp", &qp)?,
                 block: self.load_block(&l.out_proj, &l.fc1, &l.fc2, &l.self_attn_layer_norm, &l.final_layer_norm)?,
+                conv: l.conv.as_ref().map(|w| self.up("conv", w)).transpose()?,
             });
         }
         Ok(GpuCausal {
@@ -298,6 +303,7 @@ impl Engine {
             final_norm: model.layer_norm.as_ref().map(|n| self.norm(n)).transpose()?,
             output: model.output_projection.as_ref().map(|w| self.up("output_projection", w)).transpose()?,
             zero_bias: self.up("zero bias", &vec![0.0; c.vocab_size])?,
+            decay: c.decays().map(|g| self.up("decay", &causal::decay_table(g))).transpose()?,
         })
     }
 

@@ -12,14 +12,22 @@
 //! never `[n, dh, l]`. The streaming form is `causal_step.wgsl`: one new token
 //! per sequence folded into a persistent state, each thread owning whole rows
 //! of it, three barriers in all.
+//!
+//! Every kernel takes the local-context extension's per-head decay (docs/luna.md,
+//! "Local context") as the `DECAY` constant and a `decay` binding holding
+//! `gamma_h` then `ln gamma_h` ([`decay_table`]); without it the code is the
+//! authors' form, unchanged.
 
 use crate::gpu::pipelines::{Access, KernelSpec};
 use crate::gpu::recorder::Recorder;
 
-pub const SOURCE: &str = concat!(include_str!("../../shaders/softplus.wgsl"), include_str!("../../shaders/causal.wgsl"));
-pub const CHUNK_SOURCE: &str = concat!(include_str!("../../shaders/softplus.wgsl"), include_str!("../../shaders/causal_chunk.wgsl"));
-pub const STEP_SOURCE: &str = concat!(include_str!("../../shaders/softplus.wgsl"), include_str!("../../shaders/causal_step.wgsl"));
-pub const SCAN_SOURCE: &str = include_str!("../../shaders/causal_scan.wgsl");
+pub const SOURCE: &str =
+    concat!(include_str!("../../shaders/softplus.wgsl"), include_str!("../../shaders/decay.wgsl"), include_str!("../../shaders/causal.wgsl"));
+pub const CHUNK_SOURCE: &str =
+    concat!(include_str!("../../shaders/softplus.wgsl"), include_str!("../../shaders/decay.wgsl"), include_str!("../../shaders/causal_chunk.wgsl"));
+pub const STEP_SOURCE: &str =
+    concat!(include_str!("../../shaders/softplus.wgsl"), include_str!("../../shaders/decay.wgsl"), include_str!("../../shaders/causal_step.wgsl"));
+pub const SCAN_SOURCE: &str = concat!(include_str!("../../shaders/decay.wgsl"), include_str!("../../shaders/causal_scan.wgsl"));
 pub const LOGPROB_SOURCE: &str = include_str!("../../shaders/logprob.wgsl");
 /// Largest projection length the kernel's workgroup arrays hold.
 pub const MAX_PROJECTION: usize = 1024;
@@ -60,6 +68,9 @@ struct ScanParams {
     heads: u32,
     block: u32,
     total: u32,
+    rows: u32,
+    chunk: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -70,26 +81,36 @@ struct LogprobParams {
     _pad: [u32; 2],
 }
 
-pub fn spec(emit: bool) -> KernelSpec {
+/// The storage bindings of the three attention kernels: x, Q_P, lengths, state, out, decay.
+const ATTENTION_BINDINGS: &[Access] = &[Access::Read, Access::Read, Access::Read, Access::Write, Access::Write, Access::Read];
+
+pub fn spec(emit: bool, decay: bool) -> KernelSpec {
     KernelSpec {
         name: "causal",
         source: SOURCE,
         entry: "main",
-        storage: &[Access::Read, Access::Read, Access::Read, Access::Write, Access::Write],
-        constants: vec![("EMIT", emit as u8 as f64)],
+        storage: ATTENTION_BINDINGS,
+        constants: vec![("EMIT", emit as u8 as f64), ("DECAY", decay as u8 as f64)],
     }
+}
+
+/// What the kernels' `decay` binding holds for per-head rates `gamma`:
+/// `gamma_h` at `[h]`, `ln gamma_h` at `[heads + h]` (in float64, then rounded).
+pub fn decay_table(gamma: &[f64]) -> Vec<f32> {
+    gamma.iter().map(|&g| g as f32).chain(gamma.iter().map(|&g| g.ln() as f32)).collect()
 }
 
 /// `causal_chunk.wgsl` summing (`emit = false`) or emitting, in tiles of
 /// `tile` tokens, for heads of `head_dim` columns and `proj_len` pack rows.
-pub fn chunk_spec(emit: bool, tile: usize, head_dim: usize, proj_len: usize) -> KernelSpec {
+pub fn chunk_spec(emit: bool, decay: bool, tile: usize, head_dim: usize, proj_len: usize) -> KernelSpec {
     KernelSpec {
         name: "causal_chunk",
         source: CHUNK_SOURCE,
         entry: "main",
-        storage: &[Access::Read, Access::Read, Access::Read, Access::Write, Access::Write],
+        storage: ATTENTION_BINDINGS,
         constants: vec![
             ("EMIT", emit as u8 as f64),
+            ("DECAY", decay as u8 as f64),
             ("TILE", tile as f64),
             ("DH", head_dim as f64),
             ("L", proj_len as f64),
@@ -130,13 +151,13 @@ fn vec4_inputs(inp: &Inputs) -> bool {
     [inp.stride, inp.q, inp.k, inp.v, inp.pc].iter().all(|v| v % 4 == 0)
 }
 
-pub fn scan_spec(carry: bool) -> KernelSpec {
+pub fn scan_spec(carry: bool, decay: bool) -> KernelSpec {
     KernelSpec {
         name: "causal_scan",
         source: SCAN_SOURCE,
         entry: "main",
-        storage: &[Access::Write, Access::Write],
-        constants: vec![("CARRY", carry as u8 as f64)],
+        storage: &[Access::Write, Access::Write, Access::Read, Access::Read],
+        constants: vec![("CARRY", carry as u8 as f64), ("DECAY", decay as u8 as f64)],
     }
 }
 
@@ -150,13 +171,13 @@ pub fn logprob_spec() -> KernelSpec {
     }
 }
 
-pub fn step_spec() -> KernelSpec {
+pub fn step_spec(decay: bool) -> KernelSpec {
     KernelSpec {
         name: "causal_step",
         source: STEP_SOURCE,
         entry: "main",
-        storage: &[Access::Read, Access::Read, Access::Read, Access::Write, Access::Write],
-        constants: vec![],
+        storage: ATTENTION_BINDINGS,
+        constants: vec![("DECAY", decay as u8 as f64)],
     }
 }
 
@@ -179,12 +200,15 @@ struct StepParams {
 }
 
 pub fn variants() -> Vec<KernelSpec> {
-    let mut v = vec![spec(false), spec(true), step_spec(), scan_spec(false), scan_spec(true), logprob_spec()];
-    // Every tile at the demo model's head (dh 48, l 32), and the widest head.
-    for t in (0..=MAX_TILE.trailing_zeros()).map(|k| 1usize << k) {
-        v.extend([chunk_spec(false, t, 48, 32), chunk_spec(true, t, 48, 32)]);
+    let mut v = vec![logprob_spec()];
+    for decay in [false, true] {
+        v.extend([spec(false, decay), spec(true, decay), step_spec(decay), scan_spec(false, decay), scan_spec(true, decay)]);
+        // Every tile at the demo model's head (dh 48, l 32), and the widest head.
+        for t in (0..=MAX_TILE.trailing_zeros()).map(|k| 1usize << k) {
+            v.extend([chunk_spec(false, decay, t, 48, 32), chunk_spec(true, decay, t, 48, 32)]);
+        }
+        v.extend([chunk_spec(false, decay, 16, 128, 128), chunk_spec(true, decay, 16, 128, 128), chunk_spec(true, decay, 64, 4, 7)]);
     }
-    v.extend([chunk_spec(false, 16, 128, 128), chunk_spec(true, 16, 128, 128), chunk_spec(true, 64, 4, 7)]);
     v
 }
 
@@ -237,6 +261,10 @@ pub struct Causal<'a> {
     pub qp: &'a wgpu::Buffer,
     /// `[B]` u32: tokens past a sequence's length are not folded into the state.
     pub lengths: &'a wgpu::Buffer,
+    /// The per-head decay ([`decay_table`]), or `None` for the authors' form
+    /// (then `lengths` fills the binding, unread: the dummy buffer may be
+    /// bound for writing in the same dispatch).
+    pub decay: Option<&'a wgpu::Buffer>,
     /// The chunk states (parallel form, [`Shape::state_floats`] floats) or the
     /// decoder's persistent state (streaming form, `[B, H, 2, l, dh]`).
     pub state: &'a wgpu::Buffer,
@@ -250,9 +278,10 @@ pub struct Causal<'a> {
 /// One pass of `causal_chunk.wgsl` in tiles of `tile` tokens, or (`None`) of `causal.wgsl`.
 fn pass(rec: &mut Recorder, emit: bool, tile: Option<usize>, c: &Causal) {
     let (inp, s) = (c.inputs, c.shape);
+    let decay = c.decay.is_some();
     let kernel = rec.kernel(match tile {
-        Some(t) => chunk_spec(emit, t, s.head_dim, s.proj_len),
-        None => spec(emit),
+        Some(t) => chunk_spec(emit, decay, t, s.head_dim, s.proj_len),
+        None => spec(emit, decay),
     });
     let total = (s.batch * s.chunks() * s.heads) as u32;
     let params = Params {
@@ -275,7 +304,7 @@ fn pass(rec: &mut Recorder, emit: bool, tile: Option<usize>, c: &Causal) {
     };
     let groups = rec.grid(total);
     let out = if emit { c.out } else { rec.dummy };
-    rec.dispatch(&kernel, &params, &[inp.x, c.qp, c.lengths, c.state, out], groups);
+    rec.dispatch(&kernel, &params, &[inp.x, c.qp, c.lengths, c.state, out, c.decay.unwrap_or(c.lengths)], groups);
 }
 
 /// Records the parallel form over whole sequences: `out [B·rows, d]` from
@@ -307,11 +336,19 @@ pub fn parallel_with(rec: &mut Recorder, c: &Causal, tile: Option<usize>) {
     // Chunk sums from a zero state (the kernel zeroes its block first when not emitting).
     pass(rec, false, tile, c);
     let s = c.shape;
-    let kernel = rec.kernel(scan_spec(c.carry.is_some()));
+    let kernel = rec.kernel(scan_spec(c.carry.is_some(), c.decay.is_some()));
     let total = (s.batch * s.heads * s.block()) as u32;
-    let params = ScanParams { chunks: s.chunks() as u32, heads: s.heads as u32, block: s.block() as u32, total };
+    let params = ScanParams {
+        chunks: s.chunks() as u32,
+        heads: s.heads as u32,
+        block: s.block() as u32,
+        total,
+        rows: s.rows as u32,
+        chunk: s.chunk as u32,
+        _pad: [0; 2],
+    };
     let groups = rec.grid(total.div_ceil(64));
-    rec.dispatch(&kernel, &params, &[c.state, c.carry.unwrap_or(rec.dummy)], groups);
+    rec.dispatch(&kernel, &params, &[c.state, c.carry.unwrap_or(rec.dummy), c.lengths, c.decay.unwrap_or(c.lengths)], groups);
     pass(rec, true, tile, c);
 }
 
@@ -321,7 +358,7 @@ pub fn parallel_with(rec: &mut Recorder, c: &Causal, tile: Option<usize>) {
 pub fn step(rec: &mut Recorder, c: &Causal) {
     debug_assert!(c.shape.rows == 1 && c.shape.chunk == 1 && c.carry.is_none());
     let (inp, s) = (c.inputs, c.shape);
-    let kernel = rec.kernel(step_spec());
+    let kernel = rec.kernel(step_spec(c.decay.is_some()));
     let d = (s.heads * s.head_dim) as u32;
     let total = (s.batch * s.heads) as u32;
     let params = StepParams {
@@ -339,7 +376,7 @@ pub fn step(rec: &mut Recorder, c: &Causal) {
         total,
     };
     let groups = rec.grid(total);
-    rec.dispatch(&kernel, &params, &[inp.x, c.qp, c.lengths, c.state, c.out], groups);
+    rec.dispatch(&kernel, &params, &[inp.x, c.qp, c.lengths, c.state, c.out, c.decay.unwrap_or(c.lengths)], groups);
 }
 
 /// `out[r] = -log2 softmax(logits[r])[target[r]]`, 0 where `target[r] == NO_TARGET`.

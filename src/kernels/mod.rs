@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod causal;
+pub mod conv;
 pub mod embed;
 pub mod gemm;
 pub mod layernorm;
@@ -17,6 +18,7 @@ pub fn all_variants() -> Vec<KernelSpec> {
     v.extend(gemm::variants());
     v.extend(attention::variants());
     v.extend(causal::variants());
+    v.extend(conv::variants());
     v.extend(layernorm::variants());
     v.extend(embed::variants());
     v.extend(softmax::variants());

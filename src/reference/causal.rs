@@ -1,25 +1,60 @@
 //! The causal LM in float64 (docs/luna.md, "Causal attention" and
 //! "The causal LM"), written as the step-by-step recurrence: for each token the
-//! state `(Sk, Sv, t)` of every head grows by one outer product.
+//! state `(Sk, Sv, t)` of every head grows by one outer product. With the
+//! local-context extension (docs/luna.md, "Local context") the sums decay by
+//! each head's rate first and `t` becomes the decayed count `Z`, and the
+//! attention reads a causal convolution of its input over the last inputs.
 
 use super::ops::*;
 use crate::config::Config;
 pub use crate::math::{causal_p, softplus_ln2};
 use crate::model::{CausalLayer, KvProj, Model};
 
-/// The decoder state of one layer: per head, `Sk [dh, l]`, `Sv [l, dh]`, and the count `t`.
+/// The decoder state of one layer: per head, `Sk [dh, l]`, `Sv [l, dh]`, the
+/// count `t` and the decayed count `z` (`z = t` without decay), and the
+/// convolution's last `conv_width - 1` inputs (oldest first, zeros before the sequence).
 #[derive(Clone, Debug)]
 pub struct CausalState {
     pub sk: Vec<Vec<f64>>,
     pub sv: Vec<Vec<f64>>,
     pub t: usize,
+    pub z: Vec<f64>,
+    pub history: Vec<f64>,
 }
 
 impl CausalState {
     pub fn new(c: &Config) -> CausalState {
         let size = c.head_dim() * c.projection_length;
-        CausalState { sk: vec![vec![0.0; size]; c.num_heads], sv: vec![vec![0.0; size]; c.num_heads], t: 0 }
+        CausalState {
+            sk: vec![vec![0.0; size]; c.num_heads],
+            sv: vec![vec![0.0; size]; c.num_heads],
+            t: 0,
+            z: vec![0.0; c.num_heads],
+            history: vec![0.0; c.conv_width.saturating_sub(1) * c.embed_dim],
+        }
     }
+
+    /// Floats this state holds.
+    pub fn floats(&self) -> usize {
+        self.sk.iter().chain(&self.sv).map(Vec::len).sum::<usize>() + self.z.len() + self.history.len()
+    }
+}
+
+/// The causal convolution of the attention input `x [d]` over the state's
+/// history; shifts `x` into the history.
+fn convolve(c: &Config, weight: &[f32], x: &[f64], state: &mut CausalState) -> Vec<f64> {
+    let (d, k) = (c.embed_dim, c.conv_width);
+    let u = (0..d)
+        .map(|ch| {
+            let past: f64 = (0..k - 1).map(|j| weight[ch * k + j] as f64 * state.history[j * d + ch]).sum();
+            past + weight[ch * k + k - 1] as f64 * x[ch]
+        })
+        .collect();
+    if k > 1 {
+        state.history.drain(..d);
+        state.history.extend_from_slice(x);
+    }
+    u
 }
 
 /// Causal Luna attention of one token `x [d]` given the state before it; updates the state.
@@ -27,6 +62,14 @@ pub fn causal_attention_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &[f6
     let d = c.embed_dim;
     let (h_count, dh, proj_len) = (c.num_heads, c.head_dim(), c.projection_length);
     let s = (dh as f64).powf(-0.5);
+    let conv;
+    let x = match &layer.conv {
+        Some(w) => {
+            conv = convolve(c, w, x, state);
+            &conv[..]
+        }
+        None => x,
+    };
     let mut qp = linear(p, proj_len, &layer.pq_proj);
     scale(&mut qp, s);
     let pc = linear(x, 1, &layer.pc_proj);
@@ -40,17 +83,19 @@ pub fn causal_attention_step(c: &Config, layer: &CausalLayer, p: &[f64], x: &[f6
         KvProj::Separate { k, v } => (linear(x, 1, k), linear(x, 1, v)),
     };
     state.t += 1;
-    let t = state.t as f64;
     let mut o = vec![0.0; d];
     for h in 0..h_count {
+        let g = c.decay.as_ref().map_or(1.0, |d| d[h]);
+        state.z[h] = g * state.z[h] + 1.0;
+        let t = state.z[h];
         let cols = h * dh..(h + 1) * dh;
         let a: Vec<f64> =
             (0..proj_len).map(|j| softplus_ln2(cols.clone().map(|c| pc[c] * qp[j * d + c]).sum())).collect();
         let (sk, sv) = (&mut state.sk[h], &mut state.sv[h]);
         for r in 0..dh {
             for j in 0..proj_len {
-                sk[r * proj_len + j] += k[h * dh + r] * a[j];
-                sv[j * dh + r] += a[j] * v[h * dh + r];
+                sk[r * proj_len + j] = g * sk[r * proj_len + j] + k[h * dh + r] * a[j];
+                sv[j * dh + r] = g * sv[j * dh + r] + a[j] * v[h * dh + r];
             }
         }
         let scores: Vec<f64> = (0..proj_len).map(|j| (0..dh).map(|r| q[h * dh + r] * sk[r * proj_len + j]).sum::<f64>() / t).collect();

@@ -90,3 +90,16 @@ pub fn check_model(engine: &mut Engine, model: &Model, batch: &Batch, tol: f64) 
     assert!(ex <= tol * mx.max(1.0), "x error {ex} over {tol} x {mx}");
     assert!(ep <= tol * mp.max(1.0), "p error {ep} over {tol} x {mp}");
 }
+
+/// The causal kernels' shape for one sequence of `rows` tokens of config `c` in chunks of `chunk`.
+pub fn shape_of(c: &Config, rows: usize, chunk: usize) -> luna_wgpu::kernels::causal::Shape {
+    luna_wgpu::kernels::causal::Shape {
+        batch: 1,
+        rows,
+        heads: c.num_heads,
+        head_dim: c.head_dim(),
+        proj_len: c.projection_length,
+        chunk: chunk.min(rows.next_power_of_two()),
+        t_base: 0,
+    }
+}

@@ -28,6 +28,8 @@ CONFIG_KEYS = [
     "projection_length", "max_positions", "padding_idx", "normalize_before", "tie_kv",
     "tie_layer_weights", "layernorm_embedding", "dynamic_projection", "learned_pos",
     "tie_output_embedding", "activation", "embed_scale", "layer_norm_eps",
+    # this project's local-context extension (docs/luna.md, "Local context"), written only when used
+    "decay", "conv_width", "local_window",
 ]
 
 
@@ -69,6 +71,9 @@ def check_config(c):
         raise ValueError("embed_dim must be divisible by num_heads")
     if c.get("activation", "relu") not in ("relu", "gelu"):
         raise ValueError("activation must be relu or gelu")
+    decay = c.get("decay")
+    if decay is not None and (len(decay) != c["num_heads"] or not all(0 < g <= 1 for g in decay)):
+        raise ValueError("decay must hold num_heads rates in (0, 1]")
 
 
 def sinusoid_rows(rows: torch.Tensor, d: int, dtype=torch.float64) -> torch.Tensor:
@@ -88,13 +93,17 @@ def softplus_ln2(z):
     return F.softplus(z, beta=LN2, threshold=20.0)
 
 
-def causal_luna(q, k, v, a, t0, sk0=None, sv0=None, chunk=64):
+def causal_luna(q, k, v, a, t0, sk0=None, sv0=None, chunk=64, decay=None):
     """Causal Luna attention, parallel form.
 
     q, k, v: [B, H, n, dh] (q already scaled by dh^-0.5); a: [B, H, n, l] pack weights.
     t0: tokens already seen (the state's count); sk0 [B, H, dh, l], sv0 [B, H, l, dh] the state or None.
+    decay: None (the authors' form) or [H] per-head decay rates in (0, 1] (docs/luna.md,
+    "Local context"): the running sums decay by gamma per token and 1/t becomes 1/Z_t.
     Returns o [B, H, n, dh] and the state after the last token.
     """
+    if decay is not None:
+        return causal_luna_decay(q, k, v, a, t0, sk0, sv0, chunk, decay)
     B, H, n, dh = q.shape
     l = a.shape[-1]
     C = min(chunk, n)
@@ -125,6 +134,97 @@ def causal_luna(q, k, v, a, t0, sk0=None, sv0=None, chunk=64):
     return o, (sk_end, sv_end)
 
 
+def decay_norm(t, lg):
+    """Z_t = sum_{i<t} gamma^i = (1 - gamma^t) / (1 - gamma), and t where gamma = 1 (lg = ln gamma)."""
+    safe = torch.where(lg < 0, lg, torch.full_like(lg, -1.0))
+    z = torch.expm1(t * safe) / torch.expm1(safe)
+    return torch.where(lg < 0, z, t.expand_as(z))
+
+
+def causal_luna_decay(q, k, v, a, t0, sk0, sv0, chunk, decay):
+    """causal_luna with per-head decay: Sk_t = gamma Sk_{t-1} + K_t (outer) A_t (Sv likewise),
+    alpha_t = softmax(Q_t . Sk_t / Z_t), O_t = alpha_t . Sv_t / Z_t."""
+    B, H, n, dh = q.shape
+    l = a.shape[-1]
+    C = min(chunk, n)
+    N = -(-n // C)
+    pad = N * C - n
+    if pad:
+        q, k, v, a = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, a))
+    q, k, v, a = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q, k, v, a))
+    dev, dt = q.device, q.dtype
+    lg = torch.log(torch.as_tensor(decay, dtype=torch.float64, device=dev)).view(H, 1, 1)  # [H,1,1]
+    i = torch.arange(C, dtype=torch.float64, device=dev)
+    lag = i.view(C, 1) - i.view(1, C)
+    D = torch.where(lag >= 0, torch.exp(lg * lag.clamp(min=0)), torch.zeros((), dtype=torch.float64, device=dev))
+    D = D.to(dt)                                                       # [H,C,C]  gamma^(t-s), s <= t
+    into = torch.exp(lg * (i + 1).view(1, C, 1)).to(dt)                # [H,C,1]  gamma^(i+1): the prefix state at row i
+    to_end = torch.exp(lg * (C - 1 - i).view(1, C, 1)).to(dt)          # [H,C,1]  a row's weight at its chunk's end
+    skc = k.transpose(-1, -2) @ (a * to_end.unsqueeze(1))             # [B,H,N,dh,l] chunk sums, decayed to the chunk's end
+    svc = (a * to_end.unsqueeze(1)).transpose(-1, -2) @ v             # [B,H,N,l,dh]
+    c = torch.arange(N, dtype=torch.float64, device=dev)
+    cl = (c.view(N, 1) - 1 - c.view(1, N))
+    M = torch.where(cl >= 0, torch.exp(lg * C * cl.clamp(min=0)), torch.zeros((), dtype=torch.float64, device=dev)).to(dt)
+    sk_prev = torch.einsum("hnm,bhmxy->bhnxy", M, skc)                # state before each chunk
+    sv_prev = torch.einsum("hnm,bhmxy->bhnxy", M, svc)
+    if sk0 is not None:
+        w0 = torch.exp(lg.view(H, 1) * C * c.view(1, N)).to(dt).view(1, H, N, 1, 1)
+        sk_prev = sk_prev + w0 * sk0.unsqueeze(2)
+        sv_prev = sv_prev + w0 * sv0.unsqueeze(2)
+    t = (t0 + torch.arange(1, N * C + 1, dtype=torch.float64, device=dev)).reshape(1, N, C, 1)
+    z = decay_norm(t, lg.view(H, 1, 1, 1)).to(dt)                      # [H,N,C,1]
+    g = (q @ k.transpose(-1, -2)) * D.unsqueeze(1)                     # [B,H,N,C,C]  gamma^(t-s) Q_t . K_s
+    scores = (into.unsqueeze(1) * (q @ sk_prev) + g @ a) / z
+    alpha = torch.softmax(scores, dim=-1)
+    w = (alpha @ a.transpose(-1, -2)) * D.unsqueeze(1)
+    o = (into.unsqueeze(1) * (alpha @ sv_prev) + w @ v) / z
+    o = o.reshape(B, H, N * C, dh)[:, :, :n]
+    # The state after the last real token: the last chunk's prefix and its r real rows.
+    r = n - (N - 1) * C
+    last = torch.exp(lg * (r - 1 - i).clamp(min=0).view(1, C, 1)) * (i < r).view(1, C, 1)
+    last = last.to(dt)
+    kr, ar, vr = k[:, :, -1], a[:, :, -1] * last, v[:, :, -1]
+    gr = torch.exp(lg.view(H, 1, 1) * r).to(dt)
+    sk_end = gr * sk_prev[:, :, -1] + kr.transpose(-1, -2) @ ar
+    sv_end = gr * sv_prev[:, :, -1] + ar.transpose(-1, -2) @ vr
+    return o, (sk_end, sv_end)
+
+
+def local_attention(q, k, v, window, hist=None):
+    """Causal sliding-window softmax attention over the last `window` tokens (the current one included).
+
+    q, k, v [B, H, n, dh]; hist: (k, v) of up to window - 1 tokens before these, or None.
+    Returns o [B, H, n, dh] and the (k, v) of the last window - 1 tokens (for the next call).
+    """
+    B, H, n, dh = q.shape
+    m = 0
+    if hist is not None:
+        k = torch.cat([hist[0], k], dim=2)
+        v = torch.cat([hist[1], v], dim=2)
+        m = hist[0].shape[2]
+    C = window
+    N = -(-n // C)
+    pad = N * C - n
+    # keys of chunk j: the C tokens before it and its own C (padded in front with zeros).
+    kk = F.pad(k, (0, 0, C - m, pad))
+    vv = F.pad(v, (0, 0, C - m, pad))
+    qq = F.pad(q, (0, 0, 0, pad)).reshape(B, H, N, C, dh)
+    kw = torch.cat([kk[:, :, :-C].reshape(B, H, N, C, dh), kk[:, :, C:].reshape(B, H, N, C, dh)], dim=3)
+    vw = torch.cat([vv[:, :, :-C].reshape(B, H, N, C, dh), vv[:, :, C:].reshape(B, H, N, C, dh)], dim=3)
+    s = qq @ kw.transpose(-1, -2)                                      # [B,H,N,C,2C]
+    i = torch.arange(C, device=q.device).view(C, 1)
+    j = torch.arange(2 * C, device=q.device).view(1, 2 * C)
+    ok = (j - C <= i) & (j - C > i - window)
+    # keys before the sequence's first token (front padding) are not there
+    pos = torch.arange(N, device=q.device).view(N, 1, 1) * C + j.view(1, 1, 2 * C) - C   # key index among this call's rows
+    ok = ok.view(1, C, 2 * C) & (pos >= -m)
+    s = s.masked_fill(~ok, float("-inf"))
+    o = torch.softmax(s, dim=-1) @ vw
+    o = o.reshape(B, H, N * C, dh)[:, :, :n]
+    keep = window - 1
+    return o, (k[:, :, -keep:], v[:, :, -keep:]) if keep else None
+
+
 class CausalAttention(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -132,6 +232,11 @@ class CausalAttention(nn.Module):
         self.h = c["num_heads"]
         self.dh = d // self.h
         self.tie_kv = c.get("tie_kv", False)
+        # This project's local-context extension (docs/luna.md, "Local context"); off by default.
+        decay = c.get("decay")
+        self.decay = None if decay is None or all(g == 1 for g in decay) else [float(g) for g in decay]
+        self.conv_width = c.get("conv_width", 0)
+        self.local_window = c.get("local_window", 0)
         self.q_proj = nn.Linear(d, d)
         self.pq_proj = nn.Linear(d, d)
         self.pc_proj = nn.Linear(d, d)
@@ -141,13 +246,32 @@ class CausalAttention(nn.Module):
             self.k_proj = nn.Linear(d, d)
             self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
+        if self.conv_width:
+            # conv.weight[:, j] multiplies the input conv_width - 1 - j tokens back; starts as the identity.
+            self.conv = nn.Module()
+            self.conv.weight = nn.Parameter(torch.zeros(d, self.conv_width))
+            with torch.no_grad():
+                self.conv.weight[:, -1] = 1.0
 
     def heads(self, x):  # [B, n, d] -> [B, H, n, dh]
         B, n, _ = x.shape
         return x.view(B, n, self.h, self.dh).transpose(1, 2)
 
+    def causal_conv(self, x, hist):
+        """u_t = sum_j conv.weight[:, j] * x_{t - (k-1) + j}, zeros before the sequence; hist: earlier rows."""
+        B, n, d = x.shape
+        k = self.conv_width
+        prev = hist if hist is not None else x.new_zeros(B, 0, d)
+        xp = torch.cat([x.new_zeros(B, k - 1 - prev.shape[1], d), prev, x], dim=1)     # [B, n + k - 1, d]
+        u = F.conv1d(xp.transpose(1, 2), self.conv.weight.to(x.dtype).unsqueeze(1), groups=d).transpose(1, 2)
+        return u, xp[:, -(k - 1):] if k > 1 else None
+
     def forward(self, x, p, state=None, chunk=64):
         s = self.dh ** -0.5
+        t0, sk0, sv0, hist = state if state is not None else (0, None, None, {})
+        new_hist = {}
+        if self.conv_width:
+            x, new_hist["conv"] = self.causal_conv(x, hist.get("conv"))
         # The projections may run under autocast (bf16); the pack weights, the
         # running sums and the softmax are computed in the parameters' dtype.
         dt = self.q_proj.weight.dtype
@@ -158,13 +282,15 @@ class CausalAttention(nn.Module):
             k = v = self.heads(self.c_proj(x).to(dt))
         else:
             k, v = self.heads(self.k_proj(x).to(dt)), self.heads(self.v_proj(x).to(dt))
-        t0, sk0, sv0 = state if state is not None else (0, None, None)
         with torch.autocast(x.device.type, enabled=False):
             a = softplus_ln2(pc @ qp.transpose(-1, -2).unsqueeze(0))               # [B, H, n, l]
-            o, (sk, sv) = causal_luna(q, k, v, a, t0, sk0, sv0, chunk)
+            o, (sk, sv) = causal_luna(q, k, v, a, t0, sk0, sv0, chunk, self.decay)
+            if self.local_window:
+                ol, new_hist["local"] = local_attention(q, k, v, self.local_window, hist.get("local"))
+                o = o + ol
         B, _, n, _ = o.shape
         y = self.out_proj(o.transpose(1, 2).reshape(B, n, -1))
-        return y, (t0 + n, sk, sv)
+        return y, (t0 + n, sk, sv, new_hist)
 
 
 class Layer(nn.Module):

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from luna_model import BOS, OFFSET, LunaCausalLM, export, make_config  # noqa: E402
+from luna_model import BOS, OFFSET, LunaCausalLM, export, load, make_config  # noqa: E402
 
 
 def data_dir(arg):
@@ -97,6 +97,17 @@ def main():
     ap.add_argument("--post-norm", action="store_true", help="post-norm layers (default pre-norm)")
     ap.add_argument("--no-tie-kv", action="store_true", help="separate k_proj / v_proj")
     ap.add_argument("--activation", default="gelu", choices=["gelu", "relu"])
+    # this project's local-context extension (docs/luna.md, "Local context"); off by default
+    ap.add_argument("--decay", default=None,
+                    help="per-head decay rates of the running sums, comma-separated, one per head (1: the authors' form)")
+    ap.add_argument("--conv-width", type=int, default=0,
+                    help="width of a causal depthwise convolution before the attention's projections (0: none)")
+    ap.add_argument("--local-window", type=int, default=0,
+                    help="a sliding-window softmax branch over the last W tokens beside the packed one (0: none; "
+                         "PyTorch only, for the ablation: the engine does not run it)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from this model file's weights (the extension's new weights start neutral: "
+                         "the convolution as the identity); a fresh optimiser")
     # optimisation
     ap.add_argument("--seq-len", type=int, default=256, help="bytes per training window (after bos)")
     ap.add_argument("--batch", type=int, default=32)
@@ -146,14 +157,30 @@ def main():
 
     c = make_config(args.embed_dim, args.ffn_dim, args.layers, args.heads, args.projection_length,
                     normalize_before=not args.post_norm, tie_kv=not args.no_tie_kv, activation=args.activation)
+    if args.decay:
+        c["decay"] = [float(g) for g in args.decay.split(",")]
+    if args.conv_width:
+        c["conv_width"] = args.conv_width
+    if args.local_window:
+        c["local_window"] = args.local_window
     model = LunaCausalLM(c).to(device)
+    if args.init_from and not args.resume:
+        init, _ = load(args.init_from, torch.float32, device)
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+        if unexpected or any(not k.endswith("conv.weight") for k in missing):
+            sys.exit(f"{args.init_from} does not fit this config: missing {missing}, unexpected {unexpected}")
+        print(f"initialised from {args.init_from} (new: {missing or 'nothing'})", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"config {json.dumps(c)}", flush=True)
     print(f"{n_params} parameters; train {len(train)} bytes, test {len(test)} bytes; device {device}, "
           f"{torch.get_num_threads()} threads", flush=True)
 
-    decay = [p for n, p in model.named_parameters() if p.dim() == 2 and n != "projected_embeddings"]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and n != "projected_embeddings")]
+    # (weight decay on matrices, not on P or the convolution, which starts as the identity)
+    def decays(n, p):
+        return p.dim() == 2 and n != "projected_embeddings" and not n.endswith("conv.weight")
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-9)
 

@@ -142,7 +142,7 @@ fn finite(logits: Vec<f64>) -> Result<Vec<f64>> {
 }
 
 fn cpu_state_floats(states: &[CausalState]) -> usize {
-    states.iter().map(|s| s.sk.iter().chain(&s.sv).map(Vec::len).sum::<usize>()).sum()
+    states.iter().map(CausalState::floats).sum()
 }
 
 impl TokenModel for Lm<'_> {
