@@ -9,11 +9,15 @@
 //! reads all of it. A progress bar shows on a terminal.
 //!
 //! It prints the document's length, the time and tokens/s of the pass, the GPU
-//! memory, the bits per byte and the most and least surprising passages, and
-//! writes a self-contained HTML report (default target/demos/long_document.html):
-//! the text painted by surprisal, and heat strips of what the packed slots
-//! read, aligned with the document. The pass that scores the document also
+//! memory, the bits per byte (overall and by position range) and the most and
+//! least surprising passages, and writes a self-contained HTML report (default
+//! target/demos/long_document.html): a chart of bits per byte against position
+//! in the document (position_chart.rs), the text painted by surprisal, and heat
+//! strips of what the packed slots read, aligned with the document. The pass that scores the document also
 //! captures the pack weights of every layer, so the document is read once.
+
+#[path = "position_chart.rs"]
+pub mod position_chart;
 
 use luna_wgpu::PackWeights;
 use luna_wgpu::tokenizer::Tokenizer;
@@ -59,6 +63,8 @@ pub struct Scored {
     pub bits_per_byte: f64,
     /// Surprisal of each byte (NaN for a first byte without context).
     pub byte_bits: Vec<f64>,
+    /// Bits per byte by range of position in the document, then over all of it.
+    pub by_position: Vec<position_chart::RangeMean>,
     pub most: Vec<Passage>,
     pub least: Vec<Passage>,
     pub adapter: String,
@@ -134,8 +140,8 @@ pub fn run(o: &Options) -> luna_wgpu::Result<Scored> {
     for (t, &b) in bits.iter().enumerate().take(ids.len() - 1) {
         byte_bits[t + 1 - offset] = b as f64;
     }
-    let scored: Vec<f64> = byte_bits.iter().copied().filter(|v| !v.is_nan()).collect();
-    let bits_per_byte = scored.iter().sum::<f64>() / scored.len() as f64;
+    let bits_per_byte = position_chart::mean_finite(byte_bits.iter().copied()).unwrap_or(f64::NAN);
+    let by_position = position_chart::range_means(&byte_bits);
     let (most, least) = passages(&bytes, &byte_bits);
     let report = o.out.clone();
     write_report(&report, &path, &bytes, document_bytes, &byte_bits, &pack, offset, bits_per_byte, &adapter)?;
@@ -149,6 +155,7 @@ pub fn run(o: &Options) -> luna_wgpu::Result<Scored> {
         pack_bytes,
         bits_per_byte,
         byte_bits,
+        by_position,
         most,
         least,
         adapter,
@@ -190,10 +197,7 @@ fn passages(bytes: &[u8], bits: &[f64]) -> (Vec<Passage>, Vec<Passage>) {
     let step = (w / 4).max(1);
     let mut windows: Vec<(f64, usize)> = (0..=bytes.len() - w)
         .step_by(step)
-        .filter_map(|s| {
-            let v: Vec<f64> = bits[s..s + w].iter().copied().filter(|b| !b.is_nan()).collect();
-            (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64, s))
-        })
+        .filter_map(|s| position_chart::mean_finite(bits[s..s + w].iter().copied()).map(|m| (m, s)))
         .collect();
     windows.sort_by(|a, b| b.0.total_cmp(&a.0));
     let pick = |order: &mut dyn Iterator<Item = &(f64, usize)>| {
@@ -244,8 +248,7 @@ fn binned(len: usize, bins: usize, value: impl Fn(usize) -> f64) -> Vec<f64> {
     (0..bins)
         .map(|k| {
             let (a, b) = (k * len / bins, ((k + 1) * len / bins).max(k * len / bins + 1));
-            let v: Vec<f64> = (a..b).map(&value).filter(|v| !v.is_nan()).collect();
-            if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
+            position_chart::mean_finite((a..b).map(&value)).unwrap_or(0.0)
         })
         .collect()
 }
@@ -299,6 +302,7 @@ fn write_report(
         }
     }
 
+    let rows = position_chart::range_means(byte_bits);
     let mut html = String::with_capacity(bytes.len() * 12);
     let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let _ = write!(
@@ -310,6 +314,9 @@ h1{{font-size:1.3em}} .note{{color:#555}} canvas{{flex:1;min-width:0;height:12px
 #strips{{position:sticky;top:0;background:#fff;padding:.3em 0;border-bottom:1px solid #ccc;max-height:45vh;overflow:auto}}
 #text{{white-space:pre-wrap;font:13px/1.5 ui-monospace,monospace;padding-top:1em}}
 .legend span{{display:inline-block;width:2.2em;text-align:center;font-size:11px}}
+figure{{margin:1em 0}} .position-chart{{display:block;width:100%;max-width:760px;height:auto;background:#fbfbfd;border:1px solid #ddd;border-radius:6px}}
+figcaption{{color:#555;max-width:760px;margin-top:.4em}} .ranges{{border-collapse:collapse;margin:.6em 0;font-size:13px}}
+.ranges td,.ranges th{{padding:2px 10px;border-bottom:1px solid #ddd;text-align:right}} .ranges td:first-child,.ranges th:first-child{{text-align:left}}
 {buckets}
 </style></head><body>
 <h1>Surprisal of <code>{name}</code> under a byte-level Luna LM</h1>
@@ -318,6 +325,11 @@ surprisal, -log2 p(byte | everything before it), summed over its bytes; hover fo
 document, left to right: first the surprisal, then, for each layer, the packed slots whose pack weights vary most along the text
 (the weight with which each byte is folded into that slot's running sums). Each strip is scaled between its own minimum and maximum.
 Click a strip to jump to that place in the text.</p>
+<figure id="by-position">{chart}<figcaption>Bits per byte against position in the document, read in one pass: the dark line is the
+running mean (the mean over bytes 1 to <i>p</i>), the light one the mean over the bytes of each window of positions (a quarter octave
+wide, at least 16 bytes), the model's quality at that point. The position axis is logarithmic, since context changes most near the
+start. With the context it reads the model should do better as the document goes on: a curve that falls or stays flat; one that
+rises means the model gets worse as it reads. {trend}</figcaption>{table}</figure>
 <p class="legend">bits: {legend}</p>
 <div id="strips"></div>
 <div id="text">"#,
@@ -325,6 +337,9 @@ Click a strip to jump to that place in the text.</p>
         part = if bytes.len() < document_bytes { format!(" (the first part of {document_bytes}: about a minute on this software adapter; <code>--all</code> reads the whole document)") } else { String::new() },
         adapter = adapter.replace('<', "&lt;"),
         buckets = (0..12).map(|b| format!(".b{b}{{background:{}}}", colour(b))).collect::<String>(),
+        chart = position_chart::svg(byte_bits),
+        trend = position_chart::trend(&rows).unwrap_or_default(),
+        table = position_chart::table_html(&rows),
         legend = (0..12).map(|b| format!("<span class=b{b}>{:.1}</span>", b as f64 * 8.0 / 11.0)).collect::<String>(),
     );
     // The text: runs of characters of one colour, each with its surprisal in the title.
@@ -412,6 +427,7 @@ fn main() {
     println!("one pass:      {:.2} s, {:.0} tokens/s (surprisal of every byte and the pack weights of every layer)", s.seconds, s.tokens_per_second);
     println!("GPU memory:    peak {:.1} MiB, of which {:.1} MiB are the captured pack weights", mib(s.peak_bytes), mib(s.pack_bytes));
     println!("bits per byte: {:.4}", s.bits_per_byte);
+    print!("by position in the document (a curve in the report):\n{}", position_chart::table_text(&s.by_position));
     println!("most surprising passages:");
     for p in &s.most {
         println!("  {:6.2} bits/byte at byte {:>7}: {}", p.bits_per_byte, p.start, p.text);

@@ -71,7 +71,7 @@ fn long_document_scores_a_file_and_writes_its_report() {
     assert!(s.least[0].bits_per_byte <= s.least[2].bits_per_byte);
 
     let html = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(report_text(&html), String::from_utf8(text).unwrap(), "the report shows the document, every character");
+    assert_eq!(report_text(&html), String::from_utf8(text.clone()).unwrap(), "the report shows the document, every character");
     let layers = Model::load(&shipped::model_path().unwrap()).unwrap().config.num_layers;
     let strips = html.matches("\"layer ").count();
     assert_eq!(strips, 6 * layers, "six pack-weight strips per layer");
@@ -79,6 +79,31 @@ fn long_document_scores_a_file_and_writes_its_report() {
     // Several colours: the painting is not uniform.
     let colours = (0..12).filter(|b| html.contains(&format!("<span class=b{b} "))).count();
     assert!(colours >= 4, "{colours} colours");
+
+    // Bits per byte by position: the ranges the document reaches (it is 1.3 KB), each the mean of its bytes, then the whole.
+    let mean = |r: std::ops::Range<usize>| s.byte_bits[r.clone()].iter().sum::<f64>() / r.len() as f64;
+    let rows: Vec<(&str, std::ops::Range<usize>)> = s.by_position.iter().map(|r| (r.label.as_str(), r.range.clone())).collect();
+    let n = text.len();
+    assert_eq!(rows, [("first 128 B", 0..128), ("128 B–1 KiB", 128..1024), ("1–8 KiB", 1024..n), ("whole document", 0..n)]);
+    for r in &s.by_position {
+        let got = r.bits_per_byte.unwrap();
+        assert!((got - mean(r.range.clone())).abs() < 1e-9, "{}: {got}", r.label);
+    }
+    assert!((s.by_position[3].bits_per_byte.unwrap() - s.bits_per_byte).abs() < 1e-9);
+    // The chart: its running mean has a point per position sampled, and ends at the document's bits per byte.
+    let chart = &html[html.find("<svg class=\"position-chart\"").expect("the report has the chart")..];
+    let chart = &chart[..chart.find("</svg>").unwrap()];
+    let line = |class: &str| -> Vec<(f64, f64)> {
+        let at = &chart[chart.find(&format!("class=\"{class}\"")).unwrap()..];
+        let pts = &at[at.find("points=\"").unwrap() + 8..];
+        pts[..pts.find('"').unwrap()].split(' ').map(|p| p.split_once(',').map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap())).unwrap()).collect()
+    };
+    let running = line("running");
+    assert_eq!(running.len(), long_document::position_chart::running_mean(&s.byte_bits).len());
+    assert!(running.len() > 150 && running.windows(2).all(|w| w[0].0 < w[1].0), "{} points, left to right", running.len());
+    assert!(line("windowed").len() >= 10);
+    assert!(chart.contains(&format!(">{:.2}</text>", s.bits_per_byte)), "the running mean's last value is labelled");
+    assert!(html.contains("<table class=\"ranges\">") && html.contains("<td>1–8 KiB</td>"));
 }
 
 #[test]
