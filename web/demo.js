@@ -1,12 +1,13 @@
 // The long-document demo: score a whole document with a causal Luna LM on
-// WebGPU (segment by segment, with progress and a Stop button), paint every character by its surprisal, show what a packed
-// slot reads, stream a continuation with a decoder whose memory stays flat,
+// WebGPU (segment by segment, with progress and a Stop button), paint every character by its surprisal, chart bits per
+// byte against position in the document (does context help?), show what a packed slot reads, stream a continuation with a decoder whose memory stays flat,
 // and time Luna against softmax attention on this browser's adapter.
 //
 // Everything heavy runs on the GPU and is awaited; the page itself only
 // paints, in slices, so the tab stays responsive.
 
 import init, { LunaEngine } from './pkg/luna_wgpu.js';
+import { positionStats } from './position.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -40,6 +41,8 @@ const state = {
   score: null,            // { bitsPerByte, tokens, ms, tokensPerSecond, peakBytes, hi }
   scoring: null,          // the AbortController of the score running now
   charBits: null,
+  byteBits: null,         // the surprisal of every byte (score's `bytes`)
+  position: null,         // bits per byte against position: positionStats(byteBits) (position.js)
   pack: null,             // { layer, head, slot, min, max, mean, ms }
   packRaw: null,
   packChars: null,
@@ -281,6 +284,8 @@ async function score(textOverride) {
   const hi = Math.max(4, sorted.length ? sorted[Math.floor(sorted.length * 0.98)] : 4);
   state.score = { bitsPerByte: r.bitsPerByte, tokens: r.tokens, ms: r.ms, tokensPerSecond: r.tokensPerSecond, peakBytes: r.peakBytes, hi, bytes };
   state.charBits = r.chars;
+  state.byteBits = r.bytes;
+  state.position = positionStats(r.bytes);
   $('legend-max').textContent = `${hi.toFixed(1)}+ bits`;
   $('summary').innerHTML = `<b>${r.bitsPerByte.toFixed(3)} bits per byte</b> over ${fmtInt(bytes)} bytes · `
     + `${fmtInt(r.tokens)} tokens: <b>${fmtMs(r.ms)}</b>, ${fmtInt(r.tokensPerSecond)} tokens/s · `
@@ -288,6 +293,7 @@ async function score(textOverride) {
   $('result').hidden = false;
   $('continue').hidden = false;
   $('bench').hidden = false;
+  drawPosition();
   done = busy('Painting the document');
   await paint(text, r.chars, hi);
   done(`Scored ${fmtInt(bytes)} bytes in ${fmtMs(r.ms)} (${fmtInt(r.tokensPerSecond)} tokens/s). Hover a character for its surprisal.`);
@@ -628,6 +634,70 @@ function drawMemChart(series) {
   svg.append(svgEl('text', { x: (L + W - R) / 2, y: H - 5, 'text-anchor': 'middle' }, 'tokens generated'));
 }
 
+/** A byte count for a tick: "16 B", "128 B", "1 KiB", "64 KiB", "4 MiB". */
+const fmtSizeTick = (b) => b >= 1 << 20 ? `${b / (1 << 20)} MiB` : b >= 1 << 10 ? `${b / (1 << 10)} KiB` : `${b} B`;
+
+/** Bits per byte against position in the document, the position on a log scale: the running mean
+ * (dark; one point per entry of state.position.running, which the end-to-end test counts) and the
+ * mean over each window (light), with ticks every three octaves (2 B, 16 B, 128 B, 1 KiB, …; every
+ * six or more when narrow); and the table of the same means by range of position. */
+function drawPosition() {
+  const st = state.position;
+  const table = $('position-table');
+  table.innerHTML = '<tr><th>bytes of the document</th><th>offsets</th><th>bytes</th><th>bits/byte</th></tr>';
+  for (const r of st.ranges) {
+    const tr = document.createElement('tr');
+    tr.innerHTML = `<td>${r.label}</td><td>${fmtInt(r.start)}–${fmtInt(r.end - 1)}</td><td>${fmtInt(r.end - r.start)}</td>`
+      + `<td>${r.mean === null ? '–' : r.mean.toFixed(3)}</td>`;
+    table.append(tr);
+  }
+  $('position-trend').textContent = st.trend ?? '';
+
+  const svg = $('position-chart');
+  const H = 260;
+  const W = chartFrame(svg, H);
+  if (!st.running.length) return;
+  const [dark, light] = ['#1f49b4', '#9db8ef'];
+  // The legend, in rows across the top.
+  let lx = 8;
+  let ly = 16;
+  for (const [color, width, label] of [[dark, 2.2, 'running mean (bytes 1 to here)'], [light, 1.5, 'mean over a window of positions']]) {
+    const w = 20 + textWidth(label);
+    if (lx > 8 && lx + w > W - 8) { lx = 8; ly += 16; }
+    svg.append(svgEl('line', { x1: lx, y1: ly - 4, x2: lx + 15, y2: ly - 4, stroke: color, 'stroke-width': width }));
+    svg.append(svgEl('text', { x: lx + 20, y: ly }, label));
+    lx += w + 16;
+  }
+  const [T, B, R] = [ly + 14, 36, 16];
+  const windows = st.windows.filter((w) => w[2] !== null).map(([a, b, m]) => [Math.sqrt((a + 1) * b), m]);
+  const top = Math.max(1, ...st.running.map((p) => p[1]), ...windows.map((p) => p[1]));
+  const yt = linearTicks(top, Math.max(2, Math.floor((H - T - B) / 35)));
+  const ymax = yt[yt.length - 1];
+  const L = 26 + Math.max(...yt.map((v) => textWidth(trimNum(v))));   // the tick labels and the axis title
+  const span = Math.log2(Math.max(2, st.bytes));
+  const x = (p) => L + Math.log2(p) / span * (W - L - R);
+  const y = (v) => H - B - v / ymax * (H - T - B);
+  for (const v of yt) {
+    svg.append(svgEl('line', { x1: L, y1: y(v), x2: W - R, y2: y(v), stroke: v ? '#e3e6ec' : '#889' }));
+    svg.append(svgEl('text', { x: L - 5, y: y(v) + 4, 'text-anchor': 'end' }, trimNum(v)));
+  }
+  const every = 3 * Math.max(1, Math.ceil((textWidth('512 KiB') + 10) / (3 * (W - L - R) / span)));
+  for (let e = 1; 2 ** e <= st.bytes; e += every) {
+    svg.append(svgEl('line', { x1: x(2 ** e), y1: T, x2: x(2 ** e), y2: H - B + 4, stroke: '#e3e6ec' }));
+    svg.append(svgEl('text', { x: x(2 ** e), y: H - B + 15, 'text-anchor': 'middle' }, fmtSizeTick(2 ** e)));
+  }
+  svg.append(svgEl('line', { x1: L, y1: T, x2: L, y2: H - B, stroke: '#889' }));
+  svg.append(svgEl('text', { x: (L + W - R) / 2, y: H - 4, 'text-anchor': 'middle', fill: '#667' }, 'position in the document: bytes read (log scale)'));
+  const mid = (T + H - B) / 2;
+  svg.append(svgEl('text', { x: 11, y: mid, 'text-anchor': 'middle', transform: `rotate(-90 11 ${mid})`, fill: '#667' }, 'bits per byte'));
+  const pts = (list) => list.map(([p, m]) => `${x(p).toFixed(1)},${y(m).toFixed(1)}`).join(' ');
+  svg.append(svgEl('polyline', { class: 'windowed', points: pts(windows), fill: 'none', stroke: light, 'stroke-width': 1.5 }));
+  for (const [p, m] of windows) svg.append(svgEl('circle', { cx: x(p), cy: y(m), r: 2, fill: light }));
+  svg.append(svgEl('polyline', { class: 'running', points: pts(st.running), fill: 'none', stroke: dark, 'stroke-width': 2.2 }));
+  const [p, m] = st.running[st.running.length - 1];
+  svg.append(svgEl('text', { x: x(p), y: y(m) - 7, 'text-anchor': 'end', fill: dark }, m.toFixed(2)));
+}
+
 // ---------------------------------------------------------------- benchmark
 //
 // One random-weight encoder layer, timed with Luna and with softmax attention at
@@ -928,8 +998,10 @@ const chartResize = new ResizeObserver((entries) => {
     chartWidths.set(e.target, w);
     if (e.target.id === 'mem-chart' && state.generation) drawMemChart(state.generation.series);
     if (e.target.id === 'bench-chart' && state.bench.length) drawBench();
+    if (e.target.id === 'position-chart' && state.position) drawPosition();
   }
 });
+chartResize.observe($('position-chart'));
 chartResize.observe($('mem-chart'));
 chartResize.observe($('bench-chart'));
 $('sample-btn').onclick = loadSample;

@@ -24,7 +24,8 @@
 //   - the Web Worker example (web/examples/worker/): scores with progress and
 //     stops;
 //   - the demo page: scores the bundled sample and paints a
-//     non-blank heat map while staying responsive, shows a slot's pack
+//     non-blank heat map while staying responsive, charts and tabulates bits
+//     per byte against position (also at a phone's width), shows a slot's pack
 //     weights, streams a continuation with flat memory, draws the Luna against
 //     softmax chart, and shows its messages when WebGPU is missing, there is
 //     no adapter, or the model file is bad.
@@ -503,6 +504,57 @@ async function demoChecks() {
   check('the tab stays responsive while scoring (progress shown throughout, the main thread free)',
     p95 < 250 && scored.beat.statuses >= Math.min(20, seconds),
     `main-thread timer gaps: 95th percentile ${p95.toFixed(0)} ms, largest ${gaps[gaps.length - 1]?.toFixed(0)} ms; ${scored.beat.statuses} distinct status lines in ${seconds.toFixed(0)} s`);
+
+  // Bits per byte against position: the chart's running mean has a point at every position to 46, then
+  // 32 per octave, and the last (so counted here, independently of position.js), left to right, ending at
+  // the document's bits per byte; the table's means are those of the bytes of each range, taken here.
+  const position = () => page.evaluate(() => {
+    const s = window.lunaDemo.state;
+    const bits = s.byteBits;
+    const mean = (a, b) => {
+      let t = 0;
+      let n = 0;
+      for (let i = a; i < Math.min(b, bits.length); i++) if (Number.isFinite(bits[i])) { t += bits[i]; n++; }
+      return (t / n).toFixed(3);
+    };
+    const at = new Set([bits.length]);
+    for (let k = 0; Math.round(2 ** (k / 32)) < bits.length; k++) at.add(Math.round(2 ** (k / 32)));
+    const svg = document.getElementById('position-chart');
+    const line = (cls) => (svg.querySelector(`polyline.${cls}`)?.getAttribute('points') ?? '').trim().split(/\s+/).filter(Boolean)
+      .map((p) => p.split(',').map(Number));
+    const box = (el) => el.getBoundingClientRect();
+    // The position axis's tick labels, left to right: none may overlap the next.
+    const ticks = [...svg.querySelectorAll('text')].filter((t) => / (B|KiB|MiB)$/.test(t.textContent)).map(box).sort((a, b) => a.left - b.left);
+    return {
+      bytes: bits.length, expected: at.size, running: line('running'), windowed: line('windowed'), bpb: s.score.bitsPerByte,
+      last: s.position.running.at(-1)?.[1], viewWidth: svg.viewBox.baseVal.width, innerWidth: window.innerWidth,
+      svgRight: box(svg).right, tableRight: box(document.getElementById('position-table')).right,
+      tickLabels: ticks.length, ticksOverlap: ticks.some((t, i) => i > 0 && t.left < ticks[i - 1].right + 2),
+      rows: [...document.querySelectorAll('#position-table tr')].slice(1).map((tr) => [tr.cells[0].textContent, tr.cells[3].textContent]),
+      want: [[0, 128], [128, 1024], [1024, 8192], [8192, 65536], [65536, Infinity], [0, Infinity]].map(([a, b]) => mean(a, b)),
+    };
+  });
+  const drawn = (p) => p.running.length === p.expected && p.running.every(([x, y], i) => Number.isFinite(y) && y >= 0
+    && x >= 0 && x <= p.viewWidth && (i === 0 || x > p.running[i - 1][0])) && p.windowed.length >= 20 && p.tickLabels >= 5 && !p.ticksOverlap;
+  const pos = await position();
+  const labels = ['first 128 B', '128 B–1 KiB', '1–8 KiB', '8–64 KiB', 'past 64 KiB', 'whole document'];
+  check('the demo charts bits per byte against position: the running mean, point by point, and windowed means',
+    drawn(pos) && Math.abs(pos.last - pos.bpb) < 1e-4,
+    `${pos.running.length} points of the running mean (${pos.expected} expected) ending at ${pos.last?.toFixed(4)} (${pos.bpb.toFixed(4)} bits per byte), `
+      + `${pos.windowed.length} windows, ${pos.tickLabels} position ticks${pos.ticksOverlap ? ', overlapping' : ''}`);
+  check('the demo tabulates bits per byte by position range, each the mean of its bytes',
+    JSON.stringify(pos.rows) === JSON.stringify(labels.map((l, i) => [l, pos.want[i]])), JSON.stringify(pos.rows));
+  await page.locator('#position-chart').screenshot({ path: path.join(SHOTS, 'demo-position.png') });
+  // At a phone's width (one column) the chart is redrawn to fit, its labels apart, and the table with it.
+  await page.setViewportSize({ width: 480, height: 1000 });
+  await page.waitForFunction(() => document.getElementById('position-chart').viewBox.baseVal.width < 480, null, { timeout: 10_000 }).catch(() => {});
+  const narrow = await position();
+  check('at 480 px wide the position chart and its table fit the screen, redrawn, their labels readable',
+    drawn(narrow) && narrow.viewWidth < 480 && narrow.svgRight <= narrow.innerWidth && narrow.tableRight <= narrow.innerWidth,
+    `chart ${narrow.viewWidth} px wide (right edge ${narrow.svgRight.toFixed(0)} of ${narrow.innerWidth}), table's right edge ${narrow.tableRight.toFixed(0)}, `
+      + `${narrow.running.length} points, ${narrow.tickLabels} position ticks${narrow.ticksOverlap ? ', overlapping' : ''}`);
+  await page.locator('#result').screenshot({ path: path.join(SHOTS, 'demo-position-narrow.png') }).catch(() => {});
+  await page.setViewportSize({ width: 1280, height: 1000 });
 
   // Hovering a character shows its surprisal.
   const target = page.locator('#doc span').nth(200);
