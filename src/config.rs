@@ -22,6 +22,7 @@ const KNOWN_KEYS: &[&str] = &[
     "projection_length", "max_positions", "padding_idx", "normalize_before", "tie_kv",
     "tie_layer_weights", "layernorm_embedding", "dynamic_projection", "learned_pos",
     "tie_output_embedding", "activation", "embed_scale", "layer_norm_eps", "decay", "conv_width",
+    "no_token_positional_embeddings",
 ];
 
 /// The widest causal convolution (`conv_width`) the engine runs.
@@ -76,6 +77,7 @@ struct RawConfig {
     decay: Option<Vec<f64>>,
     conv_width: Option<usize>,
     local_window: Option<usize>,
+    no_token_positional_embeddings: Option<bool>,
 }
 
 /// A validated model configuration (docs/luna.md, "The model file").
@@ -110,6 +112,15 @@ pub struct Config {
     /// projections (`layers.{i}.self_attn.conv.weight [d, conv_width]`); 0: none.
     #[serde(skip_serializing_if = "is_zero")]
     pub conv_width: usize,
+    /// Tokens get no absolute position term (fairseq's option of this name;
+    /// P keeps its sinusoid rows). With decay on every head and the
+    /// convolution, a causal LM then reads the same way at any position.
+    #[serde(skip_serializing_if = "is_false")]
+    pub no_token_positional_embeddings: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -165,6 +176,7 @@ impl Config {
             layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-5),
             decay: raw.decay,
             conv_width: raw.conv_width.unwrap_or(0),
+            no_token_positional_embeddings: raw.no_token_positional_embeddings.unwrap_or(false),
         };
         if raw.local_window.unwrap_or(0) != 0 {
             return Err(LunaError::Config(
@@ -252,9 +264,12 @@ impl Config {
     /// head in (0, 1] (each at least 2^-16, so that a decayed sum stays a float32), a convolution up to [`MAX_CONV_WIDTH`].
     fn validate_local_context(&self) -> Result<()> {
         let err = |m: String| Err(LunaError::Config(m));
-        let used = self.decay.is_some() || self.conv_width > 0;
+        let used = self.decay.is_some() || self.conv_width > 0 || self.no_token_positional_embeddings;
         if used && self.model != ModelKind::CausalLm {
-            return err("decay and conv_width (the local-context extension) are causal_lm options".into());
+            return err("decay, conv_width and no_token_positional_embeddings (the local-context extension) are causal_lm options".into());
+        }
+        if self.no_token_positional_embeddings && self.learned_pos {
+            return err("no_token_positional_embeddings and learned_pos contradict each other: choose one".into());
         }
         if let Some(decay) = &self.decay {
             if decay.len() != self.num_heads {

@@ -142,7 +142,11 @@ pub(crate) struct TokenPositions {
 }
 
 /// The token sinusoid rows of `positions`, `[positions.len(), d]`.
+/// (Zeros with `no_token_positional_embeddings`: a pass adds no positions then.)
 pub(crate) fn sinusoid_rows(c: &Config, positions: &[u32]) -> Vec<f32> {
+    if c.no_token_positional_embeddings {
+        return vec![0.0; positions.len() * c.embed_dim];
+    }
     let d = c.embed_dim;
     let mut rows = Vec::with_capacity(positions.len() * d);
     for &t in positions {
@@ -313,6 +317,11 @@ impl Engine {
     pub(crate) fn token_positions(&self, model: &GpuModel, positions: &[u32]) -> Result<TokenPositions> {
         Ok(match &model.embed_positions {
             Some(t) => TokenPositions { table: t.buffer.clone(), index: positions.to_vec(), _rows: None },
+            // No positions: every token reads one zero row.
+            None if model.config.no_token_positional_embeddings => {
+                let zero = self.up("no positions", &vec![0.0; model.config.embed_dim])?;
+                TokenPositions { table: zero.buffer.clone(), index: vec![0; positions.len()], _rows: Some(zero) }
+            }
             None => {
                 let rows = self.position_rows(&model.config, positions)?;
                 TokenPositions { table: rows.buffer.clone(), index: (0..positions.len() as u32).collect(), _rows: Some(rows) }

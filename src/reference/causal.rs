@@ -148,6 +148,7 @@ pub fn causal_lm_logits(model: &Model, tokens: &[u32], positions: &[u32], states
     for (&tok, &pos) in tokens.iter().zip(positions) {
         let pos_row = match &model.embed_positions {
             Some(table) => table[pos as usize * d..(pos as usize + 1) * d].iter().map(|&v| v as f64).collect(),
+            None if c.no_token_positional_embeddings => vec![0.0; d],
             None => token_sinusoid_row(pos as usize, c.padding_idx, d),
         };
         let mut x: Vec<f64> = (0..d).map(|k| c.embed_scale * model.embed_tokens[tok as usize * d + k] as f64 + pos_row[k]).collect();

@@ -29,7 +29,7 @@ CONFIG_KEYS = [
     "tie_layer_weights", "layernorm_embedding", "dynamic_projection", "learned_pos",
     "tie_output_embedding", "activation", "embed_scale", "layer_norm_eps",
     # this project's local-context extension (docs/luna.md, "Local context"), written only when used
-    "decay", "conv_width", "local_window",
+    "decay", "conv_width", "local_window", "no_token_positional_embeddings",
 ]
 
 
@@ -364,7 +364,9 @@ class LunaCausalLM(nn.Module):
         t0 = states[0][0] if states is not None else 0
         # fairseq positions: token i (0-based) of a sequence without padding has position pad + 1 + i.
         rows = torch.arange(t0, t0 + n, device=tokens.device) + self.pad + 1
-        x = self.embed_scale * self.embed_tokens(tokens) + sinusoid_rows(rows, self.c["embed_dim"], dtype).to(tokens.device)
+        x = self.embed_scale * self.embed_tokens(tokens)
+        if not self.c.get("no_token_positional_embeddings", False):
+            x = x + sinusoid_rows(rows, self.c["embed_dim"], dtype).to(tokens.device)
         p = self.p_matrix(dtype)
         new_states = []
         for i, layer in enumerate(self.layers):

@@ -105,6 +105,9 @@ def main():
     ap.add_argument("--local-window", type=int, default=0,
                     help="a sliding-window softmax branch over the last W tokens beside the packed one (0: none; "
                          "PyTorch only, for the ablation: the engine does not run it)")
+    ap.add_argument("--no-positions", action="store_true",
+                    help="no_token_positional_embeddings: tokens get no absolute position (P keeps its rows); with "
+                         "decay and the convolution the model then reads the same at any position")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from this model file's weights (the extension's new weights start neutral: "
                          "the convolution as the identity); a fresh optimiser")
@@ -163,6 +166,8 @@ def main():
         c["conv_width"] = args.conv_width
     if args.local_window:
         c["local_window"] = args.local_window
+    if args.no_positions:
+        c["no_token_positional_embeddings"] = True
     model = LunaCausalLM(c).to(device)
     if args.init_from and not args.resume:
         init, _ = load(args.init_from, torch.float32, device)
