@@ -3,11 +3,13 @@
 
 1. The chunked parallel form of `luna_model.causal_luna` against a plain
    token-by-token recurrence (docs/luna.md, "Causal attention"; float64), for several chunk sizes,
-   and a sequence scored in two calls (carrying the state) against one call.
-2. Small random models (pre-norm and post-norm, tied and separate K/V) exported
-   to model files, run through `luna forward --device cpu` (the engine's float64
-   reference), and their logits compared with PyTorch's (float64): they must
-   agree to 1e-4. With --model, the same check on a given model file instead.
+   with and without the per-head decay of "Local context", and a sequence
+   scored in two calls (carrying the state) against one call.
+2. Small random models (pre-norm and post-norm, tied and separate K/V, with
+   and without the local-context extension) exported to model files, run
+   through `luna forward --device cpu` (the engine's float64 reference), and
+   their logits compared with PyTorch's (float64): they must agree to 1e-5
+   (relative to the largest logit, when over 1). With --model, the same check on a given model file instead.
 
     python tools/train/check_engine.py [--luna target/release/luna] [--model M.safetensors]
 """
@@ -27,18 +29,21 @@ from luna_model import BOS, OFFSET, LunaCausalLM, causal_luna, export, load, mak
 torch.set_num_threads(2)
 
 
-def recurrence(q, k, v, a):
-    """The step-by-step form (docs/luna.md, "Causal attention") for one head: q, k, v [n, dh], a [n, l]."""
+def recurrence(q, k, v, a, gamma=1.0):
+    """The step-by-step form (docs/luna.md, "Causal attention", and with gamma < 1
+    "Local context") for one head: q, k, v [n, dh], a [n, l]."""
     n, dh = q.shape
     l = a.shape[1]
     sk = torch.zeros(dh, l, dtype=q.dtype)
     sv = torch.zeros(l, dh, dtype=q.dtype)
+    z = 0.0
     out = []
     for t in range(1, n + 1):
-        sk = sk + torch.outer(k[t - 1], a[t - 1])
-        sv = sv + torch.outer(a[t - 1], v[t - 1])
-        alpha = torch.softmax(q[t - 1] @ sk / t, dim=0)
-        out.append(alpha @ sv / t)
+        sk = gamma * sk + torch.outer(k[t - 1], a[t - 1])
+        sv = gamma * sv + torch.outer(a[t - 1], v[t - 1])
+        z = gamma * z + 1
+        alpha = torch.softmax(q[t - 1] @ sk / z, dim=0)
+        out.append(alpha @ sv / z)
     return torch.stack(out)
 
 
@@ -47,29 +52,36 @@ def check_parallel_form():
     B, H, n, dh, l = 2, 3, 101, 8, 5
     q, k, v = (torch.randn(B, H, n, dh, generator=g, dtype=torch.float64) for _ in range(3))
     a = softplus_ln2(torch.randn(B, H, n, l, generator=g, dtype=torch.float64) * 3)
-    want = torch.stack([torch.stack([recurrence(q[b, h], k[b, h], v[b, h], a[b, h]) for h in range(H)]) for b in range(B)])
     worst = 0.0
-    for chunk in (1, 7, 64, 128):
-        got, _ = causal_luna(q, k, v, a, 0, chunk=chunk)
-        worst = max(worst, (got - want).abs().max().item())
-    # In two calls with the state carried over.
-    o1, (sk, sv) = causal_luna(q[:, :, :40], k[:, :, :40], v[:, :, :40], a[:, :, :40], 0, chunk=16)
-    o2, _ = causal_luna(q[:, :, 40:], k[:, :, 40:], v[:, :, 40:], a[:, :, 40:], 40, sk, sv, chunk=16)
-    worst = max(worst, (torch.cat([o1, o2], dim=2) - want).abs().max().item())
-    print(f"parallel form vs recurrence: max |diff| {worst:.2e}")
+    for decay in (None, [0.5, 0.96875, 1.0]):
+        gammas = decay or [1.0] * H
+        want = torch.stack([torch.stack([recurrence(q[b, h], k[b, h], v[b, h], a[b, h], gammas[h]) for h in range(H)])
+                            for b in range(B)])
+        for chunk in (1, 7, 64, 128):
+            got, _ = causal_luna(q, k, v, a, 0, chunk=chunk, decay=decay)
+            worst = max(worst, (got - want).abs().max().item())
+        # In two calls with the state carried over.
+        o1, (sk, sv) = causal_luna(q[:, :, :40], k[:, :, :40], v[:, :, :40], a[:, :, :40], 0, chunk=16, decay=decay)
+        o2, _ = causal_luna(q[:, :, 40:], k[:, :, 40:], v[:, :, 40:], a[:, :, 40:], 40, sk, sv, chunk=16, decay=decay)
+        worst = max(worst, (torch.cat([o1, o2], dim=2) - want).abs().max().item())
+    print(f"parallel form vs recurrence (with and without decay): max |diff| {worst:.2e}")
     return worst < 1e-10
 
 
 def check_model_states():
-    c = make_config(32, 48, 2, 4, 5)
-    m = LunaCausalLM(c).double().eval()
-    x = torch.randint(OFFSET, OFFSET + 256, (2, 90))
-    with torch.no_grad():
-        whole, _ = m(x, chunk=16)
-        a, s = m(x[:, :33], chunk=16)
-        b, _ = m(x[:, 33:], states=s, chunk=16)
-    d = (torch.cat([a, b], 1) - whole).abs().max().item()
-    print(f"model in two calls vs one: max |diff| {d:.2e}")
+    d = 0.0
+    for extra in ({}, dict(decay=[0.5, 0.9, 0.99, 1.0], conv_width=4, local_window=8, no_token_positional_embeddings=True)):
+        c = dict(make_config(32, 48, 2, 4, 5), **extra)
+        m = LunaCausalLM(c).double().eval()
+        randomise(m, 3)
+        x = torch.randint(OFFSET, OFFSET + 256, (2, 90))
+        with torch.no_grad():
+            whole, _ = m(x, chunk=16)
+            a, s = m(x[:, :33], chunk=16)
+            b, s = m(x[:, 33:34], states=s, chunk=16)
+            e, _ = m(x[:, 34:], states=s, chunk=16)
+        d = max(d, (torch.cat([a, b, e], 1) - whole).abs().max().item())
+    print(f"model in three calls vs one (with and without the extension): max |diff| {d:.2e}")
     return d < 1e-10
 
 
@@ -107,7 +119,7 @@ def compare(luna, model_path, tmp, n=150, label=""):
     got = run_engine(luna, model_path, tokens, tmp)
     diff = (got - want).abs().max().item()
     scale = want.abs().max().item()
-    ok = diff <= 1e-4 * max(1.0, scale)
+    ok = diff <= 1e-5 * max(1.0, scale)
     print(f"{label or model_path}: engine vs PyTorch logits [2, {n}, {V}]: max |diff| {diff:.2e} "
           f"(max |logit| {scale:.1f}) {'ok' if ok else 'FAIL'}")
     return ok
@@ -123,12 +135,16 @@ def main():
         if args.model:
             ok &= compare(args.luna, args.model, tmp, n=300)
         else:
+            local = dict(decay=[0.875, 0.998046875, 1.0], conv_width=4)
             cases = [
-                ("pre-norm, tie_kv, gelu", dict(normalize_before=True, tie_kv=True, activation="gelu")),
-                ("post-norm, separate k/v, relu", dict(normalize_before=False, tie_kv=False, activation="relu")),
+                ("pre-norm, tie_kv, gelu", dict(normalize_before=True, tie_kv=True, activation="gelu"), {}),
+                ("post-norm, separate k/v, relu", dict(normalize_before=False, tie_kv=False, activation="relu"), {}),
+                ("pre-norm, decay, conv 4", dict(normalize_before=True, tie_kv=True, activation="gelu"), local),
+                ("post-norm, decay, conv 4, no token positions", dict(normalize_before=False, tie_kv=False, activation="relu"),
+                 dict(local, no_token_positional_embeddings=True)),
             ]
-            for i, (label, kw) in enumerate(cases):
-                c = make_config(embed_dim=24, ffn_embed_dim=40, num_layers=2, num_heads=3, projection_length=5, **kw)
+            for i, (label, kw, extra) in enumerate(cases):
+                c = dict(make_config(embed_dim=24, ffn_embed_dim=40, num_layers=2, num_heads=3, projection_length=5, **kw), **extra)
                 m = LunaCausalLM(c)
                 randomise(m, i)
                 for dtype, name in ((torch.float32, "f32"), (torch.float16, "f16")):
