@@ -75,6 +75,18 @@ def score_whole(model, data: np.ndarray, segment=8192):
     return torch.cat(out)
 
 
+def ranges(bits_by_pos):
+    """Mean bits per byte over the position ranges the long-document report uses (1-based byte positions)."""
+    n = len(bits_by_pos)
+    out = []
+    for lo, hi, label in ((1, 128, "first 128 B"), (128, 1024, "128 B-1 KiB"), (1024, 8192, "1-8 KiB"),
+                          (8192, 65536, "8-64 KiB"), (65536, None, "past 64 KiB"), (8192, None, "past 8 KiB")):
+        seg = bits_by_pos[lo - 1:(hi - 1 if hi else n)]
+        if len(seg):
+            out.append(f"{label} {seg.mean().item():.4f}")
+    return "by range: " + ", ".join(out)
+
+
 def profile(bits_by_pos):
     """Mean bits per byte over position ranges [1,2), [2,4), [4,8), ... (1-based byte positions)."""
     n = len(bits_by_pos)
@@ -133,6 +145,7 @@ def main():
           f"{args.dtype}, {time.time() - t:.1f} s")
     if args.profile:
         print("bits per byte by position:\n" + profile(by_pos))
+        print(ranges(by_pos))
 
 
 if __name__ == "__main__":
