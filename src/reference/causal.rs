@@ -34,9 +34,9 @@ impl CausalState {
         }
     }
 
-    /// Floats this state holds.
+    /// Floats of the sums and the convolution's history (the counts `t` and `z` aside).
     pub fn floats(&self) -> usize {
-        self.sk.iter().chain(&self.sv).map(Vec::len).sum::<usize>() + self.z.len() + self.history.len()
+        self.sk.iter().chain(&self.sv).map(Vec::len).sum::<usize>() + self.history.len()
     }
 }
 

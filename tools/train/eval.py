@@ -75,16 +75,22 @@ def score_whole(model, data: np.ndarray, segment=8192):
     return torch.cat(out)
 
 
-def ranges(bits_by_pos):
-    """Mean bits per byte over the position ranges the long-document report uses (1-based byte positions)."""
+# The position ranges of the long-document report (1-based byte positions, end excluded; None: to the end).
+RANGES = ((1, 128, "first 128 B"), (128, 1024, "128 B-1 KiB"), (1024, 8192, "1-8 KiB"),
+          (8192, 65536, "8-64 KiB"), (65536, None, "past 64 KiB"), (8192, None, "past 8 KiB"))
+
+
+def range_means(bits_by_pos):
+    """Total bits and bytes of each of RANGES."""
     n = len(bits_by_pos)
-    out = []
-    for lo, hi, label in ((1, 128, "first 128 B"), (128, 1024, "128 B-1 KiB"), (1024, 8192, "1-8 KiB"),
-                          (8192, 65536, "8-64 KiB"), (65536, None, "past 64 KiB"), (8192, None, "past 8 KiB")):
-        seg = bits_by_pos[lo - 1:(hi - 1 if hi else n)]
-        if len(seg):
-            out.append(f"{label} {seg.mean().item():.4f}")
-    return "by range: " + ", ".join(out)
+    segs = [bits_by_pos[lo - 1:(hi - 1 if hi else n)] for lo, hi, _ in RANGES]
+    return np.array([s.sum().item() for s in segs]), np.array([len(s) for s in segs])
+
+
+def ranges(bits_by_pos):
+    """Mean bits per byte over RANGES."""
+    sums, counts = range_means(bits_by_pos)
+    return "by range: " + ", ".join(f"{label} {s / c:.4f}" for (_, _, label), s, c in zip(RANGES, sums, counts) if c)
 
 
 def profile(bits_by_pos):
