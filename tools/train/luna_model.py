@@ -93,6 +93,16 @@ def softplus_ln2(z):
     return F.softplus(z, beta=LN2, threshold=20.0)
 
 
+def in_chunks(chunk, *xs):
+    """[B, H, n, w] tensors as [B, H, N, C, w]: N chunks of C = min(chunk, n) rows, the last one zero-padded."""
+    B, H, n, _ = xs[0].shape
+    C = min(chunk, n)
+    N = -(-n // C)
+    if N * C > n:
+        xs = [F.pad(x, (0, 0, 0, N * C - n)) for x in xs]
+    return C, N, [x.reshape(B, H, N, C, x.shape[-1]) for x in xs]
+
+
 def causal_luna(q, k, v, a, t0, sk0=None, sv0=None, chunk=64, decay=None):
     """Causal Luna attention, parallel form.
 
@@ -105,13 +115,7 @@ def causal_luna(q, k, v, a, t0, sk0=None, sv0=None, chunk=64, decay=None):
     if decay is not None:
         return causal_luna_decay(q, k, v, a, t0, sk0, sv0, chunk, decay)
     B, H, n, dh = q.shape
-    l = a.shape[-1]
-    C = min(chunk, n)
-    N = -(-n // C)
-    pad = N * C - n
-    if pad:
-        q, k, v, a = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, a))
-    q, k, v, a = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q, k, v, a))
+    C, N, (q, k, v, a) = in_chunks(chunk, q, k, v, a)
     skc = k.transpose(-1, -2) @ a          # [B,H,N,dh,l]  sum_i K_i (outer) A_i per chunk
     svc = a.transpose(-1, -2) @ v          # [B,H,N,l,dh]  sum_i A_i (outer) V_i per chunk
     sk_inc = torch.cumsum(skc, dim=2)
@@ -145,13 +149,7 @@ def causal_luna_decay(q, k, v, a, t0, sk0, sv0, chunk, decay):
     """causal_luna with per-head decay: Sk_t = gamma Sk_{t-1} + K_t (outer) A_t (Sv likewise),
     alpha_t = softmax(Q_t . Sk_t / Z_t), O_t = alpha_t . Sv_t / Z_t."""
     B, H, n, dh = q.shape
-    l = a.shape[-1]
-    C = min(chunk, n)
-    N = -(-n // C)
-    pad = N * C - n
-    if pad:
-        q, k, v, a = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, a))
-    q, k, v, a = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q, k, v, a))
+    C, N, (q, k, v, a) = in_chunks(chunk, q, k, v, a)
     dev, dt = q.device, q.dtype
     lg = torch.log(torch.as_tensor(decay, dtype=torch.float64, device=dev)).view(H, 1, 1)  # [H,1,1]
     i = torch.arange(C, dtype=torch.float64, device=dev)
