@@ -124,8 +124,11 @@ fn make_fixtures(dir: &Path) {
     tensors::write_file(&p("encoder.tokens.safetensors"), &tensors::serialize_tokens(&tokens, [b, n]).unwrap()).unwrap();
     luna(&["forward", "--model", &s(p("encoder.safetensors")), "--input", &s(p("encoder.tokens.safetensors")), "--output", &s(p("encoder.out.safetensors"))]);
 
-    // A causal LM with a byte tokenizer (post-norm, separate k/v), two texts.
-    let lm = causal_config(json!({"normalize_before": false, "tie_kv": false}));
+    // A causal LM with a byte tokenizer (post-norm, separate k/v) and the
+    // local-context extension (a fast and a slow decay, a convolution, no
+    // token positions), two texts; the authors' causal form is the fixture's below.
+    let lm = causal_config(json!({"normalize_before": false, "tie_kv": false, "decay": [0.875, 0.998046875],
+                                  "conv_width": 4, "no_token_positional_embeddings": true}));
     let (model, _) = configs::byte_model(&lm, 5);
     model.save(&p("causal.safetensors")).unwrap();
     let tok = Tokenizer::from_model(&model).unwrap().unwrap();
