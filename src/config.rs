@@ -104,7 +104,8 @@ pub struct Config {
     pub embed_scale: f64,
     pub layer_norm_eps: f64,
     /// This project's local-context extension (docs/luna.md, "Local context"),
-    /// causal LM only: per-head decay rates of the running sums, in (0, 1].
+    /// causal LM only: per-head decay rates of the running sums, in
+    /// [`MIN_DECAY`, 1].
     /// `None` (or all 1) is the authors' form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decay: Option<Vec<f64>>,
@@ -261,7 +262,8 @@ impl Config {
     }
 
     /// The local-context extension's keys: causal LM only, one decay rate per
-    /// head in (0, 1] (each at least 2^-16, so that a decayed sum stays a float32), a convolution up to [`MAX_CONV_WIDTH`].
+    /// head in [[`MIN_DECAY`], 1], a convolution up to [`MAX_CONV_WIDTH`], and
+    /// no token positions only without learned ones.
     fn validate_local_context(&self) -> Result<()> {
         let err = |m: String| Err(LunaError::Config(m));
         let used = self.decay.is_some() || self.conv_width > 0 || self.no_token_positional_embeddings;
