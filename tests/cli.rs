@@ -330,8 +330,12 @@ fn bench_writes_every_point_and_its_plots() {
     assert_eq!(count("encoder"), 6, "{csv}");
     assert!(count("matmul") >= 5, "{csv}");
     assert_eq!(count("decode"), 2, "{csv}");
-    // lm: the causal LM and the GEMM at each of the 2 lengths, and the decode step.
-    assert_eq!(count("lm"), 5, "{csv}");
+    // lm: the causal LM in both forms and the GEMM at each of the 2 lengths,
+    // and the decode step of each form.
+    assert_eq!(count("lm"), 8, "{csv}");
+    for method in ["causal-lm", "causal-lm-local", "gemm-1024", "decode-step", "decode-step-local"] {
+        assert!(rows.iter().any(|r| r.starts_with(&format!("lm,{method},"))), "no {method} row: {csv}");
+    }
     for r in &rows {
         let cols: Vec<&str> = r.split(',').collect();
         let median: f64 = cols[11].parse().unwrap();

@@ -212,8 +212,9 @@ pub enum BenchOp {
     Matmul,
     /// The causal decode step's time against position
     Decode,
-    /// The causal LM of the demo model's shape: a forward pass at each n as a share of the
-    /// 1024^3 GEMM's GFLOP/s (timed alternately), and its decode step at position 1000
+    /// The causal LM of the demo model's shape, in the authors' form and with the shipped
+    /// model's local-context extension: a forward pass at each n as a share of the 1024^3
+    /// GEMM's GFLOP/s (timed in turn), and the decode step at position 1000
     Lm,
     /// The longest single sequence each method holds on this adapter (the engine's own
     /// check against one binding and the device's memory), and one layer at --min-n,

@@ -52,7 +52,7 @@ pub fn run(choice: &AdapterChoice, a: BenchArgs) -> Result<()> {
             BenchOp::Layer | BenchOp::Encoder => sweep.ns.len() * sweep.methods.len(),
             BenchOp::Matmul => matmul_shapes.len(),
             BenchOp::Decode => decode_positions.len(),
-            BenchOp::Lm => 2 * sweep.ns.len() + 1,
+            BenchOp::Lm => 3 * sweep.ns.len() + 2,
             BenchOp::Longest | BenchOp::All => 0,
         })
         .sum();
