@@ -6,6 +6,9 @@
 // Entry `main`: one thread per output float. Entry `carry`, recorded after
 // `main`: one thread per (sequence, channel) leaves in `history` the last
 // WIDTH - 1 inputs before each sequence's length, for the next segment or step.
+// Entry `step`, for one row per sequence (a decoder step) with HISTORY: both
+// in one dispatch, one thread per (sequence, channel), which alone reads and
+// then shifts its channel's history.
 // Recorded by kernels::conv.
 
 struct Params {
@@ -81,5 +84,31 @@ fn carry(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
             v = old[len + i];
         }
         history[(b * k1 + i) * p.dim + c] = v;
+    }
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = id_of(gid, nwg);
+    if (id >= p.total) {
+        return;
+    }
+    let c = id % p.dim;
+    let b = id / p.dim;
+    let k1 = WIDTH - 1u;
+    let base = b * k1 * p.dim + c;
+    let now = x[id];
+    // the input k1 - j rows back: history entry j for j < k1, this row for j = k1
+    var acc = weight[c * WIDTH + k1] * now;
+    for (var j = 0u; j < k1; j++) {
+        acc = fma(weight[c * WIDTH + j], history[base + j * p.dim], acc);
+    }
+    out[id] = acc;
+    // A sequence with no token this step (length 0) keeps its history.
+    if (lengths[b] > 0u && k1 > 0u) {
+        for (var i = 0u; i + 1u < k1; i++) {
+            history[base + i * p.dim] = history[base + (i + 1u) * p.dim];
+        }
+        history[base + (k1 - 1u) * p.dim] = now;
     }
 }

@@ -19,7 +19,8 @@ struct Params {
     _pad: u32,
 }
 
-/// `entry` is `main` (the convolution) or `carry` (the history update).
+/// `entry` is `main` (the convolution), `carry` (the history update), or
+/// `step` (both, for one row per sequence with a history).
 pub fn spec(entry: &'static str, width: usize, history: bool) -> KernelSpec {
     KernelSpec {
         name: "conv",
@@ -36,6 +37,7 @@ pub fn variants() -> Vec<KernelSpec> {
         for history in [false, true] {
             v.extend([spec("main", width, history), spec("carry", width, history)]);
         }
+        v.push(spec("step", width, true));
     }
     v
 }
@@ -57,10 +59,19 @@ pub struct Conv<'a> {
     pub dim: usize,
 }
 
-/// Records `out = conv(x)`, then (with a history) the history's update.
+/// Records `out = conv(x)`, then (with a history) the history's update: one
+/// dispatch for a decoder step (one row per sequence), two otherwise.
 pub fn record(rec: &mut Recorder, c: &Conv) {
     let history = c.history.unwrap_or(rec.dummy);
     let buffers = [c.x, c.weight, c.lengths, history, c.out];
+    if c.history.is_some() && c.rows == 1 {
+        let kernel = rec.kernel(spec("step", c.width, true));
+        let total = c.batch * c.dim;
+        let params = Params { rows: 1, dim: c.dim as u32, total: total as u32, _pad: 0 };
+        let groups = rec.grid((total as u32).div_ceil(64));
+        rec.dispatch(&kernel, &params, &buffers, groups);
+        return;
+    }
     let total = c.batch * c.rows * c.dim;
     let kernel = rec.kernel(spec("main", c.width, c.history.is_some()));
     let params = Params { rows: c.rows as u32, dim: c.dim as u32, total: total as u32, _pad: 0 };
