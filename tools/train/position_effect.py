@@ -9,11 +9,14 @@ the same 175,412 bytes: every document once at the start, and at every later
 place), and prints each position range's bits per byte over all of them, next
 to the path-order reading. A model that reads worse the further it gets shows
 it here; a harder document does not, since it lands in every range. Then
-three controls: each document read alone (from its own start); the split's
-bytes past 8 KiB read as a sequence of their own against inside the whole
-pass (position alone); and the bytes past 8 KiB of the documents over 9 KiB
-read after their first 8 KiB against from there on (what the document's
-start is worth).
+four controls: the split in blocks of 128 bytes by the same ranges (the same
+bytes with at most 127 bytes of context: what the context is worth at each
+position); each document read alone (from its own start), over all of them
+and over the documents over 9 KiB alone (both ranges from the same
+documents); the split's bytes past 8 KiB read as a sequence of their own
+against inside the whole pass (position alone); and the bytes past 8 KiB of
+the documents over 9 KiB read after their first 8 KiB against from there on
+(what the document's start is worth).
 
     python tools/train/position_effect.py --model models/luna-pydoc-bytes.safetensors [--dtype f32]
 
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval import RANGES, range_means, score_whole  # noqa: E402
+from eval import RANGES, block_rows, range_means, score_blocks, score_whole  # noqa: E402
 from luna_model import load  # noqa: E402
 
 
@@ -73,10 +76,17 @@ def main():
     def show(label, sums, ns):
         print(label + "  ".join(f"{name} {t / n:.4f} ({int(n)} B)" for (_, _, name), t, n in zip(RANGES, sums, ns) if n), flush=True)
 
+    split = np.frombuffer(b"\n".join(docs), dtype=np.uint8)
+    whole = score_whole(model, split)
+    blocks = score_blocks(model, block_rows(split, 128)).reshape(-1)[:len(split)]
+    (ws, wn), (bs, _) = range_means(whole), range_means(blocks)
+    print("context, path order (blocks of 128 - one pass): " + "  ".join(
+        f"{label} {b / n:.4f} - {w / n:.4f} = {(b - w) / n:.4f}" for (_, _, label), w, b, n in zip(RANGES, ws, bs, wn) if n), flush=True)
     alone = [range_means(score_whole(model, np.frombuffer(d, dtype=np.uint8))) for d in docs]
     show("each document alone: ", sum(a[0] for a in alone), sum(a[1] for a in alone))
-    split = np.frombuffer(b"\n".join(docs), dtype=np.uint8)
-    inside = score_whole(model, split)[8191:].mean().item()  # (1-based positions from 8,192, as RANGES)
+    long_alone = [a for a, d in zip(alone, docs) if len(d) > 9 * 1024]
+    show(f"the {len(long_alone)} documents over 9 KiB alone: ", sum(a[0] for a in long_alone), sum(a[1] for a in long_alone))
+    inside = whole[8191:].mean().item()  # (1-based positions from 8,192, as RANGES)
     own = score_whole(model, split[8191:]).mean().item()
     print(f"the split's bytes past 8 KiB: {inside:.4f} in the whole pass, {own:.4f} read as a sequence of their own")
     after = fresh = count = 0.0
