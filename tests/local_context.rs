@@ -90,27 +90,35 @@ fn prefill_then_steps_carry_the_decayed_sums_and_the_convolution() {
         got.iter().zip(w).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / mag
     };
     engine.set_causal_chunk(8).unwrap();
-    // A prompt of one token (only zeros in the history), shorter than the
-    // convolution, ending mid-chunk, and on a chunk boundary.
-    for split in [1, 2, 13, 16] {
-        let (mut dec, first) = engine.prefill_blocking(&gm, &batch.tokens[..split]).unwrap();
-        let state = dec.state_bytes();
-        let mut worst = err(split - 1, &first);
-        for t in split..batch.len {
-            let logits = engine.step_blocking(&gm, &mut dec, batch.tokens[t]).unwrap();
-            worst = worst.max(err(t, &logits));
-            assert_eq!(dec.state_bytes(), state, "the decoder state grew");
+    // In one segment: a prompt of one token (only zeros in the history),
+    // shorter than the convolution, ending mid-chunk, and on a chunk boundary.
+    // In segments of 16: prompts that cross segments, the last one 1, 2 or 3
+    // rows long, so that the history a decoder starts from mixes the new rows
+    // with those the previous segment left (conv_width - 1 = 3).
+    for (segment, splits) in [(16384, &[1, 2, 13, 16][..]), (16, &[17, 18, 19, 33, 34][..])] {
+        engine.set_segment_rows(segment).unwrap();
+        for &split in splits {
+            let (mut dec, first) = engine.prefill_blocking(&gm, &batch.tokens[..split]).unwrap();
+            let state = dec.state_bytes();
+            let mut worst = err(split - 1, &first);
+            for t in split..batch.len {
+                let logits = engine.step_blocking(&gm, &mut dec, batch.tokens[t]).unwrap();
+                worst = worst.max(err(t, &logits));
+                assert_eq!(dec.state_bytes(), state, "the decoder state grew");
+            }
+            eprintln!("segments of {segment}, prefill of {split} then steps: {worst:.2e}");
+            assert!(worst < 1e-4, "segments of {segment}, prefill {split}: logits error {worst}");
         }
-        eprintln!("prefill of {split} then steps: {worst:.2e}");
-        assert!(worst < 1e-4, "prefill {split}: logits error {worst}");
     }
+    engine.set_segment_rows(16384).unwrap();
     engine.set_causal_chunk(64).unwrap();
 }
 
 #[test]
 fn long_document_in_segments_keeps_its_accuracy() {
-    // 6,000 tokens in segments of 1,024 (and prompts that cross segments):
-    // the sums decay across the scan's carry, the convolution reads the previous segment's last inputs.
+    // 6,000 tokens in segments of 1,024: the sums decay across the scan's
+    // carry, the convolution reads the previous segment's last inputs.
+    // (Prompts that cross segments, and short last segments: the prefill test.)
     let Some(mut engine) = common::engine() else { return };
     engine.set_segment_rows(1024).unwrap();
     let c = configs::causal(json!({"embed_dim": 16, "ffn_embed_dim": 16, "num_heads": 2, "projection_length": 8,
