@@ -105,8 +105,9 @@ pub struct Config {
     pub layer_norm_eps: f64,
     /// This project's local-context extension (docs/luna.md, "Local context"),
     /// causal LM only: per-head decay rates of the running sums, in
-    /// [`MIN_DECAY`, 1].
-    /// `None` (or all 1) is the authors' form.
+    /// [`MIN_DECAY`, 1], rounded to float32 when read: the kernels compute in
+    /// float32, and every form (tiles, token walk, steps) and the reference
+    /// then use the same rate. `None` (or all 1) is the authors' form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decay: Option<Vec<f64>>,
     /// Width of the causal depthwise convolution before each attention's
@@ -175,7 +176,8 @@ impl Config {
                 .embed_scale
                 .unwrap_or(if learned_pos { 1.0 } else { (d as f64).sqrt() }),
             layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-5),
-            decay: raw.decay,
+            // (a NaN stays NaN, and validate refuses it)
+            decay: raw.decay.map(|d| d.into_iter().map(|g| g as f32 as f64).collect()),
             conv_width: raw.conv_width.unwrap_or(0),
             no_token_positional_embeddings: raw.no_token_positional_embeddings.unwrap_or(false),
         };

@@ -171,6 +171,18 @@ fn the_config_refuses_what_it_cannot_run() {
     bad(json!({"conv_width": 17}), "conv_width = 17");
     bad(json!({"local_window": 32}), "local_window");
     bad(json!({"model": "encoder", "conv_width": 4}), "causal_lm options");
+    // Rates are read as the float32 numbers the kernels compute with, so that
+    // every GPU form and the reference decay alike: one just under 1 is 1
+    // (that head keeps the authors' mean), and the table's logarithm is that
+    // of the float32 rate.
+    let c = local(json!({"decay": [1.0 - 1e-8, 0.99, 0.5]}));
+    let rates = c.decays().unwrap();
+    assert_eq!(rates, &[1.0, 0.99f32 as f64, 0.5]);
+    let table = kernel::decay_table(rates);
+    assert_eq!(table[1], 0.99f32);
+    assert_eq!(table[3 + 1], (0.99f32 as f64).ln() as f32);
+    assert_eq!(table[3], 0.0);
+    assert_eq!(local(json!({"decay": [1.0 - 1e-8, 1.0, 1.0]})).decays(), None);
     // The keys survive a round trip, and a model file without them has none.
     let c = local(json!({}));
     let back = Config::from_json(&c.to_json()).unwrap();

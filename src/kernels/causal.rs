@@ -95,9 +95,13 @@ pub fn spec(emit: bool, decay: bool) -> KernelSpec {
 }
 
 /// What the kernels' `decay` binding holds for per-head rates `gamma`:
-/// `gamma_h` at `[h]`, `ln gamma_h` at `[heads + h]` (in float64, then rounded).
+/// `gamma_h` at `[h]`, `ln gamma_h` at `[heads + h]`. The logarithm is taken
+/// (in float64) of the float32 rate the kernels multiply by, so the forms that
+/// multiply (token walk, steps) and those that exponentiate (tiles, scan,
+/// `Z_t`) decay alike; `Config` rounds the rates to float32 already.
 pub fn decay_table(gamma: &[f64]) -> Vec<f32> {
-    gamma.iter().map(|&g| g as f32).chain(gamma.iter().map(|&g| g.ln() as f32)).collect()
+    let g32: Vec<f32> = gamma.iter().map(|&g| g as f32).collect();
+    g32.iter().copied().chain(g32.iter().map(|&g| (g as f64).ln() as f32)).collect()
 }
 
 /// `causal_chunk.wgsl` summing (`emit = false`) or emitting, in tiles of

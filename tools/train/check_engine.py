@@ -140,8 +140,9 @@ def main():
                 ("pre-norm, tie_kv, gelu", dict(normalize_before=True, tie_kv=True, activation="gelu"), {}),
                 ("post-norm, separate k/v, relu", dict(normalize_before=False, tie_kv=False, activation="relu"), {}),
                 ("pre-norm, decay, conv 4", dict(normalize_before=True, tie_kv=True, activation="gelu"), local),
-                ("post-norm, decay, conv 4, no token positions", dict(normalize_before=False, tie_kv=False, activation="relu"),
-                 dict(local, no_token_positional_embeddings=True)),
+                # (rates off the float32 grid: both sides round them to float32)
+                ("post-norm, decay 0.9/0.99/0.999, conv 4, no token positions", dict(normalize_before=False, tie_kv=False, activation="relu"),
+                 dict(local, decay=[0.9, 0.99, 0.999], no_token_positional_embeddings=True)),
             ]
             for i, (label, kw, extra) in enumerate(cases):
                 c = dict(make_config(embed_dim=24, ffn_embed_dim=40, num_layers=2, num_heads=3, projection_length=5, **kw), **extra)

@@ -12,6 +12,7 @@ scored in pieces with the same numbers as in one pass.
 
 import json
 import math
+import struct
 
 import torch
 import torch.nn as nn
@@ -60,6 +61,16 @@ def make_config(embed_dim=256, ffn_embed_dim=1024, num_layers=4, num_heads=4, pr
     }
 
 
+# The engine's bounds on the local-context extension (src/config.rs).
+MIN_DECAY = 2.0 ** -16
+MAX_CONV_WIDTH = 16
+
+
+def to_float32(g):
+    """The float32 number nearest g, as a Python float."""
+    return struct.unpack("<f", struct.pack("<f", g))[0]
+
+
 def check_config(c):
     """This trainer implements the causal LM of docs/luna.md with these options only."""
     if c["model"] != "causal_lm":
@@ -72,8 +83,10 @@ def check_config(c):
     if c.get("activation", "relu") not in ("relu", "gelu"):
         raise ValueError("activation must be relu or gelu")
     decay = c.get("decay")
-    if decay is not None and (len(decay) != c["num_heads"] or not all(0 < g <= 1 for g in decay)):
-        raise ValueError("decay must hold num_heads rates in (0, 1]")
+    if decay is not None and (len(decay) != c["num_heads"] or not all(MIN_DECAY <= g <= 1 for g in decay)):
+        raise ValueError("decay must hold num_heads rates in [2^-16, 1] (the engine's bounds)")
+    if not 0 <= c.get("conv_width", 0) <= MAX_CONV_WIDTH:
+        raise ValueError(f"conv_width must lie in [0, {MAX_CONV_WIDTH}] (the engine's bound)")
 
 
 def sinusoid_rows(rows: torch.Tensor, d: int, dtype=torch.float64) -> torch.Tensor:
@@ -232,7 +245,9 @@ class CausalAttention(nn.Module):
         self.tie_kv = c.get("tie_kv", False)
         # This project's local-context extension (docs/luna.md, "Local context"); off by default.
         decay = c.get("decay")
-        self.decay = None if decay is None or all(g == 1 for g in decay) else [float(g) for g in decay]
+        # Rounded to float32, as the engine reads them (src/config.rs), so both use the same rates.
+        decay = None if decay is None else [to_float32(g) for g in decay]
+        self.decay = None if decay is None or all(g == 1 for g in decay) else decay
         self.conv_width = c.get("conv_width", 0)
         self.local_window = c.get("local_window", 0)
         self.q_proj = nn.Linear(d, d)
