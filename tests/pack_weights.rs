@@ -3,12 +3,13 @@
 //! slot) against a float64 reference written here from docs/luna.md,
 //! "Causal attention": the layers before the chosen one run token
 //! by token, then `A = softplus_ln2(pc_proj(X)_h · Q_P,h^T)` with
-//! `Q_P = pq_proj(P) · dh^-0.5`.
+//! `Q_P = pq_proj(P) · dh^-0.5` (X after the local-context convolution,
+//! when the model has one).
 
 mod common;
 
 use common::configs;
-use luna_wgpu::reference::causal::{causal_layer_step, causal_p, softplus_ln2, CausalState};
+use luna_wgpu::reference::causal::{causal_layer_step, causal_p, convolve, softplus_ln2, CausalState};
 use luna_wgpu::reference::ops::{layer_norm, linear, scale, token_sinusoid_row};
 use luna_wgpu::{Config, LunaError, Model};
 use serde_json::json;
@@ -27,18 +28,24 @@ fn reference_pack_weights(model: &Model, tokens: &[u32], target: usize) -> Vec<f
     let tl = model.causal_layer(target);
     let mut qp = linear(&p, l, &tl.pq_proj);
     scale(&mut qp, (dh as f64).powf(-0.5));
+    // The target layer's own convolution history (its sums are not needed).
+    let mut target_state = CausalState::new(c);
     let mut out = Vec::new();
     for (i, &tok) in tokens.iter().enumerate() {
         let r = c.padding_idx + 1 + i;
         let pos: Vec<f64> = match &model.embed_positions {
             Some(table) => table[r * d..(r + 1) * d].iter().map(|&v| v as f64).collect(),
+            None if c.no_token_positional_embeddings => vec![0.0; d],
             None => token_sinusoid_row(r, c.padding_idx, d),
         };
         let mut x: Vec<f64> = (0..d).map(|k| c.embed_scale * model.embed_tokens[tok as usize * d + k] as f64 + pos[k]).collect();
         for (li, state) in states.iter_mut().enumerate() {
             causal_layer_step(c, model.causal_layer(li), &p, &mut x, state);
         }
-        let ax = if c.normalize_before { layer_norm(&x, d, &tl.self_attn_layer_norm, c.layer_norm_eps) } else { x.clone() };
+        let mut ax = if c.normalize_before { layer_norm(&x, d, &tl.self_attn_layer_norm, c.layer_norm_eps) } else { x.clone() };
+        if let Some(w) = &tl.conv {
+            ax = convolve(c, w, &ax, &mut target_state);
+        }
         let pc = linear(&ax, 1, &tl.pc_proj);
         for h in 0..h_count {
             for j in 0..l {
@@ -112,6 +119,13 @@ fn pack_weights_match_reference_post_norm() {
 #[test]
 fn pack_weights_match_reference_pre_norm_tied_learned_positions() {
     check(&causal_config(json!({"normalize_before": true, "tie_kv": true, "learned_pos": true})), 70);
+}
+
+#[test]
+fn pack_weights_match_reference_with_the_local_context_extension() {
+    // Decay, a convolution (the weights read what it outputs) and no token positions.
+    check(&causal_config(json!({"normalize_before": true, "tie_kv": true, "decay": [0.5, 0.9, 1.0], "conv_width": 4,
+                                "no_token_positional_embeddings": true})), 150);
 }
 
 #[test]

@@ -42,7 +42,7 @@ impl CausalState {
 
 /// The causal convolution of the attention input `x [d]` over the state's
 /// history; shifts `x` into the history.
-fn convolve(c: &Config, weight: &[f32], x: &[f64], state: &mut CausalState) -> Vec<f64> {
+pub fn convolve(c: &Config, weight: &[f32], x: &[f64], state: &mut CausalState) -> Vec<f64> {
     let (d, k) = (c.embed_dim, c.conv_width);
     let u = (0..d)
         .map(|ch| {
