@@ -1,7 +1,7 @@
 //! Token batches: validation of user input and everything derived from it
 //! (lengths, fairseq positions, padding masks, the effective projection length).
 
-use crate::config::Config;
+use crate::config::{Config, ModelKind};
 use crate::error::{LunaError, Result};
 use crate::tensors;
 
@@ -68,6 +68,15 @@ impl Batch {
                 return Err(LunaError::Input(format!(
                     "sequence {b} is all padding (token {pad}); every sequence needs at least one real token"
                 )));
+            }
+            // A causal LM reads a sequence's first `count` rows: its padding must all come last.
+            if config.model == ModelKind::CausalLm {
+                if let Some(t) = (0..count).find(|&t| x_mask[b * len + t]) {
+                    return Err(LunaError::Input(format!(
+                        "sequence {b} has padding (token {pad}) at position {t} before its last real token; \
+                         a causal LM's sequences are right-padded: put the padding at the end"
+                    )));
+                }
             }
             if config.learned_pos && count > config.max_positions {
                 return Err(LunaError::Input(format!(

@@ -150,6 +150,13 @@ fn all_padding_sequence_is_refused() {
     // With a dynamic projection too (l' would be 0).
     let dynamic = configs::encoder(json!({"dynamic_projection": true}));
     assert_err!(Batch::new(&dynamic, &[4, 1, 1, 1], 2, 2), LunaError::Input(_), "sequence 1", "all padding");
+    // A causal LM reads a sequence's first rows: padding before a real token is refused
+    // (an encoder masks it wherever it is).
+    let lm = configs::causal(json!({}));
+    assert_err!(Batch::new(&lm, &[5, 6, 7, 1, 8, 9], 2, 3), LunaError::Input(_), "sequence 1", "position 0", "right-padded");
+    assert_err!(Batch::new(&lm, &[5, 1, 7], 1, 3), LunaError::Input(_), "sequence 0", "position 1");
+    assert!(Batch::new(&lm, &[5, 6, 7, 8, 1, 1], 2, 3).is_ok());
+    assert!(Batch::new(&c, &[5, 1, 7], 1, 3).is_ok());
     assert_engine_still_works();
 }
 
