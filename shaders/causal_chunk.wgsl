@@ -31,6 +31,12 @@
 // bounds the pipeline fixes (DH, L), so they unroll. Only A (shared by every
 // row) and per-row scratch go through workgroup memory. A tile costs two
 // barriers (when emitting, three more if the chunk has a tile after it).
+//
+// Every accumulator is declared with an explicit zero value (`= array<...>()`),
+// not left to WGSL's implicit zeroing: in Chromium (Tint, SwiftShader) a `var`
+// declared without one inside a loop was zeroed once, not on each iteration, so
+// the pack weights summed over the slots (docs/luna.md, "The parallel form:
+// chunks").
 
 struct Params {
     rows: u32,        // token rows per sequence (n)
@@ -113,7 +119,7 @@ fn main(
     let start = c * p.chunk;
     let stop = min(min(start + p.chunk, p.rows), len);
     // This thread's share of the tile's A^T K (tid < lq) or A^T V: rows 4 jb .. 4 jb + 3.
-    var acc: array<array<vec4<f32>, MAX_DQ>, 4>;
+    var acc = array<array<vec4<f32>, MAX_DQ>, 4>();
     var lg = 0.0;
     if (DECAY) {
         lg = decay[p.heads + h];
@@ -138,8 +144,8 @@ fn main(
                 let jc = min(j, L - 1u);
                 let qi = (jc * p.qp_stride) / 4u + col4;
                 let si = sk4 + jc * dq;
-                var da: array<f32, RB>;
-                var ds: array<f32, RB>;
+                var da = array<f32, RB>();
+                var ds = array<f32, RB>();
                 for (var r4 = 0u; r4 < dq; r4++) {
                     let w = qp[qi + r4];
                     var s = vec4<f32>(0.0);
@@ -270,7 +276,7 @@ fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32,
         let s_end = min(n_s, r0 + RB);
         for (var s = 0u; s < s_end; s++) {
             let ki = (b * p.rows + t0 + s) * xs4 + col4 + p.k_off / 4u;
-            var m: array<f32, RB>;
+            var m = array<f32, RB>();
             for (var r4 = 0u; r4 < dq; r4++) {
                 let kv = x[ki + r4];
                 for (var i = 0u; i < RB; i++) {
@@ -325,9 +331,9 @@ fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32,
             }
         }
         // O = e Sv0 + mask(e A^T) V.
-        var out: array<array<vec4<f32>, MAX_DQ>, RB>;
+        var out = array<array<vec4<f32>, MAX_DQ>, RB>();
         for (var j = 0u; j < L; j++) {
-            var ej: array<f32, RB>;
+            var ej = array<f32, RB>();
             for (var i = 0u; i < RB; i++) {
                 ej[i] = pool[o_w + min(r0 + i, TILE - 1u) * lq + j / 4u][j % 4u];
             }
@@ -348,7 +354,7 @@ fn emit_rows(tid: u32, b: u32, t0: u32, n_s: u32, col4: u32, xs4: u32, sv4: u32,
             }
         }
         for (var s = 0u; s < s_end; s++) {
-            var m: array<f32, RB>;
+            var m = array<f32, RB>();
             for (var j4 = 0u; j4 < lq; j4++) {
                 let av = pool[s * lq + j4];
                 for (var i = 0u; i < RB; i++) {

@@ -321,16 +321,11 @@ fn pass(rec: &mut Recorder, emit: bool, tile: Option<usize>, c: &Causal) {
 /// a long sequence then runs segment by segment in memory that does not grow
 /// with its length, and a prompt leaves its decoder state there.
 ///
-/// In the browser (wasm32) both passes are the token-by-token `causal.wgsl`
-/// for now: `causal_chunk.wgsl` is right natively (lavapipe, and SwiftShader's
-/// Vulkan driver through naga's SPIR-V) but in Chromium (WGSL through Tint to
-/// the same SwiftShader) its results are wrong, with no error reported: the
-/// same wrong values whatever was changed inside the shader, as if its
-/// dispatches wrote nothing. The cause is not found yet (docs/luna.md, "The
-/// parallel form: chunks").
+/// The browser (wasm32) takes the same kernels. (It took the token walk until
+/// `causal_chunk.wgsl` zeroed its loop-local accumulators explicitly: Chromium
+/// zeroed them only once; see the shader's header.)
 pub fn parallel(rec: &mut Recorder, c: &Causal) {
-    let chunked = !cfg!(target_arch = "wasm32") && vec4_inputs(&c.inputs);
-    parallel_with(rec, c, tile(&c.shape).filter(|_| chunked));
+    parallel_with(rec, c, tile(&c.shape).filter(|_| vec4_inputs(&c.inputs)));
 }
 
 /// [`parallel`] with the tile chosen by the caller (it must fit, and the
