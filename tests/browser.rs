@@ -184,7 +184,7 @@ fn make_fixtures(dir: &Path) {
     luna(&["score", "--model", &s(p("causal.safetensors")), "--tokens", &s(p("long.tokens.safetensors")), "--surprisal", &s(p("long.score.safetensors"))]);
 
     // The demo page's model: tiny, so that the 114 KB sample scores in a minute or two on a
-    // software adapter (every layer walks the whole sequence; the real model wants a GPU).
+    // software adapter (the real model wants a GPU: SwiftShader reads it at about 200 tokens/s).
     let demo = causal_config(json!({"embed_dim": 16, "ffn_embed_dim": 32, "num_heads": 1, "num_layers": 1, "embed_scale": 4.0}));
     configs::byte_model(&demo, 7).0.save(&p("demo.safetensors")).unwrap();
     // A file that is no model.

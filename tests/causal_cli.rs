@@ -663,3 +663,46 @@ fn forward_on_a_causal_lm_refuses_bad_tokens() {
         }
     }
 }
+
+#[test]
+fn the_parallel_form_is_chosen_by_measurement_and_both_forms_agree() {
+    // At a causal LM's first load on an adapter, the tiles of causal_chunk.wgsl
+    // and the token walk of causal.wgsl are timed for its heads, and the faster
+    // is kept in the tuning cache (engine::tune). Whichever is kept, the other
+    // gives the same surprisal: the choice changes the speed, not the numbers.
+    if !has_gpu() {
+        return;
+    }
+    let dir = TempDir::new("causal-tuning");
+    let c = byte_lm(json!({"embed_dim": 32, "ffn_embed_dim": 64, "num_heads": 2, "projection_length": 8, "max_positions": 1024,
+                           "decay": [0.875, 0.998046875], "conv_width": 4, "no_token_positional_embeddings": true}));
+    let model = save(&byte_model(&c, 3).0, &dir, "lm.safetensors");
+    let text = dir.path("doc.txt");
+    std::fs::write(&text, "The packed sequence reads the whole document; every token unpacks from it.\n".repeat(9)).unwrap();
+    let tuning = dir.path("tuning.json");
+    let score = |out: &Path| {
+        let mut cmd = common::cli::luna_command();
+        cmd.env("LUNA_TUNING_CACHE", &tuning);
+        cmd.args(["score", "--model", &s(&model), "--text", &s(&text), "--device", "gpu", "--surprisal", &s(out)]);
+        cmd.output().unwrap()
+    };
+    let (first, second) = (dir.path("first.safetensors"), dir.path("second.safetensors"));
+    if !gpu_ran(&score(&first), "luna score") {
+        return;
+    }
+    let key = "\"causal dh16 l8 decay\"";
+    let cache = std::fs::read_to_string(&tuning).unwrap();
+    let chosen = ["tiles", "token-walk"].into_iter().find(|v| cache.contains(&format!("{key}: \"{v}\""))).unwrap_or_else(|| panic!("no choice for {key}: {cache}"));
+    let other = if chosen == "tiles" { "token-walk" } else { "tiles" };
+    std::fs::write(&tuning, cache.replace(&format!("{key}: \"{chosen}\""), &format!("{key}: \"{other}\""))).unwrap();
+    assert_ok(&score(&second), "luna score with the other form");
+    assert!(std::fs::read_to_string(&tuning).unwrap().contains(&format!("{key}: \"{other}\"")), "the cached choice was not kept");
+    let (a, b) = (read(&first, "surprisal").0, read(&second, "surprisal").0);
+    assert_eq!(a.len(), b.len());
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    eprintln!("chosen {chosen}; {other} differs by {diff:.2e} bits");
+    assert!(diff <= 1e-4, "{chosen} and {other} differ by {diff} bits");
+    // The two forms add in different orders, so they round differently: equal
+    // bits would mean the cached choice was not what ran.
+    assert!(diff > 0.0, "the same bits both times: the cached choice did not change the kernel");
+}

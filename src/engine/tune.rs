@@ -1,7 +1,9 @@
 //! Autotuning: at the first use of a GEMM shape class on this adapter, every
 //! candidate of the GEMM family that fits is timed on the real adapter and the
 //! fastest is kept in the pipeline cache's `Tuning` (and its cache file); the
-//! same for the two LayerNorm layouts at a model's width.
+//! same for the two LayerNorm layouts at a model's width, and for the two
+//! forms of the causal attention's parallel pass at a causal LM's heads
+//! (`kernels::causal::parallel`).
 //! What wins on a software rasteriser is not what wins on a discrete GPU, so
 //! nothing here assumes a winner. Timings come from GPU timestamps where the
 //! adapter has them, else (natively) from the wall clock around a wait; in a
@@ -15,6 +17,7 @@ use crate::gpu::recorder::Timestamps;
 use crate::gpu::scope::ErrorScopes;
 use crate::gpu::recorder::Recorder;
 use crate::kernels::gemm::{self, half_weights, Class, Gemm, Precision, Variant, GEMV_ROWS};
+use crate::kernels::causal;
 use crate::kernels::layernorm::{self, Layout};
 
 /// FLOPs of one timed GEMM: enough to dwarf a dispatch's fixed cost, small
@@ -22,6 +25,12 @@ use crate::kernels::layernorm::{self, Layout};
 const SAMPLE_FLOPS: usize = 1 << 26;
 /// Timed runs per candidate after a warm-up (the minimum is kept).
 const RUNS: usize = 2;
+/// Tokens of the causal attention timed for the parallel form's choice: 4
+/// chunks of 64 per head. Most of what the choice costs on a software adapter
+/// is building both forms' pipelines (about 6 s more to load the demo model in
+/// Chromium on SwiftShader, of which the walk's would be built at the first
+/// pass anyway); on lavapipe about 0.3 s, once per machine (the choice is cached).
+const CAUSAL_SAMPLE_ROWS: usize = 256;
 
 /// One GEMM of a model's passes: `[n, k]`, activation, residual, and whether
 /// its weight is a stacked Linear (float16 at `Precision::F16`) rather than
@@ -74,7 +83,46 @@ impl Engine {
             self.tune_layernorm(false, c.embed_dim, timestamps.as_ref()).await?;
             if c.model == ModelKind::CausalLm {
                 self.tune_layernorm(true, c.embed_dim, timestamps.as_ref()).await?;
+                self.tune_causal(c, timestamps.as_ref()).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Times the causal attention's parallel form both ways for this model's
+    /// heads (`causal_chunk.wgsl` in tiles, and the token walk of
+    /// `causal.wgsl`) over [`CAUSAL_SAMPLE_ROWS`] tokens and keeps the faster,
+    /// unless tuned already or only the walk can run these heads.
+    async fn tune_causal(&self, c: &Config, timestamps: Option<&Timestamps>) -> Result<()> {
+        let (d, heads, dh, l) = (c.embed_dim, c.num_heads, c.head_dim(), c.projection_length);
+        let rows = CAUSAL_SAMPLE_ROWS;
+        let shape = causal::Shape { batch: 1, rows, heads, head_dim: dh, proj_len: l, chunk: self.causal_chunk.min(rows), t_base: 0 };
+        let decay = c.decays().is_some();
+        let key = causal::class_key(&shape, decay);
+        let Some(tile) = causal::tile(&shape) else { return Ok(()) };
+        if self.cache.tuning.contains(&key) {
+            return Ok(());
+        }
+        // q, k, v and pc side by side (vec4-aligned, as the engine lays them out when it can).
+        let (x, qp, state, out) = (self.scratch(rows * 4 * d), self.scratch(l * d), self.scratch(shape.state_floats()), self.scratch(rows * d));
+        let table = self.scratch(2 * heads);
+        let lengths = crate::gpu::buffers::upload(&self.ctx, &self.stats, "tuning lengths", &[rows as u32])?;
+        let attention = causal::Causal {
+            inputs: causal::Inputs { x: &x, stride: 4 * d, q: 0, k: d, v: 2 * d, pc: 3 * d },
+            qp: &qp,
+            lengths: &lengths.buffer,
+            decay: decay.then_some(&table),
+            state: &state,
+            carry: None,
+            out: &out,
+            shape,
+        };
+        let forms = [(causal::TILES, Some(tile)), (causal::WALK, None)];
+        let scope = ErrorScopes::push(&self.ctx);
+        let what = format!("causal attention, {rows} tokens, {heads} heads, dh {dh}, l {l}");
+        let timed = self.fastest(&what, &forms, |f| f.0.into(), |rec, f| causal::parallel_with(rec, &attention, f.1), timestamps).await;
+        if let Some((_, (name, _))) = scope.close(&self.ctx, timed).await.unwrap_or(None) {
+            self.cache.tuning.set(&key, name);
         }
         Ok(())
     }

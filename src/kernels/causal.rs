@@ -321,11 +321,27 @@ fn pass(rec: &mut Recorder, emit: bool, tile: Option<usize>, c: &Causal) {
 /// a long sequence then runs segment by segment in memory that does not grow
 /// with its length, and a prompt leaves its decoder state there.
 ///
-/// The browser (wasm32) takes the same kernels. (It took the token walk until
-/// `causal_chunk.wgsl` zeroed its loop-local accumulators explicitly: Chromium
-/// zeroed them only once; see the shader's header.)
+/// Which of the two runs where both can is measured on each adapter
+/// (`engine::tune`, key [`class_key`]): on lavapipe the tiles are about 12x
+/// faster than the token walk, on SwiftShader in Chromium slower at the demo
+/// model's head (`dh = 48, l = 32`). Untuned (or with autotuning off), the
+/// tiles. (The browser took the token walk for every shape until
+/// `causal_chunk.wgsl` zeroed its loop-local accumulators explicitly:
+/// Chromium zeroed them only once; see the shader's header.)
 pub fn parallel(rec: &mut Recorder, c: &Causal) {
-    parallel_with(rec, c, tile(&c.shape).filter(|_| vec4_inputs(&c.inputs)));
+    let tile = tile(&c.shape).filter(|_| vec4_inputs(&c.inputs));
+    let walk = tile.is_some() && rec.tuned(&class_key(&c.shape, c.decay.is_some())).as_deref() == Some(WALK);
+    parallel_with(rec, c, tile.filter(|_| !walk));
+}
+
+/// The tuning's names for the two forms of [`parallel`].
+pub const TILES: &str = "tiles";
+pub const WALK: &str = "token-walk";
+
+/// The tuning key of the parallel form's choice for heads of this shape:
+/// what the kernels' cost depends on (the head, l, the decay), not the length.
+pub fn class_key(shape: &Shape, decay: bool) -> String {
+    format!("causal dh{} l{}{}", shape.head_dim, shape.proj_len, if decay { " decay" } else { "" })
 }
 
 /// [`parallel`] with the tile chosen by the caller (it must fit, and the

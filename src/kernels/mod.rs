@@ -28,5 +28,13 @@ pub fn all_variants() -> Vec<KernelSpec> {
 /// Changes whenever a shader whose variants `engine::tune` chooses between
 /// does (tuned choices are kept per version).
 pub fn tuned_shaders_version() -> u64 {
-    crate::gpu::tuning::shader_version(&[gemm::SOURCE, gemm::VEC4_SOURCE, gemm::VEC4_F16_SOURCE, layernorm::SOURCE])
+    crate::gpu::tuning::shader_version(&[
+        gemm::SOURCE,
+        gemm::VEC4_SOURCE,
+        gemm::VEC4_F16_SOURCE,
+        layernorm::SOURCE,
+        causal::SOURCE,
+        causal::CHUNK_SOURCE,
+        causal::SCAN_SOURCE,
+    ])
 }
