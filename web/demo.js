@@ -149,7 +149,13 @@ function updateDocStats() {
   if (!text) { $('doc-stats').textContent = ''; return; }
   const bytes = byteLength(text);
   let s = `${fmtInt(Array.from(text).length)} characters, ${fmtInt(bytes)} bytes`;
-  if (state.adapter && state.adapter.software) s += ' (a software adapter: about 15 s per 100 KB here, a fraction of a second on a GPU)';
+  if (state.adapter && state.adapter.software) {
+    // The rate of this model's last pass here, when there was one: it differs between models by 30x.
+    const rate = state.score && state.score.rateModel === state.modelName ? state.score.tokensPerSecond : 0;
+    s += rate > 0
+      ? ` (a software adapter: at the last pass's ${fmtInt(rate)} tokens/s, about ${fmtDuration(bytes / rate * 1000)} for this text; a GPU takes a fraction of a second)`
+      : ' (a software adapter: a long text takes minutes with a trained model, a fraction of a second on a GPU)';
+  }
   $('doc-stats').textContent = s;
 }
 
@@ -282,7 +288,9 @@ async function score(textOverride) {
   $('color-by-pack').checked = false;
   const sorted = Float32Array.from(r.chars.filter((v) => Number.isFinite(v))).sort();
   const hi = Math.max(4, sorted.length ? sorted[Math.floor(sorted.length * 0.98)] : 4);
-  state.score = { bitsPerByte: r.bitsPerByte, tokens: r.tokens, ms: r.ms, tokensPerSecond: r.tokensPerSecond, peakBytes: r.peakBytes, hi, bytes };
+  state.score = { bitsPerByte: r.bitsPerByte, tokens: r.tokens, ms: r.ms, tokensPerSecond: r.tokensPerSecond, peakBytes: r.peakBytes, hi, bytes,
+    rateModel: state.modelName };
+  updateDocStats();
   state.charBits = r.chars;
   state.byteBits = r.bytes;
   state.position = positionStats(r.bytes);

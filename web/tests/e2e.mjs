@@ -493,6 +493,11 @@ async function demoChecks() {
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
   check('the demo scores the whole sample', scored.score && scored.score.tokens === sampleBytes + 1 && !scored.error,
     `${scored.summary} (${secs} s in all)`);
+  // On a software adapter the document's hint now says how long this text takes at the measured rate.
+  const hint = await page.evaluate(() => ({ software: window.lunaDemo.state.adapter.software, text: document.getElementById('doc-stats').textContent }));
+  if (hint.software) {
+    check('the document hint gives the time at the pass\'s measured rate', /at the last pass's [\d,]+ tokens\/s, about [\d.]+ (s|min) for this text/.test(hint.text), hint.text);
+  }
   check('the heat map is painted, one span per character, in many colours', scored.spans === scored.chars && scored.colours >= 8 && scored.painted > 100,
     `${scored.spans} spans, ${scored.colours} colours in a sample of them, ${scored.painted} minimap pixels painted`);
   // A 50 ms timer on the page's main thread: the 95th percentile of its gaps says whether the tab
