@@ -27,7 +27,7 @@ const SAMPLE_FLOPS: usize = 1 << 26;
 const RUNS: usize = 2;
 /// Tokens of the causal attention timed for the parallel form's choice: 4
 /// chunks of 64 per head. Most of what the choice costs on a software adapter
-/// is building both forms' pipelines (about 6 s more to load the demo model in
+/// is building both forms' pipelines (about 5 s more to load the demo model in
 /// Chromium on SwiftShader, of which the walk's would be built at the first
 /// pass anyway); on lavapipe about 0.3 s, once per machine (the choice is cached).
 const CAUSAL_SAMPLE_ROWS: usize = 256;
