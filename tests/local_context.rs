@@ -96,21 +96,21 @@ fn prefill_then_steps_carry_the_decayed_sums_and_the_convolution() {
     // rows long, so that the history a decoder starts from mixes the new rows
     // with those the previous segment left (conv_width - 1 = 3).
     for (segment, splits) in [(16384, &[1, 2, 13, 16][..]), (16, &[17, 18, 19, 33, 34][..])] {
-        engine.set_segment_rows(segment).unwrap();
-        for &split in splits {
-            let (mut dec, first) = engine.prefill_blocking(&gm, &batch.tokens[..split]).unwrap();
-            let state = dec.state_bytes();
-            let mut worst = err(split - 1, &first);
-            for t in split..batch.len {
-                let logits = engine.step_blocking(&gm, &mut dec, batch.tokens[t]).unwrap();
-                worst = worst.max(err(t, &logits));
-                assert_eq!(dec.state_bytes(), state, "the decoder state grew");
+        common::with_segment_rows(&mut engine, segment, |engine| {
+            for &split in splits {
+                let (mut dec, first) = engine.prefill_blocking(&gm, &batch.tokens[..split]).unwrap();
+                let state = dec.state_bytes();
+                let mut worst = err(split - 1, &first);
+                for t in split..batch.len {
+                    let logits = engine.step_blocking(&gm, &mut dec, batch.tokens[t]).unwrap();
+                    worst = worst.max(err(t, &logits));
+                    assert_eq!(dec.state_bytes(), state, "the decoder state grew");
+                }
+                eprintln!("segments of {segment}, prefill of {split} then steps: {worst:.2e}");
+                assert!(worst < 1e-4, "segments of {segment}, prefill {split}: logits error {worst}");
             }
-            eprintln!("segments of {segment}, prefill of {split} then steps: {worst:.2e}");
-            assert!(worst < 1e-4, "segments of {segment}, prefill {split}: logits error {worst}");
-        }
+        });
     }
-    engine.set_segment_rows(16384).unwrap();
     engine.set_causal_chunk(64).unwrap();
 }
 
